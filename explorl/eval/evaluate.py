@@ -1,0 +1,54 @@
+"""Held-out evaluation: pass@k per source, mean token entropy, distinct correct answers."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from explorl.eval.passk import pass_at_k
+
+
+def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temperature: float = 1.0,
+             max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048) -> dict:
+    """Sample ``samples`` responses per held-out problem and score them.
+
+    Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
+    "distinct_correct": {...}, "tokens": int}``; ``all`` averages over problems of every source.
+    """
+    per_problem = []  # (source, correct count, distinct correct, entropy sum, token count)
+    problems = [p for src in eval_sets for p in eval_sets[src]]
+    chunk = max(1, rows_per_batch // samples)
+    temps = [temperature] * max_new_tokens
+    for start in range(0, len(problems), chunk):
+        part = problems[start:start + chunk]
+        batch = engine.rollout(part, [samples] * len(part), temps, seed=seed + start)
+        for i, problem in enumerate(part):
+            rows = (batch.group == i).nonzero().squeeze(-1)
+            correct = [batch.texts[r] for r in rows.tolist() if tasks.verify(problem, batch.texts[r]) >= 1.0]
+            ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
+            per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
+                                ent, float(batch.mask[rows].sum())))
+    return summarize(per_problem, samples, ks)
+
+
+def summarize(per_problem, samples, ks) -> dict:
+    by_source = defaultdict(list)
+    for row in per_problem:
+        by_source[row[0]].append(row)
+        by_source["all"].append(row)
+    out = {f"pass@{k}": {} for k in ks}
+    out["entropy"], out["distinct_correct"] = {}, {}
+    for src, rows in by_source.items():
+        for k in ks:
+            out[f"pass@{k}"][src] = sum(pass_at_k(samples, r[1], k) for r in rows) / len(rows)
+        out["entropy"][src] = sum(r[3] for r in rows) / max(1.0, sum(r[4] for r in rows))
+        out["distinct_correct"][src] = sum(r[2] for r in rows) / len(rows)
+    out["tokens"] = int(sum(r[4] for r in per_problem))
+    return out
+
+
+def format_table(results: dict, ks=(1, 16)) -> str:
+    sources = [s for s in results[f"pass@{ks[0]}"] if s != "all"] + ["all"]
+    head = f"{'source':<16}" + "".join(f"{'pass@' + str(k):>10}" for k in ks)
+    lines = [head] + [f"{s:<16}" + "".join(f"{results[f'pass@{k}'][s]:>10.3f}" for k in ks) for s in sources]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+from explorl.explore.advantage import grpo  # noqa: F401

@@ -1,0 +1,165 @@
+"""The protocol of each level. A method is a subclass registered by name (see ``registry``).
+
+Every plug-in returns its value and a dict of namespaced metrics; stateful plug-ins keep
+their state in plain attributes listed in ``state_keys`` so checkpoints restore it exactly.
+"""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from explorl.tasks import Problem, TaskMix
+
+
+class Component:
+    """Shared by every plug-in: feedback after a step and checkpointable state."""
+
+    state_keys: tuple[str, ...] = ()
+    registered_name: str = ""
+
+    def observe(self, stats: "StepStats") -> dict[str, float]:
+        """Feedback after each optimizer step; returns metrics to log."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.state_keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.state_keys:
+            setattr(self, k, copy.deepcopy(state[k]))
+
+
+class Curriculum(Component):
+    """Chooses which problems to train on: ``next(n) -> list[Problem]``."""
+
+    state_keys = ("rng",)
+
+    def bind(self, tasks: "TaskMix", seed: int) -> None:
+        self.tasks = tasks
+        self.rng = random.Random(seed)
+
+    def next(self, n: int) -> tuple[list["Problem"], dict[str, float]]:
+        raise NotImplementedError
+
+
+class Budget(Component):
+    """How many rollouts each chosen problem gets: ``allocate(problems, total) -> counts``."""
+
+    def allocate(self, problems: list["Problem"], total: int) -> tuple[list[int], dict[str, float]]:
+        raise NotImplementedError
+
+    def collect(self, sample, problems: list["Problem"], counts: list[int]):
+        """Produce the scored batch; ``sample(problems, counts)`` generates and verifies.
+
+        The default samples once. Budgets that filter or refill groups (dynamic sampling)
+        or split a large N into chunks override this.
+        """
+        return sample(problems, counts)
+
+
+class Decoding(Component):
+    """The sampling schedule: a temperature per response position, and top-p."""
+
+    top_p: float = 1.0
+
+    def temperatures(self, step: int, max_new_tokens: int) -> torch.Tensor:
+        """Temperature at each response position, shape ``(max_new_tokens,)``."""
+        raise NotImplementedError
+
+
+class Advantage(Component):
+    """``kind = "estimator"`` turns rewards into advantages; a ``"shaper"`` adjusts them.
+
+    ``compute(groups, adv)`` returns ``(adv, metrics)`` with ``adv`` of shape ``(P, G)``,
+    zero where ``groups.mask`` is 0. Estimators receive ``adv=None``.
+    """
+
+    kind = "estimator"
+    needs: frozenset[str] = frozenset()  # e.g. {"hidden_states"}
+
+    def compute(self, groups: "Groups", adv: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+class Objective(Component):
+    """A loss term: ``term(ctx) -> (per_token_loss (R, L), metrics)``.
+
+    Exactly one term of ``kind = "policy"`` (the policy-gradient surrogate) per recipe;
+    any number of ``"regularizer"`` terms are added to it. Aggregation over tokens is a
+    separate choice (``loss_agg_mode``). ``needs`` asks the trainer for extra tensors in the
+    context: ``"entropy"``, ``"ref_logp"``, ``"logits"``.
+    """
+
+    kind = "regularizer"
+    needs: frozenset[str] = frozenset()
+
+    def term(self, ctx: "LossContext") -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+@dataclass
+class Groups:
+    """What an advantage function sees: P problems × up to G rollouts each (padded).
+
+    ``rewards``, ``mask``, ``lengths`` and ``logp_mean`` (mean behaviour log-prob of each
+    response at temperature 1) are ``(P, G)``. ``extras`` lets the trainer hand over
+    anything a component declared in ``needs`` (e.g. ``hidden_states``).
+    """
+
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    logp_mean: torch.Tensor
+    problems: list["Problem"]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.mask.sum(1)
+
+
+@dataclass
+class LossContext:
+    """Per-token tensors of one minibatch, all ``(R, L)``; ``mask`` marks response tokens.
+
+    ``logp`` carries gradient. ``old_logp`` is π_old at temperature 1 (the PPO anchor);
+    ``behaviour_logp`` is the log-prob under the distribution the token was actually
+    sampled from (differs from ``old_logp`` under annealed or tempered decoding).
+    """
+
+    logp: torch.Tensor
+    old_logp: torch.Tensor
+    behaviour_logp: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    step: int = 0
+    entropy: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # indices of these rows in the full batch
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepStats:
+    """Feedback from one step to the stateful plug-ins (``observe``)."""
+
+    step: int
+    problems: list["Problem"]
+    rewards: list[list[float]]           # per problem, one per rollout
+    advantages: list[list[float]]        # per problem, one (sequence-level) per rollout
+    entropy: float                       # mean token entropy of the rollouts
+    tokens: int                          # response tokens generated this step
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(r) for r in self.rewards]
+
+    def success(self) -> list[float]:
+        return [sum(r) / len(r) if r else 0.0 for r in self.rewards]

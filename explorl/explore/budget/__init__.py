@@ -1,0 +1,1 @@
+from explorl.explore.budget import fixed  # noqa: F401

@@ -1,0 +1,1 @@
+from explorl.explore.curriculum import uniform  # noqa: F401

@@ -1,0 +1,1 @@
+from explorl.explore.decoding import constant  # noqa: F401

@@ -1,0 +1,124 @@
+"""The rollout engine: batched sampling with a KV cache, variable rollouts per problem.
+
+``rollout(problems, counts, ...)`` samples ``counts[i]`` responses for problem i in one
+batch, recording for every sampled token its log-prob under the sampling distribution
+(temperature may vary with position, top-p), under the policy at temperature 1, and the
+temperature-1 entropy. ``response_logits`` is the training-side forward over the same
+batch. Llama-family models take the shared-prompt fast path (``fastlm``); any other
+``AutoModelForCausalLM`` takes the generic Hugging Face path.
+"""
+from __future__ import annotations
+
+import torch
+
+from explorl.policy import fastlm
+from explorl.policy.sampling import sample_next_token
+from explorl.train.batch import RolloutBatch
+
+
+class RolloutEngine:
+    def __init__(self, model, tokenizer, backend: str = "auto"):
+        if backend not in ("auto", "fast", "hf"):
+            raise ValueError(f"engine backend must be auto, fast or hf, got {backend!r}")
+        self.model, self.tokenizer = model, tokenizer
+        use_fast = backend == "fast" or (backend == "auto" and fastlm.supports(model))
+        self.backend = fastlm.FastLM(model) if use_fast else HFBackend(model)
+        self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def encode_prompts(self, problems):
+        enc = self.tokenizer([p.prompt for p in problems], return_tensors="pt", padding=True,
+                             add_special_tokens=False)
+        return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+
+    @torch.no_grad()
+    def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
+                max_new_tokens: int | None = None) -> RolloutBatch:
+        if len(problems) != len(counts) or any(c < 1 for c in counts):
+            raise ValueError(f"rollout: need one count >= 1 per problem, got {len(counts)} counts "
+                             f"for {len(problems)} problems")
+        max_new = max_new_tokens or len(temperatures)
+        temps = [float(t) for t in temperatures[:max_new]]
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        prompt_ids, prompt_mask = self.encode_prompts(problems)
+        group = torch.repeat_interleave(torch.arange(len(problems)), torch.tensor(counts)).to(self.device)
+        R = group.shape[0]
+        was_training = self.model.training
+        self.model.eval()
+        logits, state = self.backend.start_decode(prompt_ids, prompt_mask, group, max_new)
+        out = {k: torch.zeros(R, max_new, dtype=d) for k, d in
+               [("ids", torch.long), ("b", torch.float32), ("o", torch.float32), ("h", torch.float32)]}
+        out["ids"].fill_(self.pad)
+        lengths = torch.zeros(R, dtype=torch.long)
+        active = torch.arange(R)
+        for t in range(max_new):
+            tok, lp_b, lp_1, ent = sample_next_token(logits.cpu(), temps[t], top_p, gen)
+            out["ids"][active, t], out["b"][active, t], out["o"][active, t], out["h"][active, t] = tok, lp_b, lp_1, ent
+            lengths[active] = t + 1
+            alive = tok != self.eos
+            if t == max_new - 1 or not alive.any():
+                break
+            if alive.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
+                keep = alive.nonzero().squeeze(-1)
+                active, tok = active[keep], tok[keep]
+                self.backend.keep_rows(state, keep.to(self.device))
+            logits = self.backend.decode_step(state, tok.to(self.device), t)
+        self.model.train(was_training)
+        Lc = int(lengths.max())
+        mask = (torch.arange(Lc)[None] < lengths[:, None]).float()
+        ids = out["ids"][:, :Lc].masked_fill(mask == 0, self.pad)
+        texts = self.tokenizer.batch_decode(ids.masked_fill(ids == self.eos, self.pad), skip_special_tokens=True)
+        return RolloutBatch(problems=list(problems), counts=list(counts), group=group.cpu(),
+                            prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), response_ids=ids,
+                            mask=mask, behaviour_logp=out["b"][:, :Lc] * mask, old_logp=out["o"][:, :Lc] * mask,
+                            entropy=out["h"][:, :Lc] * mask, texts=texts)
+
+    def response_logits(self, batch: RolloutBatch, rows: torch.Tensor | None = None, return_hidden=False):
+        """Logits ``(r, Lc, V)`` predicting the response tokens of ``rows`` (all by default)."""
+        rows = torch.arange(batch.size) if rows is None else rows
+        prompts, group = torch.unique(batch.group[rows], return_inverse=True)
+        dev = self.device
+        return self.backend.response_logits(batch.prompt_ids[prompts].to(dev), batch.prompt_mask[prompts].to(dev),
+                                            group.to(dev), batch.response_ids[rows].to(dev), return_hidden)
+
+
+class HFBackend:
+    """The generic path through the model's own forward (any ``AutoModelForCausalLM``)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def _forward(self, ids, attention_mask, past=None, hidden=False):
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+        return self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+                          past_key_values=past, use_cache=past is not None, output_hidden_states=hidden)
+
+    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens):
+        from transformers import DynamicCache
+        ids, mask = prompt_ids[group], prompt_mask[group]
+        out = self._forward(ids, mask, DynamicCache())
+        return out.logits[:, -1], {"past": out.past_key_values, "mask": mask}
+
+    def decode_step(self, state, tokens, t):
+        state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+        out = self._forward(tokens[:, None], state["mask"], state["past"])
+        state["past"] = out.past_key_values
+        return out.logits[:, -1]
+
+    @staticmethod
+    def keep_rows(state, rows):
+        state["past"].batch_select_indices(rows)
+        state["mask"] = state["mask"][rows]
+
+    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False):
+        ids = torch.cat([prompt_ids[group], response_ids], dim=1)
+        mask = torch.cat([prompt_mask[group], torch.ones_like(response_ids)], dim=1)
+        out = self._forward(ids, mask, hidden=return_hidden)
+        Lp, Lc = prompt_ids.shape[1], response_ids.shape[1]
+        logits = out.logits[:, Lp - 1: Lp - 1 + Lc]
+        if return_hidden:
+            return logits, out.hidden_states[-1][:, Lp - 1: Lp - 1 + Lc]
+        return logits

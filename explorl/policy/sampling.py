@@ -1,0 +1,27 @@
+"""Sampling one token per row, recording the log-probs the losses need."""
+from __future__ import annotations
+
+import torch
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+    """Sample from softmax(logits / temperature) truncated to the top-p nucleus.
+
+    Returns ``(tokens, behaviour_logp, logp_t1, entropy_t1)``, each ``(R,)``: the log-prob of
+    the sampled token under the distribution it was drawn from, under the policy at
+    temperature 1 (π_old for the PPO ratio), and the temperature-1 entropy.
+    """
+    logits = logits.float()
+    logp_t1 = torch.log_softmax(logits, dim=-1)
+    entropy = -(logp_t1.exp() * logp_t1).sum(-1)
+    scaled = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p  # keep the token crossing top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    logp_b = torch.log_softmax(scaled, dim=-1)
+    tokens = torch.multinomial(logp_b.exp(), 1, generator=generator).squeeze(-1)
+    pick = tokens[:, None]
+    return tokens, logp_b.gather(-1, pick).squeeze(-1), logp_t1.gather(-1, pick).squeeze(-1), entropy

@@ -1,0 +1,127 @@
+"""Registries of plug-ins, one per level, with the paper and parameters of each.
+
+A plug-in is a class registered under a name at a level::
+
+    @register("advantage", "grpo", paper="DeepSeekMath, arXiv:2402.03300")
+    class GRPO(Advantage): ...
+
+``build(level, spec)`` turns a recipe entry (``"grpo"`` or ``{"name": "grpo", ...params}``)
+into an instance, checking every parameter against the constructor's signature so that a
+typo or a wrong type is an error that names it, never a silently ignored flag.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective", "guidance")
+
+
+@dataclass(frozen=True)
+class Entry:
+    level: str
+    name: str
+    cls: type
+    paper: str
+
+    def parameters(self) -> dict[str, Any]:
+        """Constructor parameters with their defaults (``inspect.Parameter.empty`` if required)."""
+        sig = inspect.signature(self.cls.__init__)
+        return {p.name: p.default for p in list(sig.parameters.values())[1:]
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+REGISTRY: dict[str, dict[str, Entry]] = {level: {} for level in LEVELS}
+
+
+def register(level: str, name: str, paper: str = "") -> Callable[[type], type]:
+    if level not in REGISTRY:
+        raise ValueError(f"unknown level {level!r} (valid: {', '.join(LEVELS)})")
+
+    def deco(cls: type) -> type:
+        known = REGISTRY[level].get(name)
+        if known is not None and known.cls.__qualname__ != cls.__qualname__:
+            raise ValueError(f"{level} {name!r} is already registered by {known.cls.__qualname__}")
+        REGISTRY[level][name] = Entry(level, name, cls, paper)
+        cls.registered_name = name
+        return cls
+    return deco
+
+
+def lookup(level: str, name: str) -> Entry:
+    _load_builtins()
+    try:
+        return REGISTRY[level][name]
+    except KeyError:
+        valid = ", ".join(sorted(REGISTRY.get(level, {}))) or "none"
+        raise ValueError(f"unknown {level} component {name!r} (registered: {valid})") from None
+
+
+def entries(level: str | None = None) -> list[Entry]:
+    _load_builtins()
+    levels = [level] if level else LEVELS
+    return [e for lv in levels for e in sorted(REGISTRY[lv].values(), key=lambda e: e.name)]
+
+
+def build(level: str, spec: str | dict, where: str | None = None):
+    """Instantiate a component from ``"name"`` or ``{"name": ..., **params}``."""
+    where = where or level
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"{where}: expected a component name or a mapping with a 'name' key, got {spec!r}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    entry = lookup(level, spec["name"])
+    accepted = entry.parameters()
+    for key, value in params.items():
+        if key not in accepted:
+            raise ValueError(f"{where}.{key}: unknown parameter of {level} {entry.name!r} "
+                             f"(valid: {', '.join(accepted) or 'none'})")
+        _check_type(f"{where}.{key}", value, _annotation(entry.cls, key))
+    missing = [k for k, d in accepted.items() if d is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise ValueError(f"{where}: {level} {entry.name!r} needs parameter(s) {', '.join(missing)}")
+    return entry.cls(**params)
+
+
+def _annotation(cls: type, key: str):
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:
+        return None
+    return hints.get(key)
+
+
+def _check_type(where: str, value: Any, expected) -> None:
+    """Reject a value whose type plainly contradicts the annotation (ints pass for floats)."""
+    if expected is None or expected is Any:
+        return
+    origin = typing.get_origin(expected)
+    options = typing.get_args(expected) if origin in (typing.Union, getattr(__import__("types"), "UnionType", ())) else (expected,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if base in (list, tuple) and isinstance(value, (list, tuple)):
+            return
+        if isinstance(base, type) and base not in (float, int) and isinstance(value, base):
+            return
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ValueError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+_loaded = False
+
+
+def _load_builtins() -> None:
+    """Import the built-in plug-in modules so their ``@register`` decorators run."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import explorl.explore  # noqa: F401

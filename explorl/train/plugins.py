@@ -1,0 +1,62 @@
+"""Builds a recipe's components, one per level (lists for advantage and objective), and
+checks that the chosen ones can be stacked."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from explorl.explore.base import Advantage, Budget, Component, Curriculum, Decoding, Objective
+from explorl.registry import build
+
+
+@dataclass
+class Plugins:
+    curriculum: Curriculum
+    budget: Budget
+    decoding: Decoding
+    advantages: list[Advantage]
+    objectives: list[Objective]
+
+    @classmethod
+    def from_config(cls, cfg) -> "Plugins":
+        advantages = [build("advantage", s, f"advantage[{i}]") for i, s in enumerate(_as_list(cfg.advantage))]
+        objectives = [build("objective", s, f"objective[{i}]") for i, s in enumerate(_as_list(cfg.objective))]
+        plugins = cls(curriculum=build("curriculum", cfg.curriculum), budget=build("budget", cfg.budget),
+                      decoding=build("decoding", cfg.decoding), advantages=advantages, objectives=objectives)
+        plugins.check()
+        return plugins
+
+    def check(self) -> None:
+        estimators = [a for a in self.advantages if a.kind == "estimator"]
+        if not self.advantages or self.advantages[0].kind != "estimator" or len(estimators) != 1:
+            names = [a.registered_name for a in self.advantages]
+            raise ValueError(f"advantage: the list must start with exactly one estimator (e.g. grpo) "
+                             f"followed by shapers, got {names}")
+        policy = [o.registered_name for o in self.objectives if o.kind == "policy"]
+        if len(policy) != 1:
+            raise ValueError(f"objective: exactly one policy-loss term is needed (e.g. ppo_clip, clip_cov, "
+                             f"lp_reg), got {policy or 'none'}; regularizers such as kl and entropy add to it")
+        for component in self.all():
+            incompatible = set(getattr(component, "incompatible_with", ())) & self.names()
+            if incompatible:
+                raise ValueError(f"{component.registered_name} cannot be combined with "
+                                 f"{', '.join(sorted(incompatible))}: {component.incompatible_reason}")
+
+    def all(self) -> list[Component]:
+        return [self.curriculum, self.budget, self.decoding, *self.advantages, *self.objectives]
+
+    def names(self) -> set[str]:
+        return {c.registered_name for c in self.all()}
+
+    def needs(self) -> set[str]:
+        return set().union(*(getattr(c, "needs", frozenset()) for c in self.all()))
+
+    def state_dict(self) -> list:
+        return [c.state_dict() for c in self.all()]
+
+    def load_state_dict(self, states: list) -> None:
+        for component, state in zip(self.all(), states, strict=True):
+            component.load_state_dict(state)
+
+
+def _as_list(spec):
+    return spec if isinstance(spec, list) else [spec]

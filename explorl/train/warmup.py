@@ -1,0 +1,73 @@
+"""Supervised warm start of the tiny testbed model, cached on disk by its configuration.
+
+RL needs a partly competent policy to have anything to reinforce; this trains the
+freshly built model on (prompt, reference answer) pairs from the task mix with the loss on
+answer tokens only, then saves it with ``save_pretrained`` under ``EXPLORL_HOME``.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from explorl.policy.model import build_tiny, cache_home, config_key, load_pretrained, save_atomic
+from explorl.tasks import ALPHABET, TaskMix
+
+
+def warm_model_dir(cfg):
+    tiny, warm = cfg.model.tiny, cfg.model.warmup
+    key = config_key(vars(tiny), vars(warm), cfg.tasks, ALPHABET, "v1")
+    return cache_home() / "models" / f"testbed-{key}"
+
+
+def warmup(cfg, log=print, force: bool = False):
+    """Return ``(model, tokenizer)`` of the warm-started testbed model, training it if not cached."""
+    path = warm_model_dir(cfg)
+    if path.exists() and not force:
+        log(f"warmup: reusing {path}")
+        return load_pretrained(path)
+    tiny, warm = cfg.model.tiny, cfg.model.warmup
+    model, tokenizer = build_tiny(tiny.family, ALPHABET, tiny.hidden_size, tiny.layers, tiny.heads,
+                                  tiny.kv_heads, tiny.intermediate_size, tiny.max_positions, tiny.seed)
+    tasks_cfg = {**cfg.tasks, **warm.sources}
+    tasks = TaskMix.from_config(tasks_cfg)
+    rng = random.Random(tiny.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=warm.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=warm.lr, total_steps=warm.steps, pct_start=0.1)
+    model.train()
+    start = time.time()
+    for step in range(warm.steps):
+        problems = [tasks.sample(rng) for _ in range(warm.batch_size)]
+        ids, labels = _sft_batch(tokenizer, problems)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1),
+                                                 labels[:, 1:].flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == warm.steps - 1:
+            log(f"warmup step {step + 1}/{warm.steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(model, tokenizer, path)
+    log(f"warmup: saved {path}")
+    return load_pretrained(path)
+
+
+def _sft_batch(tokenizer, problems):
+    """Right-padded prompt+answer+EOS sequences; labels only on the answer and EOS."""
+    seqs, labels = [], []
+    for p in problems:
+        prompt = tokenizer(p.prompt, add_special_tokens=False).input_ids
+        answer = tokenizer(p.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        seqs.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
+    lab = torch.full((len(seqs), width), -100)
+    for i, (s, l) in enumerate(zip(seqs, labels)):
+        ids[i, :len(s)] = torch.tensor(s)
+        lab[i, :len(l)] = torch.tensor(l)
+    return ids, lab
