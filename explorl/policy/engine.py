@@ -53,17 +53,20 @@ class RolloutEngine:
                [("ids", torch.long), ("b", torch.float32), ("o", torch.float32), ("h", torch.float32)]}
         out["ids"].fill_(self.pad)
         lengths = torch.zeros(R, dtype=torch.long)
-        active = torch.arange(R)
+        active = torch.arange(R)  # rows still in the decoding state
+        running = torch.ones(R, dtype=torch.bool)  # per active row: no EOS yet
         for t in range(max_new):
             tok, lp_b, lp_1, ent = sample_next_token(logits.cpu(), temps[t], top_p, gen)
-            out["ids"][active, t], out["b"][active, t], out["o"][active, t], out["h"][active, t] = tok, lp_b, lp_1, ent
-            lengths[active] = t + 1
-            alive = tok != self.eos
-            if t == max_new - 1 or not alive.any():
+            rows = active[running]
+            out["ids"][rows, t], out["b"][rows, t] = tok[running], lp_b[running]
+            out["o"][rows, t], out["h"][rows, t] = lp_1[running], ent[running]
+            lengths[rows] = t + 1
+            running &= tok != self.eos
+            if t == max_new - 1 or not running.any():
                 break
-            if alive.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
-                keep = alive.nonzero().squeeze(-1)
-                active, tok = active[keep], tok[keep]
+            if running.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
+                keep = running.nonzero().squeeze(-1)
+                active, tok, running = active[keep], tok[keep], running[keep]
                 self.backend.keep_rows(state, keep.to(self.device))
             logits = self.backend.decode_step(state, tok.to(self.device), t)
         self.model.train(was_training)
@@ -89,24 +92,31 @@ class HFBackend:
     """The generic path through the model's own forward (any ``AutoModelForCausalLM``)."""
 
     def __init__(self, model):
+        import inspect
         self.model = model
+        # newer transformers name the cache argument ``cache``; older ones ``past_key_values``
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _forward(self, ids, attention_mask, past=None, hidden=False):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         return self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
-                          past_key_values=past, use_cache=past is not None, output_hidden_states=hidden)
+                          use_cache=past is not None, output_hidden_states=hidden, **{self.cache_arg: past})
 
     def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens):
         from transformers import DynamicCache
         ids, mask = prompt_ids[group], prompt_mask[group]
         out = self._forward(ids, mask, DynamicCache())
-        return out.logits[:, -1], {"past": out.past_key_values, "mask": mask}
+        return out.logits[:, -1], {"past": self._cache(out), "mask": mask}
 
     def decode_step(self, state, tokens, t):
         state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
         out = self._forward(tokens[:, None], state["mask"], state["past"])
-        state["past"] = out.past_key_values
+        state["past"] = self._cache(out)
         return out.logits[:, -1]
+
+    @staticmethod
+    def _cache(out):
+        return getattr(out, "cache", None) or out.past_key_values
 
     @staticmethod
     def keep_rows(state, rows):

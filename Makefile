@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test` (both run `make setup`).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# The CPU PyTorch build goes in first, so the project's torch range is already satisfied
+# and pip never reaches for a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+demo: setup
+	rm -rf runs/demo
+	$(VENV)/bin/explorl train --out runs/demo
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+bench: setup
+	$(VENV)/bin/explorl bench throughput
+	$(VENV)/bin/explorl bench trl
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,148 @@
+"""``explorl`` commands: thin wrappers that parse, load a config and call the library."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML config (default: configs/testbed.yaml)")
+    p.add_argument("--recipe", default=None, help="recipe name in configs/recipes/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+
+
+def _load(args):
+    from explorl.config import load_config
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    if getattr(args, "steps", None) is not None:
+        overrides.append(f"train.steps={args.steps}")
+    return load_config(args.config, overrides, args.recipe)
+
+
+def cmd_train(args) -> int:
+    from explorl.eval.evaluate import format_table
+    from explorl.train.loop import Trainer
+    cfg = _load(args)
+    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    results = trainer.run()
+    ks = [k for k in (1, 16) if f"pass@{k}" in results["end"]]
+    print(f"\nbefore training:\n{format_table(results['start'], ks)}")
+    print(f"after {trainer.step} steps ({trainer.tokens} generated tokens):\n{format_table(results['end'], ks)}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_warmup(args) -> int:
+    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.policy.engine import RolloutEngine
+    from explorl.tasks import TaskMix
+    from explorl.train.warmup import warmup
+    cfg = _load(args)
+    model, tokenizer = warmup(cfg, force=args.force)
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend), tasks,
+                       tasks.eval_sets(e.problems_per_source), e.samples, e.ks, e.temperature,
+                       cfg.train.max_new_tokens, seed=e.seed)
+    print(format_table(results, [k for k in (1, 16) if k in e.ks]))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import yaml
+    from explorl.config import Config, _from_dict
+    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.policy.engine import RolloutEngine
+    from explorl.policy.model import load_pretrained
+    from explorl.tasks import TaskMix
+    from explorl.train import checkpoint
+    run = Path(args.run)
+    if not (run / "config.yaml").exists():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
+    cfg = _from_dict(Config, yaml.safe_load((run / "config.yaml").read_text()), "")
+    ckpt = checkpoint.latest(run)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run}: no checkpoint to evaluate in {run / 'ckpt'}")
+    model, tokenizer = load_pretrained(ckpt / "model")
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    samples = args.samples or e.samples
+    ks = [k for k in e.ks if k <= samples]
+    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend), tasks,
+                       tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
+                       cfg.train.max_new_tokens, seed=e.seed)
+    out = run / f"eval_{ckpt.name}.json"
+    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
+    print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from explorl.registry import entries
+    for entry in entries(args.level):
+        params = ", ".join(f"{k}={'<required>' if v is inspect.Parameter.empty else v!r}"
+                           for k, v in entry.parameters().items())
+        kind = getattr(entry.cls, "kind", "")
+        print(f"{entry.level:<11} {entry.name:<18} {kind:<12} {entry.paper}")
+        print(f"{'':<11} {'':<18} params: {params or '-'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from explorl.bench import run_bench
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="explorl", description="Exploration methods for RL with verifiable rewards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a recipe and evaluate before and after")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="run folder (config, metrics.jsonl, tb/, ckpt/, eval.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="total training steps (overrides train.steps)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("warmup", help="warm-start (or reuse) the testbed model and report its pass@k")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
+    p.set_defaults(func=cmd_warmup)
+
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
+    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("list", help="every registered component: level, name, paper, parameters")
+    p.add_argument("--level", default=None, help="only this level")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("bench", help="benchmarks that print their numbers")
+    p.add_argument("which", choices=["throughput", "trl"], help="throughput: engine vs model.generate; trl: step time vs TRL GRPOTrainer")
+    _config_args(p)
+    p.add_argument("--steps", type=int, default=None, help="steps to time (trl)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"explorl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nexplorl {args.command}: interrupted; a train run continues with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
