@@ -26,6 +26,12 @@ class Component:
         """Feedback after each optimizer step; returns metrics to log."""
         return {}
 
+    def augment(self, batch, sampler) -> tuple[object, dict[str, float]]:
+        """Change the scored batch after advantages and before the update (guidance, replay,
+        tempered samples). ``sampler(problems, counts, temperatures=None)`` generates and
+        verifies more rollouts. The default leaves the batch as it is."""
+        return batch, {}
+
     def state_dict(self) -> dict[str, Any]:
         return {k: copy.deepcopy(getattr(self, k)) for k in self.state_keys}
 

@@ -70,3 +70,46 @@ class RolloutBatch:
         logp_mean, _ = self.to_groups(mean_logp)
         return Groups(rewards=rewards, mask=mask, lengths=lengths, logp_mean=logp_mean,
                       problems=self.problems, extras=dict(self.extras))
+
+    def select_groups(self, keep: list[int]) -> "RolloutBatch":
+        """The sub-batch of the problems at indices ``keep`` (in that order), all their rollouts."""
+        rows = torch.cat([(self.group == g).nonzero().squeeze(-1) for g in keep]) if keep else torch.zeros(0, dtype=torch.long)
+        remap = torch.full((len(self.problems),), -1, dtype=torch.long)
+        remap[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
+        return self._with_rows(rows, [self.problems[g] for g in keep], [self.counts[g] for g in keep],
+                               remap[self.group[rows]], torch.tensor(keep, dtype=torch.long))
+
+    def _with_rows(self, rows, problems, counts, group, prompt_rows) -> "RolloutBatch":
+        pick = lambda x: None if x is None else x[rows]  # noqa: E731
+        return RolloutBatch(problems=problems, counts=counts, group=group,
+                            prompt_ids=self.prompt_ids[prompt_rows], prompt_mask=self.prompt_mask[prompt_rows],
+                            response_ids=self.response_ids[rows], mask=self.mask[rows],
+                            behaviour_logp=self.behaviour_logp[rows], old_logp=self.old_logp[rows],
+                            entropy=self.entropy[rows], texts=[self.texts[r] for r in rows.tolist()],
+                            rewards=pick(self.rewards), advantages=pick(self.advantages), extras=dict(self.extras))
+
+    @staticmethod
+    def concat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
+        """Join batches of disjoint problem lists (groups stay whole; padding is re-applied)."""
+        def pad_right(ts, value):
+            width = max(t.shape[1] for t in ts)
+            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in ts])
+
+        def pad_left(ts, value):
+            width = max(t.shape[1] for t in ts)
+            return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in ts])
+
+        offsets = torch.tensor([0] + [len(b.problems) for b in batches[:-1]]).cumsum(0)
+        opt = lambda name: None if any(getattr(b, name) is None for b in batches) else torch.cat([getattr(b, name) for b in batches])  # noqa: E731
+        return RolloutBatch(
+            problems=[p for b in batches for p in b.problems], counts=[c for b in batches for c in b.counts],
+            group=torch.cat([b.group + o for b, o in zip(batches, offsets)]),
+            prompt_ids=pad_left([b.prompt_ids for b in batches], pad_id),
+            prompt_mask=pad_left([b.prompt_mask for b in batches], 0),
+            response_ids=pad_right([b.response_ids for b in batches], pad_id),
+            mask=pad_right([b.mask for b in batches], 0.0),
+            behaviour_logp=pad_right([b.behaviour_logp for b in batches], 0.0),
+            old_logp=pad_right([b.old_logp for b in batches], 0.0),
+            entropy=pad_right([b.entropy for b in batches], 0.0),
+            texts=[t for b in batches for t in b.texts], rewards=opt("rewards"), advantages=opt("advantages"),
+            extras=dict(batches[0].extras))

@@ -34,7 +34,7 @@ class Trainer:
         self.model, self.tokenizer = load_policy(cfg, log=log)
         self.engine = RolloutEngine(self.model, self.tokenizer, cfg.model.backend)
         self.ref_engine = None
-        if "ref_logp" in self.needs:
+        if self.needs & {"ref_logp", "ref_model"}:
             ref = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.ref_engine = RolloutEngine(ref, self.tokenizer, cfg.model.backend)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
@@ -53,6 +53,7 @@ class Trainer:
     def train_step(self) -> dict:
         cfg, P = self.cfg.train, self.plugins
         step, m = self.step + 1, {}
+        self._calls = 0
         problems, metrics = P.curriculum.next(cfg.problems_per_step)
         m.update(metrics)
         counts, metrics = P.budget.allocate(problems, cfg.problems_per_step * cfg.rollouts_per_problem)
@@ -61,28 +62,37 @@ class Trainer:
         adv, metrics = self._advantages(batch)
         m.update(metrics)
         batch.advantages = adv
+        for component in P.all():
+            batch, metrics = component.augment(batch, lambda probs, ns, temps=None: self._sample(probs, ns, step, m, temps))
+            m.update(metrics)
         with timer(m, "time/update"):
-            ref = reference_logp(self.ref_engine, batch) if self.ref_engine else None
+            ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
             m.update(optimise(batch, self.engine, P, self.optimizer, self.cfg, step, self.needs, ref))
         stats = self._stats(step, batch)
         for component in P.all():
             m.update(component.observe(stats))
-        self.step, self.tokens = step, self.tokens + batch.tokens
+        self.step = step
         return self._summary(m, batch)
 
-    def _sample(self, problems, counts, step, m):
+    def _sample(self, problems, counts, step, m, temperatures=None):
         decoding = self.plugins.decoding
+        if temperatures is None:
+            temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
+        self._calls = getattr(self, "_calls", 0) + 1  # distinct seeds for repeated sampling in a step
         with timer(m, "time/gen"):
-            batch = self.engine.rollout(problems, counts, decoding.temperatures(step, self.cfg.train.max_new_tokens),
-                                        decoding.top_p, seed=self.cfg.seed * 1_000_003 + step)
+            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p,
+                                        seed=(self.cfg.seed * 1_000_003 + step) * 1009 + self._calls)
         with timer(m, "time/verify"):
             batch.rewards = torch.tensor([self.tasks.verify(problems[g], text)
                                           for g, text in zip(batch.group.tolist(), batch.texts)])
+        # every generated token counts toward the budget, also those of rollouts later dropped
+        self.tokens += batch.tokens
+        m["tokens/step"] = m.get("tokens/step", 0) + batch.tokens
         return batch
 
     def _advantages(self, batch):
         groups = batch.groups()
-        groups.extras.update(batch=batch, engine=self.engine)
+        groups.extras.update(batch=batch, engine=self.engine, ref_engine=self.ref_engine)
         adv, metrics = None, {}
         for shaper in self.plugins.advantages:
             adv, m = shaper.compute(groups, adv)
@@ -110,11 +120,10 @@ class Trainer:
             "reward/frac_all_wrong": float((solved <= 0.0).float().mean()),
             "entropy/rollout": float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1)),
             "rollouts": batch.size,
-            "tokens/step": batch.tokens,
             "tokens/total": self.tokens,
             "response_length/mean": float(batch.lengths.float().mean()),
             "time/step": step_time,
-            "perf/tokens_per_s": batch.tokens / max(m.get("time/gen", 0), 1e-9),
+            "perf/tokens_per_s": m["tokens/step"] / max(m.get("time/gen", 0), 1e-9),
         })
         return m
 
