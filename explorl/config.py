@@ -2,7 +2,8 @@
 
 Resolution order (later wins): dataclass defaults (the embedded testbed) < the recipe
 named by ``recipe`` (``configs/recipes/NAME.yaml`` or a path) < the config file <
-``--set key=value`` overrides.
+``--set key=value`` overrides. A recipe may carry ``train:``/``eval:`` sections (e.g.
+Dr. GRPO's ``loss_agg_mode``); only an explicit config file overrides them.
 """
 from __future__ import annotations
 
@@ -36,10 +37,10 @@ class TinyModel:
 @dataclass
 class Warmup:
     """Supervised warm start of the tiny model on the task mix (cached by its config)."""
-    steps: int = 1500
+    steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
-    sources: dict = field(default_factory=dict)  # per-source overrides of tasks for warmup only
+    tasks: dict | None = None  # the mix to warm up on; None = the run's ``tasks``
 
 
 @dataclass
@@ -57,7 +58,7 @@ class TrainConfig:
     problems_per_step: int = 32
     rollouts_per_problem: int = 8
     max_new_tokens: int = 12
-    lr: float = 2e-5
+    lr: float = 5e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     ppo_epochs: int = 2
@@ -81,11 +82,11 @@ class Config:
     seed: int = 0
     recipe: str | None = None
     tasks: dict = field(default_factory=lambda: {
-        "addition": {"digits": [1, 3]},
-        "multiplication": {"digits": [1, 2]},
-        "countdown": {"numbers": [2, 3]},
-        "sorting": {"length": [2, 6]},
-        "reversal": {"length": [2, 7]},
+        "addition": {"digits": [1, 4]},
+        "multiplication": {"digits": [1, 3]},
+        "countdown": {"numbers": [2, 4]},
+        "sorting": {"length": [2, 8]},
+        "reversal": {"length": [3, 10]},
     })
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -175,7 +176,10 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), recipe: s
         if "recipe" in rec:
             raise ValueError(f"recipe {recipe!r}: a recipe cannot name another recipe")
         merged = deep_merge(merged, rec)
-    merged = deep_merge(merged, {k: v for k, v in data.items() if k not in merged or k in ("train", "eval", "model", "tasks", "seed")})
+    if path is None:  # the embedded testbed restates the defaults, so a recipe's sections win
+        merged = deep_merge(data, merged)
+    else:
+        merged = deep_merge(merged, {k: v for k, v in data.items() if k not in merged or k in ("train", "eval", "model", "tasks", "seed")})
     merged["recipe"] = recipe
     for keys, value in sets:
         node = merged

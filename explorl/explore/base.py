@@ -29,7 +29,9 @@ class Component:
     def augment(self, batch, sampler) -> tuple[object, dict[str, float]]:
         """Change the scored batch after advantages and before the update (guidance, replay,
         tempered samples). ``sampler(problems, counts, temperatures=None)`` generates and
-        verifies more rollouts. The default leaves the batch as it is."""
+        verifies more rollouts; ``temperatures`` is a per-position list, a single number (one
+        temperature over the whole response) or ``None`` (the recipe's decoding schedule).
+        The default leaves the batch as it is."""
         return batch, {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -59,11 +61,12 @@ class Budget(Component):
     def allocate(self, problems: list["Problem"], total: int) -> tuple[list[int], dict[str, float]]:
         raise NotImplementedError
 
-    def collect(self, sample, problems: list["Problem"], counts: list[int]):
+    def collect(self, sample, problems: list["Problem"], counts: list[int], draw=None):
         """Produce the scored batch; ``sample(problems, counts)`` generates and verifies.
 
-        The default samples once. Budgets that filter or refill groups (dynamic sampling)
-        or split a large N into chunks override this.
+        ``draw(n) -> list[Problem]`` asks the curriculum for ``n`` more problems (for budgets
+        that refill dropped groups). The default samples once. Budgets that filter or refill
+        groups (dynamic sampling) or split a large N into chunks override this.
         """
         return sample(problems, counts)
 
@@ -96,9 +99,12 @@ class Objective(Component):
     """A loss term: ``term(ctx) -> (per_token_loss (R, L), metrics)``.
 
     Exactly one term of ``kind = "policy"`` (the policy-gradient surrogate) per recipe;
-    any number of ``"regularizer"`` terms are added to it. Aggregation over tokens is a
-    separate choice (``loss_agg_mode``). ``needs`` asks the trainer for extra tensors in the
-    context: ``"entropy"``, ``"ref_logp"``, ``"logits"``.
+    any number of ``"regularizer"`` terms are added to it. A ``"token_mask"`` term returns a
+    ``(R, L)`` weight instead of a loss: the policy term is multiplied by it (detached; several
+    masks multiply), the regularizers are not (e.g. train only high-entropy tokens). Aggregation
+    over tokens is a separate choice (``loss_agg_mode``) and still divides by all response
+    tokens. ``needs`` asks the trainer for extra tensors in the context: ``"entropy"``,
+    ``"ref_logp"``, ``"logits"``.
     """
 
     kind = "regularizer"

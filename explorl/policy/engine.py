@@ -30,7 +30,7 @@ class RolloutEngine:
         return next(self.model.parameters()).device
 
     def encode_prompts(self, problems):
-        enc = self.tokenizer([p.prompt for p in problems], return_tensors="pt", padding=True,
+        enc = self.tokenizer([p.context + p.prompt for p in problems], return_tensors="pt", padding=True,
                              add_special_tokens=False)
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 

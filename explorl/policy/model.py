@@ -12,6 +12,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from explorl.policy.tokenizer import build_char_tokenizer
 
+try:  # the per-shard progress bars of save/load drown the training progress bar
+    from transformers.utils import logging as _hf_logging
+    _hf_logging.disable_progress_bar()
+except ImportError:  # pragma: no cover
+    pass
+
 FAMILIES = {"qwen2": "Qwen2Config", "llama": "LlamaConfig"}
 
 

@@ -12,7 +12,8 @@ class Problem:
     ``id`` is stable across runs (it is derived from the source, its parameters and the
     seed that generated it), so per-problem state (Knapsack, learnability, XRPO) can be
     keyed by it. ``params`` holds the numeric difficulty parameters the problem was drawn
-    with, e.g. ``{"digits": 3}``.
+    with, e.g. ``{"digits": 3}``. ``context`` is text the policy sees before ``prompt``
+    (e.g. in-context exemplars); verifiers only ever read ``prompt`` and ``answer``.
     """
 
     id: str
@@ -20,6 +21,7 @@ class Problem:
     answer: str
     source: str
     params: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
+    context: str = field(default="", compare=False, hash=False)
 
 
 class TaskSource:

@@ -58,7 +58,8 @@ class Trainer:
         m.update(metrics)
         counts, metrics = P.budget.allocate(problems, cfg.problems_per_step * cfg.rollouts_per_problem)
         m.update(metrics)
-        batch = P.budget.collect(lambda probs, ns: self._sample(probs, ns, step, m), problems, counts)
+        batch = P.budget.collect(lambda probs, ns: self._sample(probs, ns, step, m), problems, counts,
+                                 draw=lambda k: P.curriculum.next(k)[0])
         adv, metrics = self._advantages(batch)
         m.update(metrics)
         batch.advantages = adv
@@ -78,6 +79,8 @@ class Trainer:
         decoding = self.plugins.decoding
         if temperatures is None:
             temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
+        elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
+            temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
         self._calls = getattr(self, "_calls", 0) + 1  # distinct seeds for repeated sampling in a step
         with timer(m, "time/gen"):
             batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p,

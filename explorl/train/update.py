@@ -29,6 +29,25 @@ def minibatch_rows(batch, minibatches: int, generator: torch.Generator) -> list[
     return [torch.isin(batch.group, part).nonzero().squeeze(-1) for part in parts if len(part)]
 
 
+def combine_terms(objectives, ctx: LossContext) -> tuple[torch.Tensor, dict]:
+    """The per-token loss ``(R, L)`` of one minibatch: the policy term times the product of
+    every ``"token_mask"`` weight (detached), plus the sum of the regularizers."""
+    policy, regular, weight, metrics = None, torch.zeros_like(ctx.logp), None, {}
+    for objective in objectives:
+        term, m = objective.term(ctx)
+        metrics.update(m)
+        if objective.kind == "policy":
+            policy = term if policy is None else policy + term
+        elif objective.kind == "token_mask":
+            term = term.detach().to(ctx.logp.dtype)
+            weight = term if weight is None else weight * term
+        else:
+            regular = regular + term
+    if policy is None:
+        return regular, metrics
+    return regular + (policy if weight is None else policy * weight), metrics
+
+
 def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_logp=None) -> dict:
     """Run ``ppo_epochs`` passes over ``batch``; returns the mean of every metric."""
     train = cfg.train
@@ -49,11 +68,8 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                               entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
                               logits=logits if "logits" in needs else None, rows=rows,
                               extras={"epoch": epoch, "generator": generator})
-            per_token = torch.zeros_like(logp)
-            for objective in plugins.objectives:
-                term, metrics = objective.term(ctx)
-                per_token = per_token + term
-                _accumulate(totals, counts, metrics)
+            per_token, metrics = combine_terms(plugins.objectives, ctx)
+            _accumulate(totals, counts, metrics)
             loss = aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,9 +15,14 @@ from explorl.policy.model import build_tiny, cache_home, config_key, load_pretra
 from explorl.tasks import ALPHABET, TaskMix
 
 
+def warmup_tasks(cfg) -> dict:
+    return cfg.model.warmup.tasks if cfg.model.warmup.tasks is not None else cfg.tasks
+
+
 def warm_model_dir(cfg):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
-    key = config_key(vars(tiny), vars(warm), cfg.tasks, ALPHABET, "v1")
+    key = config_key(vars(tiny), {k: v for k, v in vars(warm).items() if k != "tasks"},
+                     warmup_tasks(cfg), ALPHABET, "v1")
     return cache_home() / "models" / f"testbed-{key}"
 
 
@@ -30,8 +35,7 @@ def warmup(cfg, log=print, force: bool = False):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
     model, tokenizer = build_tiny(tiny.family, ALPHABET, tiny.hidden_size, tiny.layers, tiny.heads,
                                   tiny.kv_heads, tiny.intermediate_size, tiny.max_positions, tiny.seed)
-    tasks_cfg = {**cfg.tasks, **warm.sources}
-    tasks = TaskMix.from_config(tasks_cfg)
+    tasks = TaskMix.from_config(warmup_tasks(cfg))
     rng = random.Random(tiny.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=warm.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=warm.lr, total_steps=warm.steps, pct_start=0.1)
