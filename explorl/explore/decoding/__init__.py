@@ -1,1 +1,2 @@
 from explorl.explore.decoding import constant  # noqa: F401
+from explorl.explore.decoding import ead  # noqa: F401
