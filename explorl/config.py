@@ -1,9 +1,9 @@
 """Run configuration: YAML in, validated dataclasses out, errors that name the bad key.
 
-Resolution order (later wins): dataclass defaults (the embedded testbed) < the recipe
-named by ``recipe`` (``configs/recipes/NAME.yaml`` or a path) < the config file <
-``--set key=value`` overrides. A recipe may carry ``train:``/``eval:`` sections (e.g.
-Dr. GRPO's ``loss_agg_mode``); only an explicit config file overrides them.
+Resolution order (later wins): dataclass defaults (the embedded testbed) < the config file
+< the recipe named by ``recipe`` (``configs/recipes/NAME.yaml`` or a path) < ``--set
+key=value`` overrides. A recipe defines a method, so the keys it sets (its components, and
+e.g. Dr. GRPO's ``train.loss_agg_mode``) win over the environment the config file describes.
 """
 from __future__ import annotations
 
@@ -170,16 +170,12 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), recipe: s
         if keys == ["recipe"]:
             recipe = value
     recipe = recipe or data.get("recipe")
-    merged = {}
+    merged = data
     if recipe:
         rec = load_yaml(recipe_path(recipe))
         if "recipe" in rec:
             raise ValueError(f"recipe {recipe!r}: a recipe cannot name another recipe")
-        merged = deep_merge(merged, rec)
-    if path is None:  # the embedded testbed restates the defaults, so a recipe's sections win
-        merged = deep_merge(data, merged)
-    else:
-        merged = deep_merge(merged, {k: v for k, v in data.items() if k not in merged or k in ("train", "eval", "model", "tasks", "seed")})
+        merged = deep_merge(data, rec)
     merged["recipe"] = recipe
     for keys, value in sets:
         node = merged
