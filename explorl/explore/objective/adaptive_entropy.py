@@ -1,0 +1,60 @@
+"""Adaptive entropy control: an entropy bonus whose coefficient tracks a target entropy.
+
+Skywork Open Reasoner 1 Technical Report, arXiv:2505.22312 (``actor.adaptive_entropy`` in
+SkyworkAI/Skywork-OR1; the run scripts' values are the defaults here):
+
+    ℓ_t = −α · H_t,   α = c · 1[e ≤ H_target]
+    after each step: c ← clamp(c + Δ, c_min, c_max) if e ≤ H_target, else clamp(c − Δ, ...)
+
+with e the mean token entropy of the step's rollouts (``StepStats.entropy``), H_target =
+``target_entropy`` = 0.2, Δ = ``delta`` = 1e-4, [c_min, c_max] = [0, 0.005], c_0 =
+``init_coef`` = 0.
+
+Documented choices:
+
+- The coefficient and the indicator use the entropy observed at the previous step
+  (``observe`` runs after the update), a one-step lag; before the first observation the
+  indicator is on.
+- ``only_below_target`` (default True) applies the bonus only while e ≤ H_target, the
+  report's α = c·1[e ≤ tgt]; it is read from the report, not re-checked in the code (the
+  repository files read hold only the scripts). False uses α = c always.
+"""
+from __future__ import annotations
+
+from explorl.explore.base import Objective
+from explorl.explore.objective.ppo_clip import masked_mean
+from explorl.registry import register
+
+
+@register("objective", "adaptive_entropy", paper="Skywork-OR1 adaptive entropy control (arXiv:2505.22312)")
+class AdaptiveEntropy(Objective):
+    needs = frozenset({"entropy"})
+    state_keys = ("coef", "last_entropy")
+
+    def __init__(self, target_entropy: float = 0.2, delta: float = 1e-4, min_coef: float = 0.0,
+                 max_coef: float = 0.005, init_coef: float = 0.0, only_below_target: bool = True):
+        if min_coef > max_coef:
+            raise ValueError(f"objective adaptive_entropy: min_coef ({min_coef}) > max_coef ({max_coef})")
+        if delta < 0:
+            raise ValueError(f"objective adaptive_entropy: delta must be >= 0, got {delta}")
+        self.target, self.delta, self.min_coef, self.max_coef = target_entropy, delta, min_coef, max_coef
+        self.only_below = only_below_target
+        self.coef = min(max(init_coef, min_coef), max_coef)
+        self.last_entropy = None
+
+    @property
+    def active_coef(self) -> float:
+        below = self.last_entropy is None or self.last_entropy <= self.target
+        return self.coef if (below or not self.only_below) else 0.0
+
+    def term(self, ctx):
+        alpha = self.active_coef
+        return -alpha * ctx.entropy, {"loss/adaptive_entropy_coef": alpha,
+                                      "loss/adaptive_entropy_bonus": alpha * masked_mean(ctx.entropy.detach(), ctx.mask)}
+
+    def observe(self, stats):
+        e = float(stats.entropy)
+        step = self.delta if e <= self.target else -self.delta
+        self.coef = min(max(self.coef + step, self.min_coef), self.max_coef)
+        self.last_entropy = e
+        return {"entropy/adaptive_coef": self.coef, "entropy/adaptive_target": self.target}
