@@ -98,6 +98,11 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_compare(args) -> int:
+    from explorl.bench.compare import run_compare
+    return run_compare(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="explorl", description="Exploration methods for RL with verifiable rewards.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--steps", type=int, default=None, help="steps to time (trl)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="train recipes x seeds to the same generated-token budget; "
+                                       "results.json, report.html and a leaderboard")
+    p.add_argument("--recipes", required=True, help="comma-separated recipe names or YAML paths, e.g. grpo,clip_higher")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 per recipe (default 1)")
+    p.add_argument("--tokens", type=int, required=True, help="generated response tokens per run (train.max_tokens)")
+    p.add_argument("--out", required=True, help="study folder (runs/<recipe>/seed<k>, results.json, report.html); "
+                                                "rerun to resume")
+    p.add_argument("--config", default=None, help="YAML config (default: configs/testbed.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every run (repeatable)")
+    p.add_argument("--eval-every-tokens", type=int, default=None, metavar="E",
+                   help="also evaluate held-out pass@k every E generated tokens (costs one eval each)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

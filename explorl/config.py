@@ -75,6 +75,7 @@ class EvalConfig:
     ks: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     temperature: float = 1.0
     seed: int = 1234
+    every_tokens: int | None = None  # also evaluate whenever training crosses a multiple of this
 
 
 @dataclass
@@ -208,6 +209,8 @@ def validate(cfg: Config) -> None:
     if max(cfg.eval.ks) > cfg.eval.samples:
         raise ValueError(f"eval.ks: pass@{max(cfg.eval.ks)} needs eval.samples >= {max(cfg.eval.ks)}, "
                          f"got {cfg.eval.samples}")
+    if cfg.eval.every_tokens is not None and cfg.eval.every_tokens < 1:
+        raise ValueError(f"eval.every_tokens: must be >= 1 or null, got {cfg.eval.every_tokens}")
     if cfg.model.backend not in ("auto", "fast", "hf"):
         raise ValueError(f"model.backend: {cfg.model.backend!r} is not one of auto, fast, hf")
     if not cfg.tasks:

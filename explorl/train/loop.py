@@ -123,6 +123,7 @@ class Trainer:
             "reward/frac_all_wrong": float((solved <= 0.0).float().mean()),
             "entropy/rollout": float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1)),
             "rollouts": batch.size,
+            "rollouts/per_problem": list(batch.counts),
             "tokens/total": self.tokens,
             "response_length/mean": float(batch.lengths.float().mean()),
             "time/step": step_time,
@@ -140,7 +141,9 @@ class Trainer:
         logger = RunLogger(self.out, self.step, total, self.progress)
         try:
             while self.step < total and not self._token_budget_spent():
+                before = self.tokens
                 metrics = self.train_step()
+                metrics.update(self._heldout(before))
                 logger.log(self.step, metrics)
                 if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
                     self.save()
@@ -151,6 +154,17 @@ class Trainer:
         results["end"] = self.evaluate()
         self._write_eval(results)
         return results
+
+    def _heldout(self, before: int) -> dict:
+        """Held-out pass@k when this step crossed a multiple of ``eval.every_tokens``
+        (the last step is evaluated anyway, into eval.json "end")."""
+        every = self.cfg.eval.every_tokens
+        if not every or self.tokens // every == before // every or self._token_budget_spent():
+            return {}
+        res = self.evaluate()
+        out = {f"heldout/{k}": v["all"] for k, v in res.items() if k.startswith("pass@") or k == "entropy"}
+        out.update({f"heldout/pass@1/{src}": v for src, v in res["pass@1"].items() if src != "all"})
+        return out
 
     def _token_budget_spent(self) -> bool:
         limit = self.cfg.train.max_tokens

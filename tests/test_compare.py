@@ -1,0 +1,123 @@
+"""``explorl compare`` end to end on the tiny config: token-matched runs in child processes,
+results.json, the HTML report, the leaderboard, skipping finished runs and resuming an
+interrupted one; plus the curve arithmetic and the argument errors."""
+import json
+
+import pytest
+
+from explorl.bench.compare import auc, heldout_curve, spread, training_curve
+from explorl.cli import main
+
+TOKENS = 300
+
+
+@pytest.fixture
+def study(tmp_path, tiny_overrides, monkeypatch, capsys):
+    """Runs ``explorl compare`` (children inherit EXPLORL_HOME) and returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("EXPLORL_HOME", str(tmp_path / "home"))
+    # compare owns the recipe, the seed and the step/token budget
+    sets = [o for o in tiny_overrides if not o.startswith(("recipe=", "seed=", "train.steps="))]
+    # a second recipe given as a path: clip-higher with twice the rollouts per problem
+    wide = tmp_path / "wide.yaml"
+    wide.write_text("curriculum: uniform\nbudget: {name: fixed, n: 8}\nadvantage: [{name: grpo}]\n"
+                    "objective: [{name: ppo_clip, clip_ratio_low: 0.2, clip_ratio_high: 0.28}]\n")
+    out = tmp_path / "study"
+
+    def run(*extra, recipes=f"grpo,{wide}", tokens=TOKENS):
+        argv = ["compare", "--recipes", recipes, "--seeds", "1", "--tokens", str(tokens), "--out", str(out),
+                "--eval-every-tokens", "150", *extra]
+        for item in sets:
+            argv += ["--set", item]
+        code = main(argv)
+        printed = capsys.readouterr()
+        return code, printed.out, printed.err
+
+    return run, out
+
+
+def _runs(results):
+    return {lb: results["runs"][lb]["seed0"] for lb in ("grpo", "wide")}
+
+
+def test_compare_token_matched_report_skip_and_resume(study):
+    run, out = study
+    code, printed, err = run()
+    assert code == 0, printed + err
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["leaderboard"]) == {"grpo", "wide"} and results["settings"]["tokens"] == TOKENS
+    runs = _runs(results)
+    for label, r in runs.items():
+        metrics = [json.loads(x) for x in (out / r["dir"] / "metrics.jsonl").read_text().splitlines()]
+        # the budget is generated tokens: the run stops at the first step that reaches it
+        assert r["tokens"] >= TOKENS and r["tokens"] - metrics[-1]["tokens/step"] < TOKENS
+        assert r["steps"] == len(metrics) and r["wall_s"] > 0 and r["peak_rss_mb"] > 50
+        for part in ("start", "end"):
+            assert set(r["pass@k"][part]) == {"pass@1", "pass@4"}
+            assert set(r["pass@k"][part]["pass@1"]) == {"addition", "reversal", "all"}
+        assert 0 <= r["auc_pass1_vs_tokens"] <= 1 and r["end_entropy_eval"] > 0 and r["entropy_rollout_last"] > 0
+        assert 0 <= r["frac_zero_std_mean"] <= 1
+        # one held-out evaluation in between (at 150 tokens), and every problem's rollout count
+        assert sum("heldout/pass@1" in m for m in metrics) == 1 and r["auc_heldout_pass1_vs_tokens"] is not None
+        assert all(sum(m["rollouts/per_problem"]) == m["rollouts"] for m in metrics)
+        stats = results["summary"][label]["metrics"]["end_pass@1"]
+        assert set(stats) == {"mean", "std", "min", "max", "n"} and stats["n"] == 1
+    # twice the rollouts per step: fewer steps for the same tokens
+    assert runs["wide"]["steps"] < runs["grpo"]["steps"]
+    page = (out / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') >= 4 and "Leaderboard" in page
+    assert page.index("Leaderboard") < page.index("Learning curves")
+    assert "leaderboard" in printed and "pass@1" in printed
+    board = printed[printed.index("leaderboard"):]
+    assert board.index(results["leaderboard"][0]) < board.index(results["leaderboard"][1])
+
+    # the same command again: everything is done, nothing retrains
+    code, printed, _ = run()
+    assert code == 0 and printed.count("skip") == 2 and "train ..." not in printed
+    again = json.loads((out / "results.json").read_text())
+    assert again["runs"] == results["runs"]
+
+    # an interrupted run (checkpoint, no final evaluation) continues with --resume
+    grpo = out / runs["grpo"]["dir"]
+    ev = json.loads((grpo / "eval.json").read_text())
+    (grpo / "eval.json").write_text(json.dumps({"start": ev["start"]}))
+    code, printed, _ = run()
+    assert code == 0 and "resume ..." in printed and printed.count("skip") == 1
+    assert "resumed from" in (grpo / "train.log").read_text()
+    after = _runs(json.loads((out / "results.json").read_text()))
+    for key in ("tokens", "steps", "end_pass@1", "end_pass@4", "end_entropy_eval", "auc_pass1_vs_tokens",
+                "auc_heldout_pass1_vs_tokens"):
+        assert after["grpo"][key] == runs["grpo"][key], key
+    assert after["grpo"]["segments"] == 2
+
+    # a changed budget cannot reuse these runs
+    code, _, err = run(tokens=TOKENS + 100)
+    assert code == 2 and "another configuration" in err and "train.max_tokens" in err
+
+
+def test_compare_errors_name_the_problem(study):
+    run, out = study
+    code, _, err = run(recipes="grpo,no_such_recipe")
+    assert code == 2 and "no_such_recipe" in err and "known:" in err
+    code, _, err = run(recipes=str(out / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err
+    code, _, err = run("--seeds", "0")
+    assert code == 2 and "--seeds must be >= 1" in err
+    code, _, err = run("--tokens", "0")
+    assert code == 2 and "--tokens must be >= 1" in err
+    code, _, err = run("--set", "train.steps=5")
+    assert code == 2 and "train.steps is set by compare" in err
+    assert not (out / "runs").exists()
+
+
+def test_curve_arithmetic():
+    assert auc([0, 10], [0.0, 1.0]) == pytest.approx(0.5)
+    assert auc([0, 1, 3], [1.0, 1.0, 0.0]) == pytest.approx((1 + 1) / 3)
+    assert auc([5], [0.25]) == 0.25 and auc([], []) is None
+    metrics = [{"step": 1, "tokens/step": 40, "tokens/total": 40, "reward/pass_rate": 0.5},
+               {"step": 2, "tokens/step": 60, "tokens/total": 100, "reward/pass_rate": 0.75,
+                "heldout/pass@1": 0.3}]
+    assert training_curve(metrics) == ([0.0, 40.0], [0.5, 0.75])
+    ev = {"start": {"pass@1": {"all": 0.1}}, "end": {"pass@1": {"all": 0.4}}}
+    assert heldout_curve(metrics, ev) == ([0.0, 100.0], [0.1, 0.4])  # the end replaces the last point
+    s = spread([1.0, 3.0])
+    assert s["mean"] == 2.0 and s["std"] == pytest.approx(2 ** 0.5) and (s["min"], s["max"]) == (1.0, 3.0)
