@@ -130,9 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("bench", help="benchmarks that print their numbers")
-    p.add_argument("which", choices=["throughput", "trl"], help="throughput: engine vs model.generate; trl: step time vs TRL GRPOTrainer")
+    p.add_argument("which", choices=["throughput", "trl", "overhead"],
+                   help="throughput: engine vs model.generate; trl: step time vs TRL GRPOTrainer; "
+                        "overhead: step time of recipes vs GRPO")
     _config_args(p)
-    p.add_argument("--steps", type=int, default=None, help="steps to time (trl)")
+    p.add_argument("--steps", type=int, default=None, help="steps to time (trl, overhead)")
+    p.add_argument("--recipes", default=None,
+                   help="overhead: comma-separated recipes to time against grpo (default repr_bonus,effective_rank)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compare", help="train recipes x seeds to the same generated-token budget; "
