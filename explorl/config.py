@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from explorl.registry import _check_type
+from explorl.registry import _check_type, coerce
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -117,6 +117,7 @@ def _from_dict(cls, data: dict, where: str):
             kwargs[key] = _from_dict(hint, value or {}, path)
         else:
             if hint is not Any:
+                value = coerce(value, hint)
                 _check_type(path, value, hint)
             kwargs[key] = value
     return cls(**kwargs)

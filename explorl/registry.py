@@ -75,7 +75,8 @@ def build(level: str, spec: str | dict, where: str | None = None):
     params = {k: v for k, v in spec.items() if k != "name"}
     entry = lookup(level, spec["name"])
     accepted = entry.parameters()
-    for key, value in params.items():
+    for key, value in list(params.items()):
+        value = params[key] = coerce(value, _annotation(entry.cls, key))
         if key not in accepted:
             raise ValueError(f"{where}.{key}: unknown parameter of {level} {entry.name!r} "
                              f"(valid: {', '.join(accepted) or 'none'})")
@@ -92,6 +93,18 @@ def _annotation(cls: type, key: str):
     except Exception:
         return None
     return hints.get(key)
+
+
+def coerce(value: Any, expected) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; turn such strings into floats where a float is expected."""
+    if isinstance(value, str) and expected is not None:
+        options = typing.get_args(expected) or (expected,)
+        if float in options:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
 
 
 def _check_type(where: str, value: Any, expected) -> None:

@@ -76,3 +76,11 @@ def test_recipe_then_config_then_overrides(tmp_path):
     cfg = load_config(cfg_file, ["train.steps=7"])
     assert cfg.train.lr == 0.5 and cfg.train.steps == 7
     assert cfg.objective[0]["name"] == "ppo_clip"
+
+
+def test_exponent_floats_are_numbers_not_strings():
+    # YAML 1.1 reads 1e-4 as a string; a float-typed key must still accept it
+    cfg = load_config(overrides=["train.lr=1e-4", "objective=[{name: ppo_clip, clip_ratio_high: 2.8e-1}]"])
+    assert cfg.train.lr == 1e-4
+    plugins = Plugins.from_config(cfg)
+    assert plugins.objectives[0].eps_high == 0.28
