@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 40
+    steps: int = 150
     problems_per_step: int = 32
     rollouts_per_problem: int = 8
     max_new_tokens: int = 12
@@ -64,7 +64,7 @@ class TrainConfig:
     ppo_epochs: int = 2
     minibatches: int = 2
     loss_agg_mode: str = "token-mean"
-    checkpoint_every: int = 10
+    checkpoint_every: int = 50
     max_tokens: int | None = None    # stop once this many response tokens were generated
 
 
