@@ -30,8 +30,9 @@ class RunLogger:
         """On resume, drop lines logged after the checkpoint so the file matches an unbroken run."""
         if not self.path.exists():
             return
+        from explorl.train.checkpoint import write_text_atomic
         keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}}

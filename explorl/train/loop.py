@@ -47,7 +47,7 @@ class Trainer:
         elif checkpoint.latest(self.out) is not None:
             raise FileExistsError(f"{self.out} already holds a run: pass --resume to continue it, "
                                   f"or choose another --out")
-        (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # ---- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
