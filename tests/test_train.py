@@ -103,3 +103,20 @@ def test_a_step_changes_the_weights_and_logs_every_key(tmp_path, tiny_config):
     ev = json.loads((tmp_path / "s" / "eval.json").read_text())
     assert set(ev) == {"start", "end"} and "all" in ev["end"]["pass@1"] and "pass@4" in ev["end"]
     assert (tmp_path / "s" / "config.yaml").exists() and list((tmp_path / "s" / "tb").iterdir())
+
+
+def test_model_path_loads_any_saved_causal_lm(tmp_path, tiny_config, tiny_model):
+    """model.path takes the hub-loading code path (from_pretrained) on a local folder."""
+    model, tokenizer = tiny_model
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    cfg = tiny_config(model={"path": str(tmp_path / "saved")}, train={"steps": 1, "checkpoint_every": 1})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert trainer.model.config.num_hidden_layers == model.config.num_hidden_layers
+    for p, q in zip(trainer.model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+    trainer.run()
+    import pytest
+    cfg = tiny_config(model={"path": str(tmp_path)})  # a folder without config.json
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Trainer(cfg, tmp_path / "run2", progress=False, log=lambda *_: None)
