@@ -121,6 +121,8 @@ class Trainer:
             "reward/pass_rate": float((batch.rewards >= 1.0).float().mean()),
             "reward/frac_all_correct": float((solved >= 1.0).float().mean()),
             "reward/frac_all_wrong": float((solved <= 0.0).float().mean()),
+            # share of rollouts that carry a policy gradient (Knapsack RL's "effective gradient ratio")
+            "adv/frac_rollouts_nonzero": float((batch.advantages.abs() > 1e-8).float().mean()),
             "entropy/rollout": float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1)),
             "rollouts": batch.size,
             "rollouts/per_problem": list(batch.counts),
