@@ -332,6 +332,8 @@ def run_summary(run_dir: Path, seed: int) -> dict | None:
     row["entropy_rollout_last"] = ent[-1] if ent else None
     zero = [m["adv/frac_zero_std"] for m in metrics if "adv/frac_zero_std" in m]
     row["frac_zero_std_mean"] = sum(zero) / len(zero) if zero else None
+    nonzero = [m["adv/frac_rollouts_nonzero"] for m in metrics if "adv/frac_rollouts_nonzero" in m]
+    row["frac_rollouts_nonzero_mean"] = sum(nonzero) / len(nonzero) if nonzero else None
     row["pass@k"] = {part: {f"pass@{k}": ev[part][f"pass@{k}"] for k in _ks(ev[part])} for part in ("start", "end")}
     return row
 
@@ -405,7 +407,7 @@ def leaderboard_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     has_ho = any("auc_heldout_pass1_vs_tokens" in summary[lb]["metrics"] for lb in summary)
     header = ["#", "recipe", "pass@1", "pass@1 before"] + (["pass@16"] if has16 else []) + \
              ["AUC train"] + (["AUC held-out"] if has_ho else []) + \
-             ["entropy", "zero-std", "tokens", "steps", "wall s", "peak MB", "seeds"]
+             ["entropy", "zero-std", "nonzero-adv", "tokens", "steps", "wall s", "peak MB", "seeds"]
     rows = []
     for rank, label in enumerate(results["leaderboard"], 1):
         m = summary[label]["metrics"]
@@ -416,6 +418,7 @@ def leaderboard_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         if has_ho:
             row.append(_pm(m, "auc_heldout_pass1_vs_tokens"))
         row += [_pm(m, "end_entropy_eval", std=False), _pm(m, "frac_zero_std_mean", std=False),
+                _pm(m, "frac_rollouts_nonzero_mean", std=False),
                 _pm(m, "tokens", fmt="{:.0f}", std=False), _pm(m, "steps", fmt="{:.1f}", std=False),
                 _pm(m, "wall_s", fmt="{:.1f}", std=False), _num(m.get("peak_rss_mb", {}).get("max"), "{:.0f}"),
                 str(summary[label]["seeds"])]
