@@ -66,6 +66,7 @@ class TrainConfig:
     loss_agg_mode: str = "token-mean"
     checkpoint_every: int = 50
     max_tokens: int | None = None    # stop once this many response tokens were generated
+    deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
 
 
 @dataclass

@@ -28,6 +28,9 @@ from explorl.train.update import optimise, reference_logp
 class Trainer:
     def __init__(self, cfg, out_dir, resume: bool = False, progress: bool = True, log=print):
         self.cfg, self.out, self.log, self.progress = cfg, Path(out_dir), log, progress
+        # with variable rollout counts, the order of some CPU reductions follows the batch shape;
+        # deterministic kernels keep "same config and seed, same run" exact across processes
+        torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
         self.tasks = TaskMix.from_config(cfg.tasks)
         self.plugins = Plugins.from_config(cfg)
         self.needs = self.plugins.needs()
