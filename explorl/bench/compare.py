@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from explorl.train.checkpoint import write_text_atomic
+
 NEVER_BINDING_STEPS = 10**6
 RESERVED_SETS = {
     "recipe": "choose recipes with --recipes",
@@ -254,7 +256,7 @@ def _child(argv=None) -> None:
     info = {"wall_s": round(sum(s["wall_s"] for s in segments), 3),
             "peak_rss_mb": max(s["peak_rss_mb"] for s in segments),
             "segments": len(segments), "steps": trainer.step, "tokens": trainer.tokens}
-    _write_atomic(out / "run_info.json", json.dumps(info, indent=2))
+    write_text_atomic(out / "run_info.json", json.dumps(info, indent=2))
     print(f"run_info: {info}")
 
 
@@ -396,7 +398,7 @@ def collect(out: Path, specs: list[tuple[str, str]], args) -> dict:
 
 
 def write_results(out: Path, results: dict) -> None:
-    _write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
 
 
 # ---- the leaderboard -----------------------------------------------------------------------
@@ -454,9 +456,3 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

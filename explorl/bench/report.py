@@ -9,8 +9,8 @@ import io
 import json
 from pathlib import Path
 
-from explorl.bench.compare import (heldout_curve, leaderboard_rows, read_metrics, training_curve,
-                                   _read_json, _write_atomic)
+from explorl.bench.compare import _read_json, heldout_curve, leaderboard_rows, read_metrics, training_curve
+from explorl.train.checkpoint import write_text_atomic
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -56,7 +56,7 @@ def write_report(out: Path, results: dict) -> Path:
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>explorl compare</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     path = out / "report.html"
-    _write_atomic(path, page)
+    write_text_atomic(path, page)
     return path
 
 

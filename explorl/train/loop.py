@@ -43,7 +43,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
         self.plugins.curriculum.bind(self.tasks, cfg.seed)
-        self.step, self.tokens, self.start_time = 0, 0, 0.0
+        self.step, self.tokens, self._calls = 0, 0, 0
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
@@ -61,13 +61,13 @@ class Trainer:
         m.update(metrics)
         counts, metrics = P.budget.allocate(problems, cfg.problems_per_step * cfg.rollouts_per_problem)
         m.update(metrics)
-        batch = P.budget.collect(lambda probs, ns: self._sample(probs, ns, step, m), problems, counts,
-                                 draw=lambda k: P.curriculum.next(k)[0])
+        sample = lambda probs, ns, temps=None: self._sample(probs, ns, step, m, temps)  # noqa: E731
+        batch = P.budget.collect(sample, problems, counts, draw=lambda k: P.curriculum.next(k)[0])
         adv, metrics = self._advantages(batch)
         m.update(metrics)
         batch.advantages = adv
         for component in P.all():
-            batch, metrics = component.augment(batch, lambda probs, ns, temps=None: self._sample(probs, ns, step, m, temps))
+            batch, metrics = component.augment(batch, sample)
             m.update(metrics)
         with timer(m, "time/update"):
             ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
@@ -84,7 +84,7 @@ class Trainer:
             temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
         elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
             temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
-        self._calls = getattr(self, "_calls", 0) + 1  # distinct seeds for repeated sampling in a step
+        self._calls += 1  # distinct seeds for repeated sampling in a step
         with timer(m, "time/gen"):
             batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p,
                                         seed=(self.cfg.seed * 1_000_003 + step) * 1009 + self._calls)

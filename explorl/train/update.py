@@ -7,6 +7,7 @@ import torch
 
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
+from explorl.explore.objective.ppo_clip import masked_mean
 
 
 def token_logp_entropy(logits: torch.Tensor, ids: torch.Tensor, want_entropy: bool):
@@ -76,15 +77,10 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
             optimizer.step()
             _accumulate(totals, counts, {"loss/total": loss.item(), "loss/grad_norm": float(grad_norm),
-                                         "entropy/train": _masked_mean(entropy, ctx.mask)})
+                                         "entropy/train": float("nan") if entropy is None
+                                         else masked_mean(entropy.detach(), ctx.mask)})
     model.eval()
     return {k: totals[k] / counts[k] for k in totals}
-
-
-def _masked_mean(x, mask):
-    if x is None:
-        return float("nan")
-    return float((x.detach() * mask).sum() / mask.sum().clamp_min(1))
 
 
 def _accumulate(totals, counts, metrics):
