@@ -154,7 +154,8 @@ class Trainer:
                     self.save()
         finally:
             logger.close()
-        if checkpoint.latest(self.out) is None or not str(checkpoint.latest(self.out)).endswith(f"{self.step:06d}"):
+        latest = checkpoint.latest(self.out)
+        if latest is None or latest.name != f"step_{self.step:06d}":  # e.g. stopped by the token budget
             self.save()
         results["end"] = self.evaluate()
         self._write_eval(results)
