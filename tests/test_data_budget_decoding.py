@@ -14,7 +14,7 @@ from explorl.explore.budget.broad import Broad, plan_chunks
 from explorl.explore.budget.dynamic_sampling import DynamicSampling, informative_groups
 from explorl.explore.budget.fixed import Fixed
 from explorl.explore.budget.knapsack import Knapsack, knapsack_allocate, solve_dp, value
-from explorl.explore.budget.xrpo import XRPO, allocate_round, priority, t_quantile
+from explorl.explore.budget.xrpo import XRPO, allocate_round, priority, sample_std, t_quantile
 from explorl.explore.curriculum.alp_gmm import ALPGMM
 from explorl.explore.curriculum.bandit import Bandit, ips_estimate, log_from_run
 from explorl.explore.curriculum.dump import DUMP
@@ -167,30 +167,49 @@ def test_learnability_prefers_unseen_problems_at_the_optimistic_prior():
 
 
 # ---- bandit with logged propensities ------------------------------------------------------
-MU = {"addition": 0.2, "multiplication": 0.5, "sorting": 0.9}
+STEPS = 30
+
+
+def success_rate(source, step):
+    """Learning progress on multiplication only: its success rate climbs 0.05 -> 0.92 over the
+    run while addition and sorting stay flat (their step means still move by sampling noise)."""
+    if source == "multiplication":
+        return 0.05 + 0.03 * step
+    return {"addition": 0.2, "sorting": 0.9}[source]
 
 
 def test_bandit_logs_every_propensity_and_ips_recovers_another_curriculums_value():
     cur = Bandit(gamma=0.3, lr=0.5)
     cur.bind(mix(), seed=0)
     env = random.Random(0)
-    for step in range(60):
+    moving = []
+    for step in range(STEPS):
         before = cur.probabilities()
         problems, m = cur.next(32)
         entries = cur.log[-32:]
         assert [e["id"] for e in entries] == [p.id for p in problems]
         assert all(e["propensity"] == pytest.approx(before[e["source"]]) for e in entries)
         assert m["curriculum/propensity_mean"] == pytest.approx(sum(e["propensity"] for e in entries) / 32)
-        rewards = [[float(env.random() < MU[p.source]) for _ in range(4)] for p in problems]
+        rewards = [[float(env.random() < success_rate(p.source, step)) for _ in range(8)] for p in problems]
         cur.observe(stats(problems, rewards, step=step))
-    assert len(cur.log) == 60 * 32 and all(e["reward"] is not None for e in cur.log)
-    assert max(cur.probabilities().values()) - min(cur.probabilities().values()) > 0.1  # not uniform
-    for target in ({s: 1 / 3 for s in MU}, {"addition": 0.6, "multiplication": 0.3, "sorting": 0.1}):
-        true = sum(target[s] * MU[s] for s in MU)
+        moving.append(cur.probabilities()["multiplication"])
+    assert len(cur.log) == STEPS * 32 and all(e["reward"] is not None for e in cur.log)
+    # the learning-progress source gains weight; the flat ones (noise only) fall behind
+    probs, w = cur.probabilities(), cur.log_weights
+    assert w["multiplication"] > 1.5 * max(w["addition"], w["sorting"])
+    assert probs["multiplication"] > max(probs["addition"], probs["sorting"]) + 0.1
+    assert 1 / 3 < moving[9] < moving[19] < moving[-1] and moving[-1] > 0.4
+    # IPS on a non-stationary environment: the value of a stationary target is the mean over
+    # steps of sum_j target(j) * success_j(step)
+    for target in ({s: 1 / 3 for s in probs}, {"addition": 0.6, "multiplication": 0.3, "sorting": 0.1}):
+        true = sum(target[s] * success_rate(s, t) for s in target for t in range(STEPS)) / STEPS
         assert ips_estimate(cur.log, target) == pytest.approx(true, abs=0.04)
         assert ips_estimate(cur.log, target, self_normalize=True) == pytest.approx(true, abs=0.04)
     # a target given as a function of the entry (e.g. another logged bandit) works the same way
     assert ips_estimate(cur.log, lambda e: 1.0 if e["source"] == "sorting" else 0.0) == pytest.approx(0.9, abs=0.06)
+    # the logging policy itself: every weight is 1, IPS is the mean logged reward
+    assert ips_estimate(cur.log, lambda e: e["propensity"]) == pytest.approx(
+        sum(e["reward"] for e in cur.log) / len(cur.log))
 
 
 # ---- BroRL: large N in bounded chunks -----------------------------------------------------
@@ -265,6 +284,88 @@ def test_knapsack_gives_hard_but_solvable_problems_more():
     assert sum(counts) == 32 and counts[3] == 8 and counts[2] == max(counts[:3]) and m["budget/frac_valid"] == 0.75
 
 
+def test_knapsack_success_rate_history_across_visits_of_different_sizes():
+    budget = Knapsack(min_buffer_length=5, reward_buffer_length=6)
+    a, b, c = problem(1), problem(2), problem(3)
+    visits = [[1.0, 0.0, 1.0], [0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0], [1.0]]
+    expected = [
+        None,     # 3 rewards seen < min_buffer_length 5: invalid
+        2 / 5,    # last visit 2 < 6: the most recent 6 across visits, only 5 exist: (0+0 + 1+0+1)/5
+        4 / 6,    # last visit 4 < 6: 1,1,1,1 then the last two of the visit before, 0,0 -> 4/6
+        2 / 7,    # last visit 7 >= 6: its own mean (all 7 rewards, not only the last 6)
+        2 / 6,    # last visit 1 < 6: 1, then the LAST five of the 7-visit (0,0,0,1,0 read backwards) -> 2/6
+    ]             # (its first five would give 3/6)
+    assert budget.success_rate(a) is None and budget.success_rate(c) is None  # never seen
+    for rewards, expect in zip(visits, expected):
+        budget.observe(stats([a, b], [rewards, []]))  # an empty group leaves no trace
+        got = budget.success_rate(a)
+        assert got == (None if expect is None else pytest.approx(expect)), (rewards, got)
+    assert budget.success_rate(b) is None and budget.problem_key(b) not in budget.history
+    budget.observe(stats([c], [[1.0] * 4]))
+    assert budget.success_rate(c) is None          # 4 < 5 rewards
+    budget.observe(stats([c], [[0.0]]))
+    assert budget.success_rate(c) == pytest.approx(4 / 5)
+    budget.observe(stats([c], [[0.0] * 6]))        # a full visit replaces the history
+    assert budget.success_rate(c) == 0.0
+    restored = Knapsack(min_buffer_length=5, reward_buffer_length=6)
+    restored.load_state_dict(budget.state_dict())
+    assert restored.success_rate(a) == pytest.approx(2 / 6)
+
+
+def knapsack_with_history(**kwargs):
+    """Problems 0, 1 unseen; problem 2 with p = 0; problem 3 with p = 0.5 (8 rewards each)."""
+    budget = Knapsack(max_n=16, **kwargs)
+    probs = [problem(i) for i in range(4)]
+    budget.observe(stats(probs[2:], [[0.0] * 8, [1.0, 0.0] * 4]))
+    return budget, probs
+
+
+def test_knapsack_spreads_spare_budget_like_the_authors_code_by_default():
+    # rates [unseen, unseen, 0, 0.5], total 32 over 4 problems: n = 8, min_n = negative_n = 2.
+    # initial: [8, 8, 2, 2] = 20, rest 12. cost(0.5) = log(0.1)/log(0.5) = 3.32 -> 3 < 12: fallback.
+    # The authors' success-rate array is 0 for the unseen problems, so "p = 0" is {0, 1, 2}:
+    # the surplus 12 - 3 = 9 goes 3 each -> [11, 11, 5, 2]; the DP gets 3 for problem 3 -> [11, 11, 5, 5].
+    counts, info = knapsack_allocate([None, None, 0.0, 0.5], 32, 8, max_n=16)
+    assert counts == [11, 11, 5, 5] and info["fallback"] == 1.0
+    budget, probs = knapsack_with_history()
+    assert budget.unseen_as_zero is True
+    counts, m = budget.allocate(probs, 32)
+    assert counts == [11, 11, 5, 5] and m["budget/fallback"] == 1.0 and m["budget/frac_valid"] == 0.5
+    # unseen_as_zero=False: only problem 2 takes the surplus 9 -> [8, 8, 11, 2], then the DP's 3
+    counts, info = knapsack_allocate([None, None, 0.0, 0.5], 32, 8, max_n=16, unseen_as_zero=False)
+    assert counts == [8, 8, 11, 5] and info["fallback"] == 1.0
+    budget, probs = knapsack_with_history(unseen_as_zero=False)
+    assert budget.allocate(probs, 32)[0] == [8, 8, 11, 5]
+    # with no 0 < p < 1 problem, the same rule: [unseen, 0, 1], total 12, n = 4 -> [4, 2, 2], rest 4
+    assert knapsack_allocate([None, 0.0, 1.0], 12, 4) == ([6, 4, 2], pytest.approx(dict(
+        fallback=0.0, fallback_no_target=0.0, effective=0.0)))          # 2 each to {0, 1}
+    assert knapsack_allocate([None, 0.0, 1.0], 12, 4, unseen_as_zero=False)[0] == [4, 6, 2]  # all 4 to {1}
+    assert knapsack_allocate([None, 1.0], 9, 4)[0] == [7, 2]             # [4, 2], rest 3 to the unseen one
+    assert knapsack_allocate([None, 1.0], 9, 4, unseen_as_zero=False)[0] == [5, 4]  # no zero: 9 spread evenly
+    from explorl.registry import _annotation, build, lookup
+    assert lookup("budget", "knapsack").parameters()["unseen_as_zero"] is True  # shown by `explorl list`
+    assert _annotation(Knapsack, "unseen_as_zero") is bool
+    assert build("budget", {"name": "knapsack", "unseen_as_zero": False}).unseen_as_zero is False
+    with pytest.raises(ValueError, match="unseen_as_zero"):
+        build("budget", {"name": "knapsack", "unseen_as_zero": "no"})
+
+
+def test_knapsack_every_problem_effective_with_budget_left_is_reported():
+    # rates [0.5, 0.3], total 24, n = 12: initial [2, 2], rest 20; costs 3 + floor(6.46) = 9 < 20, but
+    # there is no other problem to take the surplus (the authors' code divides by zero here): the
+    # fallback is skipped, the DP gets all 20 (as with fallback=False), and a metric says so.
+    counts, info = knapsack_allocate([0.5, 0.3], 24, 12)
+    assert sum(counts) == 24 and info["fallback"] == 0.0 and info["fallback_no_target"] == 1.0
+    assert counts == knapsack_allocate([0.5, 0.3], 24, 12, fallback=False)[0]
+    assert knapsack_allocate([0.5, 0.3], 24, 12, fallback=False)[1]["fallback_no_target"] == 0.0
+    assert knapsack_allocate([0.5, 0.3, 1.0], 26, 8)[1]["fallback_no_target"] == 0.0  # p = 1 takes it
+    budget = Knapsack(min_buffer_length=2)
+    probs = [problem(0), problem(1)]
+    budget.observe(stats(probs, [[1.0, 0.0], [1.0, 0.0, 0.0]]))
+    counts, m = budget.allocate(probs, 24)
+    assert sum(counts) == 24 and m["budget/fallback_no_target"] == 1.0 and m["budget/fallback"] == 0.0
+
+
 # ---- XRPO ---------------------------------------------------------------------------------
 def test_t_quantiles_without_scipy():
     for df, expect in ((1, 12.7062), (2, 4.3027), (5, 2.5706), (30, 2.0423)):
@@ -281,10 +382,53 @@ def test_xrpo_allocation_order_on_constructed_statistics():
         assert pri[i] == pytest.approx(h(ns[i], stds[i]) - h(ns[i] + 1, stds[i]) + 0.1 * math.sqrt(math.log(1 + T) / ns[i]))
     # uncertain with few rollouts > uncertain with more > zero-std (bonus only) > well-sampled
     assert sorted(range(4), key=lambda i: -pri[i]) == [0, 2, 1, 3]
-    assert allocate_round(ns, stds, 1, 0.05, 0.1, 64) == [1, 0, 0, 0]
-    assert allocate_round(ns, stds, 12, 0.05, 0.1, 64) == [7, 2, 3, 0]
-    assert allocate_round(ns, stds, 12, 0.05, 0.0, 64) == [8, 0, 4, 0]  # no bonus: zero std gets nothing
-    assert allocate_round(ns, stds, 100, 0.05, 0.1, 10) == [6, 6, 2, 0]  # max_n caps, the rest is unused
+    for budget, lam, max_n in ((1, 0.1, 64), (12, 0.1, 64), (12, 0.0, 64), (100, 0.1, 10), (0, 0.1, 64)):
+        assert allocate_round(ns, stds, budget, 0.05, lam, max_n) == greedy_by_hand(ns, stds, budget, 0.05, lam, max_n)
+    assert allocate_round(ns, stds, 1, 0.05, 0.1, 64) == [1, 0, 0, 0]          # the largest Π above
+    assert allocate_round(ns, stds, 12, 0.05, 0.0, 64)[1] == 0                 # no bonus: zero std gets nothing
+    capped = allocate_round(ns, stds, 100, 0.05, 0.1, 10)
+    assert [n + k for n, k in zip(ns, capped)] == [10, 10, 10, 16]             # max_n caps, the rest is unused
+
+
+def greedy_by_hand(ns, stds, budget, alpha, lam, max_n):
+    """The allocation rule written out: ``budget`` times, recompute every open problem's
+    Π = Δ̂ + φ from scratch (n_q and T = Σ n_q counting the rollouts given so far) and give one
+    rollout to the largest (ties: the lowest index); a problem at ``max_n`` is closed."""
+    def h(n, s):  # Student-t CI half-width; undefined (infinite) below two rollouts
+        return math.inf if n < 2 else t_quantile(1 - alpha / 2, n - 1) * s / math.sqrt(n)
+
+    n, extra = list(ns), [0] * len(ns)
+    for _ in range(budget):
+        T = sum(n)
+        best, best_pi = None, -math.inf
+        for q in range(len(n)):
+            if n[q] >= max_n:
+                continue
+            delta = math.inf if n[q] < 2 else h(n[q], stds[q]) - h(n[q] + 1, stds[q])
+            pi = delta + lam * math.sqrt(math.log(1 + T) / max(n[q], 1))
+            if best is None or pi > best_pi:
+                best, best_pi = q, pi
+        if best is None:
+            break
+        n[best] += 1
+        extra[best] += 1
+    return extra
+
+
+def test_xrpo_allocation_equals_the_greedy_rule_on_random_statistics():
+    rng = random.Random(0)
+    for _ in range(60):
+        m = rng.randint(1, 6)
+        ns = [rng.randint(2, 12) for _ in range(m)]
+        stds = [sample_std([float(rng.random() < rng.random()) for _ in range(n)]) for n in ns]
+        if rng.random() < 0.3:
+            stds[0] = stds[-1]  # equal statistics: ties
+            ns[0] = ns[-1]
+        budget, lam, max_n = rng.randint(0, 40), rng.choice([0.0, 0.1, 0.5]), rng.randint(4, 24)
+        ns = [min(n, max_n) for n in ns]
+        got = allocate_round(ns, stds, budget, 0.05, lam, max_n)
+        assert got == greedy_by_hand(ns, stds, budget, 0.05, lam, max_n), (ns, stds, budget, lam, max_n)
+        assert sum(got) == min(budget, sum(max_n - n for n in ns))
 
 
 def test_xrpo_seeds_only_problems_whose_rollouts_all_failed():

@@ -15,7 +15,7 @@ from explorl.explore.base import Groups, LossContext, StepStats
 from explorl.explore.objective.adaptive_entropy import AdaptiveEntropy
 from explorl.explore.objective.aepo import AEPO
 from explorl.explore.objective.clip_cov import ClipCov, token_covariance
-from explorl.explore.objective.entropy_quantile import EntropyQuantile
+from explorl.explore.objective.entropy_quantile import EntropyQuantile, high_entropy_mask
 from explorl.explore.objective.epo import EPO, phase_weight
 from explorl.explore.objective.kl import KL
 from explorl.explore.objective.kl_cov import KLCov
@@ -51,35 +51,80 @@ def groups_of(rewards, mask=None, logp_mean=None, **extras):
 
 # ---- Clip-Cov / KL-Cov -----------------------------------------------------------------
 
+PAD_LOGP, PAD_ADV = -30.0, 7.0  # garbage at padding: it would dominate any mean taken over it
+
+
 def cov_ctx():
-    # row 0: A = +2, row 1: A = -2 (mean 0), so Cov = A * (logp - mean logp)
-    logp = torch.tensor([[-0.1, -0.5, -3.0, -4.0, -2.0, -1.0], [-0.2, -3.5, -4.5, -1.0, -0.3, -2.5]])
+    """Three rows of lengths 6, 4, 3 (A = +2, −2, +1); padding holds garbage logp and A."""
+    logp = torch.full((3, 6), PAD_LOGP)
+    logp[0] = torch.tensor([-0.1, -0.5, -3.0, -4.0, -2.0, -1.0])
+    logp[1, :4] = torch.tensor([-0.2, -3.5, -4.5, -1.0])
+    logp[2, :3] = torch.tensor([-0.3, -2.5, -0.05])
+    mask = torch.tensor([[1.0] * 6, [1.0] * 4 + [0.0] * 2, [1.0] * 3 + [0.0] * 3])
+    adv = torch.tensor([[2.0], [-2.0], [1.0]]).expand(3, 6).clone()
+    adv[mask == 0] = PAD_ADV
+    logp[1, 5] = -1.3  # this pad's Cov against the valid means, (7 − 0.54)(−1.3 + 1.74) = 2.86, is in the band
     old = logp.clone()
-    old[0, 0] = -0.4  # ratio e^0.3 = 1.35 > 1.2 with A > 0: clipped by PPO (and Cov = 2*(−0.1+1.9) = 3.6 in band)
-    adv = torch.tensor([[2.0], [-2.0]])
-    return make_ctx(logp, old, adv)
+    old[0, 0] = -0.4  # ratio e^0.3 = 1.35 > 1.2 with A > 0: clipped by PPO (and Cov = 2.40 in band)
+    return make_ctx(logp, old, adv, mask)
+
+
+def cov_by_hand(ctx):
+    """{(row, t): Cov} over the valid tokens only: (A − Ā)(log π − mean log π), means over valid tokens."""
+    valid = [(i, t) for i in range(ctx.mask.shape[0]) for t in range(ctx.mask.shape[1]) if ctx.mask[i, t] > 0]
+    adv, logp = ctx.advantages.detach(), ctx.logp.detach()
+    a_bar = sum(float(adv[i, t]) for i, t in valid) / len(valid)
+    l_bar = sum(float(logp[i, t]) for i, t in valid) / len(valid)
+    return {(i, t): (float(adv[i, t]) - a_bar) * (float(logp[i, t]) - l_bar) for i, t in valid}
+
+
+def as_mask(cells, like):
+    out = torch.zeros_like(like, dtype=torch.bool)
+    for i, t in cells:
+        out[i, t] = True
+    return out
+
+
+def test_token_covariance_uses_only_the_valid_tokens():
+    # N = 13 valid tokens: Ā = (6·2 − 4·2 + 3·1)/13 = 7/13 = 0.5385; mean log π = −22.65/13 = −1.7423
+    # row 0: 1.4615·(−0.1 + 1.7423) = 2.400, ...; row 1: −2.5385·(−3.5 + 1.7423) = 4.462, ...
+    ctx = cov_ctx()
+    cov = cov_by_hand(ctx)
+    assert cov[0, 0] == pytest.approx(2.400, abs=1e-3) and cov[1, 1] == pytest.approx(4.462, abs=1e-3)
+    assert cov[1, 2] == pytest.approx(7.000, abs=1e-3) and cov[2, 2] == pytest.approx(0.781, abs=1e-3)
+    got = token_covariance(ctx.advantages, ctx.logp, ctx.mask)
+    for (i, t), c in cov.items():
+        assert float(got[i, t]) == pytest.approx(c, abs=1e-5)
 
 
 def test_clip_cov_cuts_gradient_exactly_on_unclipped_tokens_in_the_covariance_band():
     ctx = cov_ctx()
-    cov = token_covariance(ctx.advantages, ctx.logp, ctx.mask)
+    valid = ctx.mask > 0
+    cov = cov_by_hand(ctx)
+    # in the band (1, 5): (0,0) 2.400, (0,1) 1.816, (0,5) 1.085, (1,1) 4.462; (1,2) = 7.0 is above it
+    band = {k for k, c in cov.items() if 1.0 < c < 5.0}
+    assert band == {(0, 0), (0, 1), (0, 5), (1, 1)}
     ratio = torch.exp(ctx.logp - ctx.old_logp).detach()
     _, low, high = clipped_surrogate(ratio, ctx.advantages, 0.2, 0.2)
-    clipped = low | high
-    band = (cov > 1.0) & (cov < 5.0)
-    assert clipped[0, 0] and band[0, 0]          # a clipped token inside the band ...
-    expect_cut = band & ~clipped
-    assert 2 <= int(expect_cut.sum()) < int((~clipped).sum())
+    clipped = (low | high) & valid
+    assert clipped.nonzero().tolist() == [[0, 0]]  # a clipped token inside the band ...
+    expect_cut = as_mask(band - {(0, 0)}, valid)
     loss, m = ClipCov(clip_cov_ratio=1.0).term(ctx)  # ratio 1: every eligible token is cut
     g = grad_of(loss, ctx)
-    assert torch.equal(g == 0, expect_cut | clipped)  # ... is not counted: PPO already stops it
-    assert m["loss/clip_cov_frac"] == pytest.approx(float(expect_cut.float().mean()))
+    assert torch.equal((g == 0) & valid, expect_cut | clipped)  # ... is not counted: PPO already stops it
+    assert m["loss/clip_cov_frac"] == pytest.approx(3 / 13)    # a mean over the 13 valid tokens
+    # ratio 0.2: floor(0.2 · 13 valid tokens) = 2 of the 3 candidates (padding does not count)
+    for seed in range(5):
+        ctx = cov_ctx()
+        ctx.extras["generator"] = torch.Generator().manual_seed(seed)
+        cut = (grad_of(ClipCov(clip_cov_ratio=0.2).term(ctx)[0], ctx) == 0) & valid & ~clipped
+        assert int(cut.sum()) == 2 and not (cut & ~expect_cut).any()
     # the default ratio cuts max(1, floor(r*N)) = 1 random token, always one inside the band
     for seed in range(5):
         ctx = cov_ctx()
         ctx.extras["generator"] = torch.Generator().manual_seed(seed)
         g = grad_of(ClipCov().term(ctx)[0], ctx)
-        cut = (g == 0) & ~clipped
+        cut = (g == 0) & valid & ~clipped
         assert int(cut.sum()) == 1 and bool((cut & expect_cut).any())
 
 
@@ -94,21 +139,25 @@ def test_clip_cov_draw_is_reproducible_with_the_update_generator():
 
 def test_kl_cov_penalises_exactly_the_top_covariance_tokens():
     ctx = cov_ctx()
-    ctx.logp.data[1, 3] = -1.2                      # move off pi_old so |log ratio| has a gradient
-    ctx.old_logp[0, 0] = -0.1
-    cov = token_covariance(ctx.advantages, ctx.logp, ctx.mask).flatten()
-    top = torch.zeros(12, dtype=torch.bool)
-    top[torch.topk(cov, 2).indices] = True
-    top = top.view(2, 6)
-    loss, m = KLCov(kl_cov_ratio=2 / 12, ppo_kl_coef=0.5).term(ctx)
+    # pi_old off pi_theta on every token (log ratio ±0.1, ±0.2, ...), so the penalty shows wherever it acts
+    step = torch.arange(1.0, 19.0).view(3, 6) * 0.1 * torch.tensor([1.0, -1.0]).repeat(9).view(3, 6)
+    ctx.old_logp = ctx.logp.detach() - step
+    valid = ctx.mask > 0
+    cov = cov_by_hand(ctx)
+    # k = max(1, floor(0.25 · 13)) = 3 of the valid tokens: (1,2) 7.0, (1,1) 4.46, (0,0) 2.40
+    top3 = sorted(cov, key=cov.get, reverse=True)[:3]
+    assert set(top3) == {(1, 2), (1, 1), (0, 0)}
+    top = as_mask(top3, valid)
+    loss, m = KLCov(kl_cov_ratio=0.25, ppo_kl_coef=0.5).term(ctx)
     log_ratio = (ctx.logp - ctx.old_logp).detach()
     plain = -ctx.advantages * torch.exp(log_ratio)   # unclipped everywhere (verl)
-    assert torch.allclose(loss.detach() - plain, torch.where(top, 0.5 * log_ratio.abs(), torch.zeros(())))
+    penalty = torch.where(top, 0.5 * log_ratio.abs(), torch.zeros(()))
+    assert torch.allclose((loss.detach() - plain)[valid], penalty[valid])
     g = grad_of(loss, ctx)
-    g_plain = -ctx.advantages * torch.exp(log_ratio)
-    diff = g - g_plain
-    assert torch.allclose(diff, torch.where(top, 0.5 * torch.sign(log_ratio), torch.zeros(())), atol=1e-6)
-    assert m["loss/kl_cov_frac"] == pytest.approx(2 / 12)
+    diff = (g - plain)[valid]
+    assert torch.allclose(diff, torch.where(top, 0.5 * torch.sign(log_ratio), torch.zeros(()))[valid], atol=1e-6)
+    assert m["loss/kl_cov_frac"] == pytest.approx(3 / 13)
+    assert not (KLCov(kl_cov_ratio=1.0).select(ctx) & ~valid).any()  # padding is never selected
 
 
 def test_stacking_two_policy_losses_fails_clearly():
@@ -176,6 +225,51 @@ def test_lp_reg_regularises_only_negative_low_probability_non_noise_tokens():
     assert LpReg(logp_neg_k_percent=0.15).term(ctx)[1]["loss/lp_reg_frac"] == 0.0
 
 
+def padded_lp_ctx():
+    """lp_ctx with padding: row 1 ends after 3 tokens, row 3 after 4. The padding holds garbage that
+    looks like the best candidates: negative advantages (row 3's pad gets A = −5) and the lowest
+    non-noise probabilities (the sampled token 3.8 nats under the row's top logit: kept by min-p)."""
+    ctx, logits = lp_ctx()
+    logits = logits.detach().clone()
+    mask = torch.ones(4, 5)
+    mask[1, 3:] = 0.0
+    mask[3, 4] = 0.0
+    gen = torch.Generator().manual_seed(0)                   # lp_ctx's draws: its logits, then its ids
+    torch.randn(4, 5, 6, generator=gen)
+    ids = torch.randint(0, 6, (4, 5), generator=gen).clamp(max=4)
+    for i, t in ((1, 3), (1, 4), (3, 4)):
+        others = torch.cat([logits[i, t, :ids[i, t]], logits[i, t, ids[i, t] + 1:5]])
+        logits[i, t, ids[i, t]] = others.max() - 3.8
+    logits[..., 5] = logits[..., :5].max(-1).values - 4.5  # the never-sampled noise token, as lp_ctx
+    logits.requires_grad_(True)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1)
+    assert torch.equal(logp.detach()[mask > 0], ctx.logp.detach()[mask > 0])  # valid tokens as in lp_ctx
+    adv = ctx.advantages.clone()
+    adv[3, 4] = -5.0
+    return LossContext(logp=logp, old_logp=logp.detach(), behaviour_logp=logp.detach(), advantages=adv,
+                       mask=mask, logits=logits), logits
+
+
+def test_lp_reg_selection_ignores_padding():
+    ctx, logits = padded_lp_ctx()
+    lp, valid = ctx.logp.detach(), ctx.mask > 0
+    proxy = min_p_proxy_logp(logits, ctx.logp, 0.02)
+    pads = [(1, 3), (1, 4), (3, 4)]
+    negatives = [(i, t) for i in range(4) for t in range(5) if valid[i, t] and ctx.advantages[i, t] < 0]
+    assert len(negatives) == 8                        # rows 0 and 1, valid tokens only
+    order = sorted(negatives, key=lambda c: float(lp[c]))
+    bottom = order[:int(0.5 * 8)]                     # k = floor(0.5 · 8) = 4
+    expect = {c for c in bottom if lp[c] < proxy[c]}  # minus the min-p noise token (0, 1)
+    assert bottom[0] == (0, 1) and (0, 1) not in expect and len(expect) == 3
+    # the garbage at the padding would take bottom slots if padding were not excluded
+    assert all(lp[p] < lp[c] and lp[p] < proxy[p] for p in pads for c in expect)
+    obj = LpReg(min_p_threshold=0.02, logp_neg_k_percent=0.5, ppo_kl_coef=1.0)
+    chosen = obj.select(ctx, proxy)
+    assert {tuple(c) for c in chosen.nonzero().tolist()} == expect
+    loss, m = obj.term(ctx)
+    assert m["loss/lp_reg_frac"] == pytest.approx(3 / 17)   # a mean over the 17 valid tokens
+
+
 def test_lp_reg_caches_the_proxy_of_each_row_on_its_first_pass():
     ctx, logits = lp_ctx()
     ctx.rows, ctx.step, ctx.extras = torch.tensor([3, 7, 8, 9]), 5, {"epoch": 0}
@@ -202,6 +296,29 @@ def test_entropy_quantile_masks_the_policy_gradient_to_high_entropy_tokens():
     g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2), KL(coef=0.1)], ctx)[0], ctx)
     assert bool((g != 0).all())
     assert EntropyQuantile.kind == "token_mask"
+
+
+def test_entropy_quantile_threshold_is_taken_over_valid_tokens_only():
+    # row 0: 10 tokens, entropies 0..9; row 1: 5 tokens, entropies 10..14, then 5 padding positions
+    # holding entropy 50. Over the 15 valid tokens, the 0.8-quantile (linear interpolation, as
+    # torch.quantile) sits at position 0.8 · 14 = 11.2 of the sorted values: 11 + 0.2 · (12 − 11) = 11.2,
+    # so the top 20% are the entropies 12, 13, 14. (Over all 20 positions it would be 50: none kept.)
+    entropy = torch.cat([torch.arange(10.0), torch.arange(10.0, 15.0), torch.full((5,), 50.0)]).view(2, 10)
+    mask = torch.tensor([[1.0] * 10, [1.0] * 5 + [0.0] * 5])
+    weight, threshold = high_entropy_mask(entropy, mask, 0.2)
+    assert threshold == pytest.approx(11.2)
+    expect = torch.zeros(2, 10, dtype=torch.bool)
+    expect[1, 2:5] = True
+    assert torch.equal(weight > 0, expect)
+    ctx = make_ctx(torch.full((2, 10), -1.0), torch.full((2, 10), -1.0), [[1.0], [1.0]], mask)
+    ctx.entropy = entropy
+    loss, m = combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)
+    assert torch.equal(grad_of(loss, ctx) != 0, expect)
+    assert m["loss/entropy_mask_threshold"] == pytest.approx(11.2)
+    assert m["loss/entropy_mask_frac"] == pytest.approx(3 / 15)
+    # low garbage pulls the other way: 0.8-quantile of 0..14 plus five −50 would be 9.2 (keeps 10, 11)
+    entropy[1, 5:] = -50.0
+    assert high_entropy_mask(entropy, mask, 0.2)[1] == pytest.approx(11.2)
 
 
 # ---- adaptive entropy --------------------------------------------------------------------
@@ -460,14 +577,50 @@ def test_effective_rank_metrics_equal_a_direct_computation():
     assert rank_metrics(h[:3], stride=4) == {"er": pytest.approx(er_direct(h[:3]), abs=1e-5), "erv": 0.0, "era": 0.0}
 
 
-def test_effective_rank_shaping_is_bounded_by_abs_a_over_kappa(tiny_model):
+def aux_by_hand(era, erv, er, ema, ema_perf, gain=1.5, w_global=1.0):
+    """aux of one response, the module docstring's formula written out in floats."""
+    dev = {m: min(5.0, max(-5.0, (v - ema[m]) / (abs(ema[m]) + 1e-8)))
+           for m, v in (("era", era), ("erv", erv), ("er", er))}
+    tau = 1 / (1 + math.exp(-gain * dev["era"]))
+    g = w_global * (1 - (ema_perf + 1) / 2)
+    return g * (tau * math.tanh(dev["er"]) + (1 - tau) * math.tanh(dev["erv"]))  # w = τ·[0,0,1] + (1−τ)·[0,1,0]
+
+
+def test_effective_rank_aux_by_hand_and_shaping_bounded_by_abs_a_over_kappa():
     obj = EffectiveRank(kappa=2.0)
-    adv = torch.tensor([[1.0, -0.5, 0.1, 0.0]])
-    mask = torch.ones(1, 4)
-    big = obj.shape(adv, torch.full((1, 4), 10.0), mask)
-    assert (big - adv)[0].tolist() == pytest.approx([0.5, 0.25, 0.05, 0.0])
-    small = obj.shape(adv, torch.tensor([[0.1, 0.1, -3.0, 0.2]]), mask)
-    assert (small - adv)[0].tolist() == pytest.approx([0.1, 0.1, 0.0, 0.0])
+    obj.ema, obj.ema_perf = {"era": 0.5, "erv": -0.2, "er": 2.0}, 0.2
+    # g = 1 · (1 − (0.2 + 1)/2) = 0.4; dev_m = (m − EMA_m)/|EMA_m| clipped to ±5
+    values = {"era": [1.0, -10.0, 0.5], "erv": [-0.1, -0.6, 10.0], "er": [5.0, 2.0, 0.0]}
+    # r0: dev = (1 − 0.5)/0.5 = 1, (−0.1 + 0.2)/|−0.2| = 0.5, (5 − 2)/2 = 1.5; τ = σ(1.5·1) = 0.8175745
+    #     aux = 0.4·((1 − τ)·tanh 0.5 + τ·tanh 1.5) = 0.4·(0.1824255·0.4621172 + 0.8175745·0.9051483)
+    #         = 0.4·(0.0843020 + 0.7400261) = 0.3297312
+    # r1: dev_era = (−10 − 0.5)/0.5 = −21 -> −5, τ = σ(−7.5) = 0.0005528; dev_erv = (−0.6 + 0.2)/0.2 = −2;
+    #     dev_er = 0: aux = 0.4·(0.9994472·tanh(−2) + 0) = 0.4·(0.9994472·−0.9640276) = −0.3853979
+    # r2: dev_era = 0, τ = 0.5; dev_erv = 10.2/0.2 = 51 -> 5; dev_er = −1:
+    #     aux = 0.4·0.5·(tanh 5 + tanh(−1)) = 0.2·(0.9999092 − 0.7615942) = 0.0476630
+    expected = [0.3297312, -0.3853979, 0.0476630]
+    aux = obj.aux({m: torch.tensor(v, dtype=torch.float64) for m, v in values.items()})
+    assert aux.tolist() == pytest.approx(expected, abs=1e-6)
+    assert [aux_by_hand(*(values[m][i] for m in ("era", "erv", "er")), obj.ema, obj.ema_perf)
+            for i in range(3)] == pytest.approx(expected, abs=1e-6)
+    obj.fixed = True                                     # g = w_global = 1: 2.5 times the above
+    assert obj.aux({m: torch.tensor(v, dtype=torch.float64) for m, v in values.items()}).tolist() == pytest.approx(
+        [2.5 * a for a in expected], abs=1e-6)
+    obj.fixed = False
+    # shaping: A + min(ReLU(aux), |A|/κ). A = 1 caps at 0.5: r0 gains 0.3297 (0 < gain < 0.5),
+    # r1 nothing (aux < 0), r2 0.0477; r0 again with A = 0.4 is capped at 0.4/2 = 0.2
+    adv = torch.tensor([[1.0, 1.0, 1.0, 0.4]])
+    row_aux = aux.float()[[0, 1, 2, 0]].view(1, 4)
+    gain = obj.shape(adv, row_aux, torch.ones(1, 4)) - adv
+    assert gain[0].tolist() == pytest.approx([0.3297312, 0.0, 0.0476630, 0.2], abs=1e-6)
+    assert 0 < gain[0, 0] < 0.5 and gain[0, 3] == pytest.approx(0.4 / 2)
+    masked = obj.shape(adv, row_aux, torch.tensor([[1.0, 1.0, 0.0, 1.0]])) - adv
+    assert masked[0, 2] == 0.0                           # padding gets no bonus
+    big = obj.shape(torch.tensor([[1.0, -0.5, 0.1, 0.0]]), torch.full((1, 4), 10.0), torch.ones(1, 4))
+    assert (big - torch.tensor([[1.0, -0.5, 0.1, 0.0]]))[0].tolist() == pytest.approx([0.5, 0.25, 0.05, 0.0])
+
+
+def test_effective_rank_shaping_is_bounded_by_abs_a_over_kappa(tiny_model):
     # on the tiny model: the first step only records, later steps shape within |A| / kappa
     from explorl.policy.engine import RolloutEngine
     engine = RolloutEngine(*tiny_model)
@@ -480,9 +633,19 @@ def test_effective_rank_shaping_is_bounded_by_abs_a_over_kappa(tiny_model):
     first, _ = obj.compute(groups, adv)
     assert torch.equal(first, adv) and obj.steps == 1
     assert obj.ema["er"] != 0.0
+    values = obj.metrics(engine, batch)
+    # after one step every EMA is 0.3 · (batch mean), EMA_perf = 0.3 · mean(2r − 1)
+    ema = {m: 0.3 * float(values[m].mean()) for m in ("era", "erv", "er")}
+    assert obj.ema == pytest.approx(ema) and obj.ema_perf == pytest.approx(0.3 * float((2 * batch.rewards - 1).mean()))
+    aux = torch.tensor([aux_by_hand(*(float(values[m][i]) for m in ("era", "erv", "er")), ema, obj.ema_perf)
+                        for i in range(batch.size)])
     second, m = obj.compute(groups, adv)
+    aux_groups, _ = batch.to_groups(aux.float())
+    expect = adv + torch.minimum(aux_groups.clamp_min(0), adv.abs() / 2) * groups.mask
+    assert torch.allclose(second, expect, atol=1e-5)
     gain = second - adv
     assert bool((gain >= 0).all()) and bool((gain <= adv.abs() / 2 + 1e-6).all())
+    assert bool((gain > 0).any())                        # some response is actually shaped
     restored = EffectiveRank(stride=2)
     restored.load_state_dict(obj.state_dict())
     assert restored.ema == obj.ema and restored.ema_perf == obj.ema_perf and restored.steps == 2

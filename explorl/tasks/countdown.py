@@ -125,8 +125,9 @@ def _render(node, parent: str | None = None, right: bool = False) -> str:
 class Countdown(TaskSource):
     """``numbers`` values in 1..``max_value``; target reachable from a subset of >= 2 of them.
 
-    The target lies in 1..``MAX_TARGET``; the reference answer is the expression that
-    produced it, but any valid expression scores 1.0.
+    The target lies in 1..``MAX_TARGET`` and is never one of the given numbers (else echoing
+    that number would solve the problem without any arithmetic). The reference answer is the
+    expression that produced it, but any valid expression scores 1.0.
     """
 
     name = "countdown"
@@ -138,15 +139,17 @@ class Countdown(TaskSource):
         for _ in range(50):
             subset = rng.sample(numbers, rng.randint(2, count))
             tree = _build(rng, subset)
-            if 1 <= _value(tree) <= MAX_TARGET:
+            if 1 <= _value(tree) <= MAX_TARGET and _value(tree) not in numbers:
                 break
-        else:  # a sum of positive numbers always qualifies
-            tree = ("+", numbers[0], numbers[1])
+        else:  # the sum of all the numbers always qualifies: it exceeds each of them (>= 2 positives)
+            tree = numbers[0]
+            for x in numbers[1:]:
+                tree = ("+", tree, x)
         prompt = f"{','.join(map(str, numbers))}>{_value(tree)}:"
         return prompt, _render(tree)
 
     def score(self, problem: Problem, completion: str) -> float:
-        if len(completion) > 4 * MAX_COMPLETION_CHARS:
+        if not isinstance(completion, str) or len(completion) > 4 * MAX_COMPLETION_CHARS:
             return 0.0
         numbers, target = parse_prompt(problem.prompt)
         try:

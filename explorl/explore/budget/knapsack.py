@@ -2,7 +2,7 @@
 
 Li et al., "Knapsack RL: Unlocking Exploration of LLMs via Optimizing Budget Allocation",
 arXiv:2509.25849 (code: liziniu/KnapsackRL, ``verl/trainer/ppo/exploration_utils.py``,
-per-prompt state in ``verl/utils/dataset/rl_dataset.py``). Followed exactly:
+per-prompt state in ``verl/utils/dataset/rl_dataset.py``). Followed exactly by default:
 
 State per problem key: the number of rewards seen and the rewards of the recent visits.
 p̂ = mean of the last visit; if that visit had fewer than ``reward_buffer_length`` (16)
@@ -12,14 +12,27 @@ rewards, the mean of the most recent 16 rewards across visits. Valid once
     ProbNonZeroGrad(N, p) = 1 − p^N − (1 − p)^N,   InfoGain(p) = p(1 − p)^2
     Value(N, p)           = ProbNonZeroGrad(N, p) · InfoGain(p)
 
-1. invalid problems get ``n`` (the default group size, total / #problems); valid ones with
-   0 < p < 1 get ``min_n``, p = 0 get ``negative_n``, p = 1 get ``positive_n``.
+1. invalid problems (no history yet, or fewer than ``min_buffer_length`` rewards) get ``n``
+   (the default group size, total / #problems); valid ones with 0 < p < 1 get ``min_n``,
+   p = 0 get ``negative_n``, p = 1 get ``positive_n``.
 2. cost of 0 < p < 1: log(1 − α)/log(max(p, 1 − p)) (``cost="probability"``), or
    1/(p(1 − p)) − 1 (``cost="expectation"``).
-3. with no 0 < p < 1 problem, the rest goes evenly to the p = 0 problems (or, with none,
-   every problem gets ``n``); else, fallback: if Σ ⌊min(max_n, cost)⌋ is below the rest, the
-   surplus goes evenly to the p = 0 problems (or to every other problem if none has p = 0),
-   and only Σ ⌊min(max_n, cost)⌋ is left for step 4.
+3. the "zero" problems that receive spare budget are, with ``unseen_as_zero=True``
+   (default, as the code), the p = 0 problems AND the invalid ones: the code's array of
+   success rates starts at 0 and only valid problems overwrite it, so its ``success_rate
+   == 0`` test also picks the problems with no history. With ``unseen_as_zero=False`` only
+   the valid p = 0 problems count (an earlier explorl choice: spare budget goes to problems
+   known to be unsolved, not to unknown ones, which already have ``n``). E.g. rates
+   [invalid, invalid, 0, 0.5], total 32, max_n 16 (n = 8): the code and the default give
+   [11, 11, 5, 5], ``unseen_as_zero=False`` gives [8, 8, 11, 5].
+   With no 0 < p < 1 problem, the rest goes evenly to the zero problems (or, with none,
+   every problem gets ``n``, i.e. the total spread evenly); else, fallback: if
+   Σ ⌊min(max_n, cost)⌋ is below the rest, the surplus goes evenly to the zero problems (or
+   to every other problem if there is none), and only Σ ⌊min(max_n, cost)⌋ is left for
+   step 4. If every problem has 0 < p < 1 there is no other problem to take the surplus:
+   the code divides by zero there; explorl skips the fallback (the whole rest goes to step
+   4, whose unusable remainder is spread evenly) and reports it as
+   ``budget/fallback_no_target`` = 1.
 4. exact multiple-choice knapsack DP over the 0 < p < 1 problems: extra k ∈ 1..max_n − min_n
    with value Value(k + min_n, p) and weight k (or the item unchosen: k = 0, value 0, as in the
    code), exactly filling the largest reachable capacity ≤ the rest; an unusable remainder is
@@ -88,12 +101,19 @@ def spread(amount: int, indices: list[int], out: list[int]) -> None:
 
 def knapsack_allocate(rates: list[float | None], total: int, n: int, min_n: int = 2, max_n: int = 128,
                       negative_n: int = 2, positive_n: int = 2, alpha: float = 0.9,
-                      cost: str = "probability", fallback: bool = True) -> tuple[list[int], dict]:
-    """Rollouts per problem from success rates (``None`` = invalid / unknown)."""
+                      cost: str = "probability", fallback: bool = True,
+                      unseen_as_zero: bool = True) -> tuple[list[int], dict]:
+    """Rollouts per problem from success rates (``None`` = invalid / unknown).
+
+    ``unseen_as_zero``: the invalid problems join the p = 0 ones when spare budget is spread
+    (as the authors' code); ``False``: only the valid p = 0 problems do.
+    """
     counts, effective, zeros = [], [], []
     for i, p in enumerate(rates):
         if p is None:
             counts.append(n)
+            if unseen_as_zero:
+                zeros.append(i)
         elif 0 < p < 1:
             counts.append(min_n)
             effective.append(i)
@@ -106,7 +126,7 @@ def knapsack_allocate(rates: list[float | None], total: int, n: int, min_n: int 
     if rest < 0:
         raise ValueError(f"budget knapsack: the initial allocation {sum(counts)} exceeds the total {total}; "
                          f"lower min_n / negative_n / positive_n")
-    info = {"fallback": 0.0, "effective": float(len(effective))}
+    info = {"fallback": 0.0, "fallback_no_target": 0.0, "effective": float(len(effective))}
     if not effective:
         if rest > 0:
             if zeros:
@@ -124,6 +144,8 @@ def knapsack_allocate(rates: list[float | None], total: int, n: int, min_n: int 
             spread(rest - estimated, others, counts)
             info["fallback"] = 1.0
             rest = estimated
+        elif estimated < rest:  # every problem has 0 < p < 1: the code divides by zero here
+            info["fallback_no_target"] = 1.0
     extras, used = solve_dp([rates[i] for i in effective], min_n, max_n - min_n, rest)
     for i, k in zip(effective, extras):
         counts[i] += k
@@ -138,7 +160,8 @@ class Knapsack(Budget):
 
     def __init__(self, n: int | None = None, min_n: int = 2, max_n: int = 128, negative_n: int = 2,
                  positive_n: int = 2, alpha: float = 0.9, cost: str = "probability", fallback: bool = True,
-                 min_buffer_length: int = 8, reward_buffer_length: int = 16, key: str = "id"):
+                 min_buffer_length: int = 8, reward_buffer_length: int = 16, key: str = "id",
+                 unseen_as_zero: bool = True):
         if min(min_n, negative_n, positive_n) < 1 or max_n < min_n:
             raise ValueError("budget knapsack: need min_n, negative_n, positive_n >= 1 and max_n >= min_n")
         if cost not in ("probability", "expectation"):
@@ -149,7 +172,7 @@ class Knapsack(Budget):
             raise ValueError(f"budget knapsack: alpha must be in (0, 1), got {alpha}")
         self.n, self.min_n, self.max_n = n, min_n, max_n
         self.negative_n, self.positive_n, self.alpha = negative_n, positive_n, alpha
-        self.cost, self.fallback, self.key = cost, fallback, key
+        self.cost, self.fallback, self.key, self.unseen_as_zero = cost, fallback, key, unseen_as_zero
         self.min_buffer_length, self.reward_buffer_length = min_buffer_length, reward_buffer_length
         # key -> {"visits": rewards of the recent visits (enough to cover the buffer), "count": all seen}
         self.history: dict[str, dict] = {}
@@ -174,10 +197,12 @@ class Knapsack(Budget):
         n = self.n if self.n is not None else max(1, total // max(1, len(problems)))
         rates = [self.success_rate(p) for p in problems]
         counts, info = knapsack_allocate(rates, total, n, self.min_n, self.max_n, self.negative_n,
-                                         self.positive_n, self.alpha, self.cost, self.fallback)
+                                         self.positive_n, self.alpha, self.cost, self.fallback,
+                                         self.unseen_as_zero)
         return counts, {"budget/rollouts": float(sum(counts)), "budget/largest_n": float(max(counts)),
                         "budget/frac_valid": sum(r is not None for r in rates) / max(1, len(rates)),
-                        "budget/fallback": info["fallback"]}
+                        "budget/fallback": info["fallback"],
+                        "budget/fallback_no_target": info["fallback_no_target"]}
 
     def observe(self, stats):
         for problem, rewards in zip(stats.problems, stats.rewards):
