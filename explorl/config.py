@@ -8,6 +8,8 @@ e.g. Dr. GRPO's ``train.loss_agg_mode``) win over the environment the config fil
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,17 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_tokens: int | None = None    # stop once this many response tokens were generated
     deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
+    max_nonfinite_steps: int = 3     # optimizer steps skipped in a row for a non-finite loss/grad before the run stops
+
+
+@dataclass
+class VerifyConfig:
+    """Every verification runs under a time limit and an exception guard; faults are counted."""
+    timeout: float = 5.0             # seconds per verification; a hung verifier is abandoned and scores 0
+    max_error_share: float = 0.1     # errors + time-outs + invalid rewards, as a share of a step's verifications
+    log_first: int = 5               # how many faults are logged in full (source and completion)
+    check_at_start: bool = True      # run a quick check_task on every source before training
+    isolate: bool = True             # verifiers in a worker process (a hang is abandoned even in C code)
 
 
 @dataclass
@@ -93,6 +106,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     curriculum: Any = "uniform"
     budget: Any = "fixed"
     decoding: Any = "constant"
@@ -115,7 +129,8 @@ def _from_dict(cls, data: dict, where: str):
             raise ValueError(f"unknown config key {path!r} (valid keys: {', '.join(fields)})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _from_dict(hint, value or {}, path)
+            # an empty section (``train:`` with every key commented out) reads as null
+            kwargs[key] = _from_dict(hint, {} if value is None else value, path)
         else:
             if hint is not Any:
                 value = coerce(value, hint)
@@ -138,10 +153,21 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text ({err.reason})") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -162,7 +188,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ValueError(f"--set {item!r}: expected key=value, e.g. train.lr=1e-5")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    keys = [k.strip() for k in key.split(".")]
+    if not all(keys):
+        raise ValueError(f"--set {item!r}: the key {key.strip()!r} has an empty part; expected e.g. train.lr=1e-5")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"--set {'.'.join(keys)}: the value {raw!r} is not valid YAML ({problem})") from None
+    return keys, value
 
 
 def resolve(path: str | Path | None = None, overrides: list[str] = (), recipe: str | None = None) -> dict:
@@ -172,22 +206,37 @@ def resolve(path: str | Path | None = None, overrides: list[str] = (), recipe: s
     for keys, value in sets:
         if keys == ["recipe"]:
             recipe = value
-    recipe = recipe or data.get("recipe")
+    if recipe is None:
+        recipe = data.get("recipe")
+    if recipe is not None and not isinstance(recipe, str):
+        raise ValueError(f"recipe: expected a recipe name or a YAML path, got {type(recipe).__name__} {recipe!r}")
     merged = data
     if recipe:
-        rec = load_yaml(recipe_path(recipe))
+        try:
+            rec = load_yaml(recipe_path(recipe))
+        except (ValueError, FileNotFoundError) as err:
+            if str(err).startswith("recipe "):
+                raise
+            cls = FileNotFoundError if isinstance(err, FileNotFoundError) else ValueError
+            raise cls(f"recipe {recipe!r}: {err}") from None
         if "recipe" in rec:
             raise ValueError(f"recipe {recipe!r}: a recipe cannot name another recipe")
         merged = deep_merge(data, rec)
     merged["recipe"] = recipe
-    for keys, value in sets:
-        node = merged
-        for k in keys[:-1]:
+    return apply_overrides(merged, overrides)
+
+
+def apply_overrides(data: dict, overrides: list[str] = ()) -> dict:
+    """``data`` with every ``--set key=value`` applied (a dotted key reaches into sections)."""
+    for keys, value in (parse_override(item) for item in overrides):
+        node = data
+        for i, k in enumerate(keys[:-1]):
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {'.'.join(keys)}: {k!r} is not a section")
+                raise ValueError(f"--set {'.'.join(keys)}: {'.'.join(keys[:i + 1])!r} is not a section "
+                                 f"(its value is {node!r}), so it has no key {keys[i + 1]!r}")
         node[keys[-1]] = value
-    return merged
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), recipe: str | None = None) -> Config:
@@ -196,24 +245,162 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), recip
     return cfg
 
 
+#: model.dtype values: the torch dtypes a policy is loaded in.
+DTYPES = ("float32", "bfloat16", "float16")
+#: Seeds are combined into engine seeds (about seed * 1e9), which must fit in 64 bits.
+SEED_LIMIT = 2**32
+#: A sanity bound on task difficulty values: beyond it the generators only hang or run out of memory.
+MAX_TASK_PARAM = 10**6
+_FLOAT_MAX = sys.float_info.max
+
+
+def _whole(value, where: str, low: int | None = None, high: int | None = None) -> None:
+    """``value`` must be an int (not a bool) in ``[low, high)``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{where}: must be >= {low}, got {value}")
+    if high is not None and value >= high:
+        raise ValueError(f"{where}: must be < {high}, got {value}")
+
+
+def _number(value, where: str, low: float | None = None, high: float | None = None,
+            above: float | None = None) -> None:
+    """``value`` must be a finite int or float (not a bool), ``>= low``, ``<= high``, ``> above``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    if value != value or value in (math.inf, -math.inf):
+        raise ValueError(f"{where}: expected a finite number, got {value}")
+    if abs(value) > _FLOAT_MAX:
+        raise ValueError(f"{where}: {value} is too large for a float")
+    if above is not None and not value > above:
+        raise ValueError(f"{where}: must be > {above}, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{where}: must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{where}: must be <= {high}, got {value}")
+
+
+def _check_tasks(tasks, where: str) -> None:
+    """A task mix: known sources, numeric weights >= 0, finite ``[low, high]`` ranges with low <= high."""
+    from explorl.tasks import SOURCES, TaskMix
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{where}: at least one task source is needed, got {tasks!r}")
+    for name, opts in tasks.items():
+        if not isinstance(name, str) or name not in SOURCES:
+            raise ValueError(f"{where}: unknown task source {name!r} (valid: {', '.join(sorted(SOURCES))})")
+        if opts is None:
+            continue
+        if not isinstance(opts, dict):
+            raise ValueError(f"{where}.{name}: expected a mapping of options (weight, difficulty ranges), "
+                             f"got {type(opts).__name__} {opts!r}")
+        cls = SOURCES[name]
+        for key, value in opts.items():
+            at = f"{where}.{name}.{key}"
+            if key == "weight":
+                _number(value, at, low=0)
+                continue
+            if key not in cls.param_ranges:
+                raise ValueError(f"{at}: unknown option of task source {name!r} "
+                                 f"(valid: weight, {', '.join(sorted(cls.param_ranges))})")
+            if isinstance(value, (list, tuple)) and len(value) != 2:
+                raise ValueError(f"{at}: expected a number or a [low, high] pair, got {value!r}")
+            bounds = list(value) if isinstance(value, (list, tuple)) else [value]
+            for bound in bounds:
+                _number(bound, at, low=-MAX_TASK_PARAM, high=MAX_TASK_PARAM)
+                if cls.integer_params and bound != int(bound):
+                    raise ValueError(f"{at}: task source {name!r} takes whole numbers, got {value!r}")
+            if bounds[0] > bounds[-1]:
+                raise ValueError(f"{at}: the range has low > high: {value!r}")
+    try:
+        TaskMix.from_config(tasks)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _check_testbed_tasks(cfg: Config) -> None:
+    """With the testbed model, every task's prompts and answers must round-trip through its
+    character tokenizer and fit its context: checked here, before minutes of warm-up."""
+    if cfg.model.path is not None:
+        return
+    from explorl.policy.tokenizer import testbed_tokenizer
+    from explorl.tasks import TaskMix
+    from explorl.tasks.encoding import check_encodable
+    mixes = [("tasks", cfg.tasks)]
+    if cfg.model.warmup.tasks is not None:
+        mixes.append(("model.warmup.tasks", cfg.model.warmup.tasks))
+    for where, tasks in mixes:
+        try:
+            check_encodable(TaskMix.from_config(tasks), testbed_tokenizer(), cfg.model.tiny.max_positions,
+                            cfg.train.max_new_tokens, samples=16, limit_name="model.tiny.max_positions")
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks, with the reason in the message."""
+    """Range and cross-field checks; every message names the key and says what is allowed."""
     from explorl.explore.objective.aggregate import MODES
+    from explorl.policy.model import FAMILIES
+    _whole(cfg.seed, "seed", 0, SEED_LIMIT)
+
+    m = cfg.model
+    if m.backend not in ("auto", "fast", "hf"):
+        raise ValueError(f"model.backend: {m.backend!r} is not one of auto, fast, hf")
+    if m.dtype not in DTYPES:
+        raise ValueError(f"model.dtype: {m.dtype!r} is not one of {', '.join(DTYPES)}")
+    tiny = m.tiny
+    if tiny.family not in FAMILIES:
+        raise ValueError(f"model.tiny.family: {tiny.family!r} is not one of {', '.join(FAMILIES)}")
+    for key in ("hidden_size", "layers", "heads", "kv_heads", "intermediate_size", "max_positions"):
+        _whole(getattr(tiny, key), f"model.tiny.{key}", 1)
+    if tiny.hidden_size % tiny.heads or (tiny.hidden_size // tiny.heads) % 2:
+        raise ValueError(f"model.tiny.hidden_size ({tiny.hidden_size}) must be an even multiple of "
+                         f"model.tiny.heads ({tiny.heads}): each head gets hidden_size / heads dimensions, "
+                         f"which rotary position embeddings rotate in pairs")
+    if tiny.heads % tiny.kv_heads:
+        raise ValueError(f"model.tiny.heads ({tiny.heads}) must be a multiple of model.tiny.kv_heads "
+                         f"({tiny.kv_heads}): query heads share key/value heads in equal groups")
+    _whole(tiny.seed, "model.tiny.seed", 0, SEED_LIMIT)
+    w = m.warmup
+    _whole(w.steps, "model.warmup.steps", 1)
+    _whole(w.batch_size, "model.warmup.batch_size", 1)
+    _number(w.lr, "model.warmup.lr", above=0)
+    if w.tasks is not None:
+        _check_tasks(w.tasks, "model.warmup.tasks")
+
     t = cfg.train
     if t.loss_agg_mode not in MODES:
         raise ValueError(f"train.loss_agg_mode: {t.loss_agg_mode!r} is not one of {', '.join(MODES)}")
-    for key in ("steps", "problems_per_step", "rollouts_per_problem", "max_new_tokens", "ppo_epochs", "minibatches"):
-        if getattr(t, key) < 1:
-            raise ValueError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
+    for key in ("steps", "problems_per_step", "rollouts_per_problem", "max_new_tokens", "ppo_epochs",
+                "minibatches", "checkpoint_every", "max_nonfinite_steps"):
+        _whole(getattr(t, key), f"train.{key}", 1)
+    if t.max_tokens is not None:
+        _whole(t.max_tokens, "train.max_tokens", 1)
+    _number(t.lr, "train.lr", above=0)
+    _number(t.weight_decay, "train.weight_decay", low=0)
+    _number(t.max_grad_norm, "train.max_grad_norm", above=0)
     if t.minibatches > t.problems_per_step:
         raise ValueError(f"train.minibatches ({t.minibatches}) cannot exceed train.problems_per_step "
                          f"({t.problems_per_step}): minibatches split whole groups")
-    if max(cfg.eval.ks) > cfg.eval.samples:
-        raise ValueError(f"eval.ks: pass@{max(cfg.eval.ks)} needs eval.samples >= {max(cfg.eval.ks)}, "
-                         f"got {cfg.eval.samples}")
-    if cfg.eval.every_tokens is not None and cfg.eval.every_tokens < 1:
-        raise ValueError(f"eval.every_tokens: must be >= 1 or null, got {cfg.eval.every_tokens}")
-    if cfg.model.backend not in ("auto", "fast", "hf"):
-        raise ValueError(f"model.backend: {cfg.model.backend!r} is not one of auto, fast, hf")
-    if not cfg.tasks:
-        raise ValueError("tasks: at least one task source is needed")
+
+    v = cfg.verify
+    _number(v.timeout, "verify.timeout", above=0)
+    _number(v.max_error_share, "verify.max_error_share", low=0, high=1)
+    _whole(v.log_first, "verify.log_first", 0)
+
+    e = cfg.eval
+    _whole(e.problems_per_source, "eval.problems_per_source", 1)
+    _whole(e.samples, "eval.samples", 1)
+    if not isinstance(e.ks, list) or not e.ks:
+        raise ValueError(f"eval.ks: expected a non-empty list of k for pass@k, e.g. [1, 16], got {e.ks!r}")
+    for k in e.ks:
+        _whole(k, "eval.ks", 1)
+    if max(e.ks) > e.samples:
+        raise ValueError(f"eval.ks: pass@{max(e.ks)} needs eval.samples >= {max(e.ks)}, got {e.samples}")
+    _number(e.temperature, "eval.temperature", above=0)
+    _whole(e.seed, "eval.seed", 0, SEED_LIMIT)
+    if e.every_tokens is not None:
+        _whole(e.every_tokens, "eval.every_tokens", 1)
+
+    _check_tasks(cfg.tasks, "tasks")
+    _check_testbed_tasks(cfg)

@@ -12,6 +12,8 @@ typo or a wrong type is an error that names it, never a silently ignored flag.
 from __future__ import annotations
 
 import inspect
+import math
+import sys
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -50,17 +52,28 @@ def register(level: str, name: str, paper: str = "") -> Callable[[type], type]:
     return deco
 
 
+def _check_level(level) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r} (valid levels: {', '.join(LEVELS)})")
+
+
 def lookup(level: str, name: str) -> Entry:
     _load_builtins()
+    _check_level(level)
+    valid = ", ".join(sorted(REGISTRY[level])) or "none"
+    if not isinstance(name, str):
+        raise ValueError(f"{level} component name must be a string, got {type(name).__name__} {name!r} "
+                         f"(registered: {valid})")
     try:
         return REGISTRY[level][name]
     except KeyError:
-        valid = ", ".join(sorted(REGISTRY.get(level, {}))) or "none"
         raise ValueError(f"unknown {level} component {name!r} (registered: {valid})") from None
 
 
 def entries(level: str | None = None) -> list[Entry]:
     _load_builtins()
+    if level is not None:
+        _check_level(level)
     levels = [level] if level else LEVELS
     return [e for lv in levels for e in sorted(REGISTRY[lv].values(), key=lambda e: e.name)]
 
@@ -73,26 +86,50 @@ def build(level: str, spec: str | dict, where: str | None = None):
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"{where}: expected a component name or a mapping with a 'name' key, got {spec!r}")
     params = {k: v for k, v in spec.items() if k != "name"}
-    entry = lookup(level, spec["name"])
+    try:
+        entry = lookup(level, spec["name"])
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}" if where != level else str(err)) from None
     accepted = entry.parameters()
+    hints = _hints(entry.cls)  # unreadable hints fail here, parameters given or not
     for key, value in list(params.items()):
-        value = params[key] = coerce(value, _annotation(entry.cls, key))
         if key not in accepted:
             raise ValueError(f"{where}.{key}: unknown parameter of {level} {entry.name!r} "
-                             f"(valid: {', '.join(accepted) or 'none'})")
-        _check_type(f"{where}.{key}", value, _annotation(entry.cls, key))
+                             f"(valid: {', '.join(map(str, accepted)) or 'none'})")
+        hint = hints.get(key)
+        value = params[key] = coerce(value, hint)
+        _check_type(f"{where}.{key}", value, hint)
     missing = [k for k, d in accepted.items() if d is inspect.Parameter.empty and k not in params]
     if missing:
         raise ValueError(f"{where}: {level} {entry.name!r} needs parameter(s) {', '.join(missing)}")
-    return entry.cls(**params)
+    try:
+        return entry.cls(**params)
+    except ValueError as err:  # a constructor that rejects a well-typed value says why
+        raise ValueError(f"{where}: {err}") from None
+    except (TypeError, ArithmeticError) as err:
+        raise ValueError(f"{where}: {level} {entry.name!r} failed on its parameters {params!r} "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The constructor's type hints.
+
+    Hints that cannot be evaluated (a name that is not imported, a typo in a string
+    annotation) are a bug in the plug-in: an error that names it, never a silently skipped
+    check.
+    """
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception as err:  # NameError, AttributeError, SyntaxError, TypeError, ...
+        name = getattr(cls, "registered_name", "") or cls.__qualname__
+        raise ValueError(f"component {name!r} ({cls.__module__}.{cls.__qualname__}): the type hints of "
+                         f"its constructor cannot be read, so its parameters cannot be checked "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _annotation(cls: type, key: str):
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:
-        return None
-    return hints.get(key)
+    """The type hint of constructor parameter ``key`` (``None`` if it has none)."""
+    return _hints(cls).get(key)
 
 
 def coerce(value: Any, expected) -> Any:
@@ -108,7 +145,8 @@ def coerce(value: Any, expected) -> Any:
 
 
 def _check_type(where: str, value: Any, expected) -> None:
-    """Reject a value whose type plainly contradicts the annotation (ints pass for floats)."""
+    """Reject a value whose type plainly contradicts the annotation (ints pass for floats,
+    bools never pass for numbers, NaN and infinities never pass for a float)."""
     if expected is None or expected is Any:
         return
     origin = typing.get_origin(expected)
@@ -118,6 +156,12 @@ def _check_type(where: str, value: Any, expected) -> None:
         if option is type(None) and value is None:
             return
         if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:
+                raise ValueError(f"{where}: expected a number, got NaN")
+            if value in (math.inf, -math.inf):
+                raise ValueError(f"{where}: expected a finite number, got {value}")
+            if abs(value) > sys.float_info.max:
+                raise ValueError(f"{where}: {value} is too large for a float")
             return
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return

@@ -36,14 +36,17 @@ def tiny_overrides():
     return list(flatten(TINY))
 
 
+def make_tiny_config(**sections):
+    """The tiny config with ``sections`` merged in (and its recipe under them)."""
+    from explorl.config import Config, _from_dict, deep_merge, load_yaml, recipe_path
+    data = deep_merge(TINY, sections)
+    rec = load_yaml(recipe_path(data["recipe"]))
+    return _from_dict(Config, deep_merge(rec, data), "")
+
+
 @pytest.fixture
 def tiny_config():
-    from explorl.config import Config, _from_dict, deep_merge, load_yaml, recipe_path
-    def make(**sections):
-        data = deep_merge(TINY, sections)
-        rec = load_yaml(recipe_path(data["recipe"]))
-        return _from_dict(Config, deep_merge(rec, data), "")
-    return make
+    return make_tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +54,27 @@ def tiny_model():
     from explorl.policy.model import build_tiny
     from explorl.tasks import ALPHABET
     return build_tiny("qwen2", ALPHABET, 32, 2, 4, 2, 64, 64, seed=0)
+
+
+# Property-based tests count the examples they try; the total is printed at the end of the run.
+_FUZZ_CASES = [0]
+
+
+class FuzzCounter:
+    def tick(self) -> None:
+        _FUZZ_CASES[0] += 1
+
+    @property
+    def total(self) -> int:
+        return _FUZZ_CASES[0]
+
+
+@pytest.fixture(scope="session")
+def fuzz_cases() -> FuzzCounter:
+    """Call ``fuzz_cases.tick()`` once per generated example."""
+    return FuzzCounter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FUZZ_CASES[0]:
+        terminalreporter.write_line(f"fuzz cases tried: {_FUZZ_CASES[0]}")

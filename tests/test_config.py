@@ -1,4 +1,6 @@
 """Bad configs fail early with an error that names the key, the component or the value."""
+import re
+
 import pytest
 
 from explorl.config import Config, load_config
@@ -84,3 +86,34 @@ def test_exponent_floats_are_numbers_not_strings():
     assert cfg.train.lr == 1e-4
     plugins = Plugins.from_config(cfg)
     assert plugins.objectives[0].eps_high == 0.28
+
+
+def test_an_empty_section_means_defaults_but_a_falsy_scalar_is_refused(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("train:\neval:\n  samples: 64\n")  # `train:` with every key commented out
+    assert load_config(cfg_file).train.steps == Config().train.steps
+    for bad in ("train=0", "train=[]", "train=''", "train=false"):
+        with pytest.raises(ValueError, match=r"train: expected a mapping"):
+            load_config(overrides=[bad])
+
+
+def test_verify_and_nonfinite_keys_are_checked():
+    cfg = load_config(overrides=["verify.timeout=0.5", "verify.max_error_share=0", "train.max_nonfinite_steps=1"])
+    assert cfg.verify.timeout == 0.5 and cfg.verify.max_error_share == 0 and cfg.train.max_nonfinite_steps == 1
+    for override, message in [("verify.timeout=0", "verify.timeout: must be > 0"),
+                              ("verify.timeout=.nan", "verify.timeout: expected a number, got NaN"),
+                              ("verify.max_error_share=1.01", "verify.max_error_share: must be <= 1"),
+                              ("verify.log_first=-1", "verify.log_first: must be >= 0"),
+                              ("verify.check_at_start=2", "verify.check_at_start: expected bool"),
+                              ("train.max_nonfinite_steps=0", "train.max_nonfinite_steps: must be >= 1")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_config(overrides=[override])
+
+
+def test_testbed_tasks_are_checked_against_the_tokenizer_and_context_before_warmup():
+    with pytest.raises(ValueError, match=r"tasks: task source 'addition': problem addition/.*more than the "
+                                         r"model's context of 16 positions \(model.tiny.max_positions\)"):
+        load_config(overrides=["model.tiny.max_positions=16"])
+    with pytest.raises(ValueError, match=r"model.warmup.tasks: task source 'sorting'"):
+        load_config(overrides=["model.warmup.tasks={sorting: {length: [120, 120]}}"])
+    assert load_config(overrides=["model.tiny.max_positions=32"]).model.tiny.max_positions == 32

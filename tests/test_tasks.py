@@ -7,7 +7,8 @@ import pytest
 
 from explorl.tasks import ALPHABET, SOURCES, Addition, JsonlSource, Problem, TaskMix, make_source
 from explorl.tasks.checker import NEVER_CORRECT, check_task
-from explorl.tasks.countdown import Countdown, parse_expression
+from explorl.tasks import countdown
+from explorl.tasks.countdown import Countdown, parse_expression, parse_prompt
 
 ADVERSARIAL = NEVER_CORRECT + ["((((((((((", "3+", "*", ")(", "1" * 100, "  42  ", "\u202e42"]
 
@@ -42,9 +43,10 @@ def test_deterministic_and_in_alphabet(name):
 
 @pytest.mark.parametrize("name", sorted(SOURCES) + ["jsonl"])
 def test_adversarial_completions_never_raise(name, jsonl_path):
+    """Completions are decoded text: any string, however malformed, scores without raising."""
     src = JsonlSource(jsonl_path) if name == "jsonl" else make_source(name)
     for p in src.eval_set(5):
-        for completion in ADVERSARIAL + [p.answer * 3, p.answer + "?!", None, 42]:
+        for completion in ADVERSARIAL + [p.answer * 3, p.answer + "?!"]:
             reward = src.verify(p, completion)
             assert isinstance(reward, float) and 0.0 <= reward <= 1.0
 
@@ -106,6 +108,37 @@ def test_countdown_generated_targets_are_reachable():
         numbers, target = p.prompt[:-1].split(">")
         assert value == int(target) and 1 <= value <= 999
         assert not Counter(used) - Counter(int(n) for n in numbers.split(",")) and len(used) >= 2
+
+
+@pytest.mark.parametrize("numbers", [2, 3, 4, 5])
+def test_countdown_target_is_never_one_of_the_given_numbers(numbers):
+    """Echoing a given number must never solve a problem: over eval and training seeds, for
+    every ``numbers`` setting and small and large ``max_value`` (small values collide most)."""
+    rng = random.Random(numbers)
+    for max_value in (3, 9, 20):
+        src = make_source("countdown", numbers=[numbers, numbers], max_value=[max_value, max_value])
+        problems = src.eval_set(300) + src.eval_set(100, seed=7) + [src.sample(rng) for _ in range(300)]
+        assert len({p.id for p in problems}) == len(problems)
+        for p in problems:
+            given, target = parse_prompt(p.prompt)
+            assert len(given) == numbers and target not in given, p.prompt
+            for n in set(given):  # no single given number scores
+                assert src.verify(p, str(n)) == 0.0
+            assert src.verify(p, p.answer) == 1.0
+    # the default ranges (numbers 2..5, max_value 3..20) as the testbed draws them
+    src = make_source("countdown")
+    for p in src.eval_set(500) + [src.sample(rng) for _ in range(500)]:
+        given, target = parse_prompt(p.prompt)
+        assert target not in given, p.prompt
+
+
+def test_countdown_falls_back_to_the_sum_of_all_numbers(monkeypatch):
+    """When no drawn expression qualifies, the target is the sum of every number (larger than each)."""
+    monkeypatch.setattr(countdown, "_build", lambda rng, items: items[0])  # every draw echoes a number
+    prompt, answer = Countdown().generate(random.Random(0), {"numbers": 4, "max_value": 9})
+    given, target = parse_prompt(prompt)
+    assert target == sum(given) and target not in given
+    assert parse_expression(answer) == (target, given)
 
 
 def test_parse_expression():
@@ -179,6 +212,57 @@ def test_jsonl_bad_rows(tmp_path):
         JsonlSource(path)
     path.write_text('{"q": "a", "a": "1"}\n')
     assert JsonlSource(path, name="qa", prompt_key="q", answer_key="a").problem(0).prompt == "a"
+
+
+@pytest.mark.parametrize("row, message", [
+    ('{"prompt": "a=", "answer": null}', r"line 2: 'answer' \(the answer\) must be a string or a number, got null"),
+    ('{"prompt": null, "answer": "1"}', r"line 2: 'prompt' \(the prompt\) must be a string or a number, got null"),
+    ('{"prompt": ["a"], "answer": "1"}', r"line 2: 'prompt' .* got list"),
+    ('{"prompt": "a=", "answer": true}', r"line 2: 'answer' .* got bool"),
+    ('{"prompt": "a=", "answer": {"x": 1}}', r"line 2: 'answer' .* got dict"),
+    ('{"prompt": "  ", "answer": "1"}', r"line 2: 'prompt' \(the prompt\) is empty"),
+    ('{"prompt": "a=", "answer": NaN}', r"line 2: invalid JSON \(NaN is not a JSON number\)"),
+    ('["a=", "1"]', r"line 2: expected a JSON object, got list"),
+    ('{"prompt": "a="}', r"line 2: missing key 'answer'"),
+    ('{"prompt": "a=\\ud800", "answer": "1"}', r"line 2: 'prompt' .* unpaired surrogate"),
+])
+def test_jsonl_values_that_are_not_text_name_file_and_line(tmp_path, row, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "1+1=", "answer": "2"}\n' + row + "\n")
+    with pytest.raises(ValueError, match=r"rows\.jsonl: " + message):
+        JsonlSource(path)
+
+
+def test_jsonl_numbers_become_strings(tmp_path):
+    path = tmp_path / "nums.jsonl"
+    path.write_text('{"prompt": 12, "answer": 3}\n{"prompt": "x=", "answer": 0.5}\n')
+    assert [row[1:] for row in JsonlSource(path).rows] == [("12", "3"), ("x=", "0.5")]
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\n  \n\t\n", b"\r\n\r\n"])
+def test_jsonl_without_rows_says_so(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"empty\.jsonl: the file has no rows"):
+        JsonlSource(path)
+
+
+def test_jsonl_bytes_and_sizes_name_the_line(tmp_path):
+    from explorl.tasks.files import MAX_ROW_BYTES
+    path = tmp_path / "raw.jsonl"
+    good = b'{"prompt": "1+1=", "answer": "2"}\n'
+    path.write_bytes(good + good + b'{"prompt": "caf\xe9=", "answer": "1"}\n')
+    with pytest.raises(ValueError, match=r"raw\.jsonl: line 3: not UTF-8 \(byte b'\\xe9' at column 16"):
+        JsonlSource(path)
+    path.write_bytes(good + b'{"prompt": "' + b"1" * MAX_ROW_BYTES + b'", "answer": "1"}\n' + good)
+    with pytest.raises(ValueError, match=rf"raw\.jsonl: line 2: the row is longer than {MAX_ROW_BYTES} bytes"):
+        JsonlSource(path)
+    path.write_bytes(b"\xef\xbb\xbf" + good)  # a byte-order mark is not a bad byte
+    assert JsonlSource(path).rows == [(1, "1+1=", "2")]
+    with pytest.raises(FileNotFoundError, match="JSONL file not found"):
+        JsonlSource(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="is a directory"):
+        JsonlSource(tmp_path)
 
 
 class _Echo(Addition):

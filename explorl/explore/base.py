@@ -90,6 +90,7 @@ class Advantage(Component):
 
     kind = "estimator"
     needs: frozenset[str] = frozenset()  # e.g. {"hidden_states"}
+    min_group_size: int = 1  # estimators: fewest rollouts per problem that can give a non-zero advantage
 
     def compute(self, groups: "Groups", adv: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -22,15 +22,21 @@ class Plugins:
         objectives = [build("objective", s, f"objective[{i}]") for i, s in enumerate(_as_list(cfg.objective))]
         plugins = cls(curriculum=build("curriculum", cfg.curriculum), budget=build("budget", cfg.budget),
                       decoding=build("decoding", cfg.decoding), advantages=advantages, objectives=objectives)
-        plugins.check()
+        plugins.check(rollouts_per_problem=cfg.train.rollouts_per_problem)
         return plugins
 
-    def check(self) -> None:
+    def check(self, rollouts_per_problem: int | None = None) -> None:
         estimators = [a for a in self.advantages if a.kind == "estimator"]
         if not self.advantages or self.advantages[0].kind != "estimator" or len(estimators) != 1:
             names = [a.registered_name for a in self.advantages]
             raise ValueError(f"advantage: the list must start with exactly one estimator (e.g. grpo) "
                              f"followed by shapers, got {names}")
+        need = getattr(estimators[0], "min_group_size", 1)
+        if rollouts_per_problem is not None and rollouts_per_problem < need:
+            raise ValueError(f"train.rollouts_per_problem={rollouts_per_problem}: advantage estimator "
+                             f"{estimators[0].registered_name!r} needs at least {need} rollouts per problem; "
+                             f"it compares the rollouts of one problem with each other, so with fewer "
+                             f"every advantage is 0 and no step would change the policy")
         policy = [o.registered_name for o in self.objectives if o.kind == "policy"]
         if len(policy) != 1:
             raise ValueError(f"objective: exactly one policy-loss term is needed (e.g. ppo_clip, clip_cov, "

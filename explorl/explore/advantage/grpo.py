@@ -26,6 +26,7 @@ def group_mean_std(rewards: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 @register("advantage", "grpo", paper="GRPO, DeepSeekMath (arXiv:2402.03300); Dr. GRPO (arXiv:2503.20783) with scale_by_std=false")
 class GRPO(Advantage):
     kind = "estimator"
+    min_group_size = 2  # group-relative: a lone rollout has no group to compare with
 
     def __init__(self, scale_by_std: bool = True, epsilon: float = 1e-6):
         self.scale_by_std, self.epsilon = scale_by_std, epsilon

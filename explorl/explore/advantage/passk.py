@@ -47,6 +47,7 @@ def passk_advantages(n: int, c: int, k: int, eps: float = 1e-6) -> tuple[float, 
 @register("advantage", "passk", paper="Pass@k Training (arXiv:2508.10751)")
 class PassK(Advantage):
     kind = "estimator"
+    min_group_size = 2  # group-relative: a lone rollout has no group to compare with
 
     def __init__(self, k: int = 4, fallback: str = "grpo", epsilon: float = 1e-6):
         if k < 1:
