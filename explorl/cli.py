@@ -18,16 +18,22 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args):
     from explorl.config import load_config
+    return load_config(args.config, _overrides(args), args.recipe)
+
+
+def _overrides(args) -> list[str]:
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     if getattr(args, "steps", None) is not None:
         overrides.append(f"train.steps={args.steps}")
-    return load_config(args.config, overrides, args.recipe)
+    return overrides
 
 
 def cmd_train(args) -> int:
     from explorl.eval.evaluate import format_table
     from explorl.train.loop import Trainer
-    cfg = _load(args)
+    from explorl.train.resume import resume_config
+    cfg = resume_config(args.out, args.config, _overrides(args), args.recipe) if args.resume else None
+    cfg = cfg or _load(args)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     results = trainer.run()
     ks = [k for k in (1, 16) if f"pass@{k}" in results["end"]]
@@ -103,6 +109,11 @@ def cmd_compare(args) -> int:
     return run_compare(args)
 
 
+def cmd_crashtest(args) -> int:
+    from explorl.train.crashtest import run_crashtest
+    return run_crashtest(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="explorl", description="Exploration methods for RL with verifiable rewards.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a recipe and evaluate before and after")
     _config_args(p)
     p.add_argument("--out", required=True, help="run folder (config, metrics.jsonl, tb/, ckpt/, eval.json)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last complete checkpoint, with the configuration "
+                        "in its config.yaml (only --steps and the keys listed in the README may change)")
     p.add_argument("--steps", type=int, default=None, help="total training steps (overrides train.steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -152,16 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every-tokens", type=int, default=None, metavar="E",
                    help="also evaluate held-out pass@k every E generated tokens (costs one eval each)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("crashtest", help="kill a training run with SIGKILL again and again, resume it each time, "
+                                         "and check it ends identical to an uninterrupted run")
+    _config_args(p)
+    p.add_argument("--out", required=True, help="folder for the reference run, the killed run and crashtest.json")
+    p.add_argument("--steps", type=int, default=None, help="total training steps (overrides train.steps)")
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs to survive (default 20)")
+    p.add_argument("--kill-seed", type=int, default=0, help="seed of the kill schedule")
+    p.set_defaults(func=cmd_crashtest)
     return parser
 
 
 def main(argv=None) -> int:
+    from explorl.errors import RunStopped
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"explorl {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"explorl {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nexplorl {args.command}: interrupted; a train run continues with --resume", file=sys.stderr)
         return 130

@@ -9,12 +9,29 @@ from explorl.eval.passk import pass_at_k
 
 
 def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temperature: float = 1.0,
-             max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048) -> dict:
+             max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048, verifier=None,
+             ledger=None) -> dict:
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
     "distinct_correct": {...}, "tokens": int}``; ``all`` averages over problems of every source.
+    ``verifier`` (a ``GuardedVerifier``; one is made for the call when ``None``) scores under a
+    time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given.
     """
+    from explorl.tasks.guard import GuardedVerifier
+    own = verifier is None
+    verifier = verifier or GuardedVerifier(tasks)
+    try:
+        per_problem = _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens,
+                                        seed, rows_per_batch, ledger)
+    finally:
+        if own:
+            verifier.close()
+    return summarize(per_problem, samples, ks)
+
+
+def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens, seed, rows_per_batch,
+                      ledger):
     per_problem = []  # (source, correct count, distinct correct, entropy sum, token count)
     problems = [p for src in eval_sets for p in eval_sets[src]]
     chunk = max(1, rows_per_batch // samples)
@@ -22,13 +39,16 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     for start in range(0, len(problems), chunk):
         part = problems[start:start + chunk]
         batch = engine.rollout(part, [samples] * len(part), temps, seed=seed + start)
+        rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
+        if ledger is not None:
+            ledger.add(len(rewards), faults)
         for i, problem in enumerate(part):
             rows = (batch.group == i).nonzero().squeeze(-1)
-            correct = [batch.texts[r] for r in rows.tolist() if tasks.verify(problem, batch.texts[r]) >= 1.0]
+            correct = [batch.texts[r] for r in rows.tolist() if rewards[r] >= 1.0]
             ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
             per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
                                 ent, float(batch.mask[rows].sum())))
-    return summarize(per_problem, samples, ks)
+    return per_problem
 
 
 def summarize(per_problem, samples, ks) -> dict:

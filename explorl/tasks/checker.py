@@ -29,7 +29,7 @@ def check_task(source: TaskSource, n: int = 20, seed: int = 0, *,
     has a non-empty prompt and its ``source`` field is ``source.name``; prompts/answers use
     only ``alphabet`` (default: the tokenizer's ``ALPHABET``; pass ``""`` to skip); the
     reference answer scores 1.0; adversarial completions return a float in [0, 1] within
-    ``max_verify_s`` each, and the ``NEVER_CORRECT`` ones score 0.0.
+    ``max_verify_s`` each without raising, and the ``NEVER_CORRECT`` ones score 0.0.
     Returns a report dict (counts, prompt/answer lengths, slowest verify call).
     """
     if alphabet is None:
@@ -66,15 +66,23 @@ def check_task(source: TaskSource, n: int = 20, seed: int = 0, *,
             if bad:
                 fail(f"characters {sorted(bad)!r} outside the alphabet in {p!r}")
 
+    def verify(p: Problem, completion: str):
+        try:
+            return source.verify(p, completion)
+        except Exception as err:
+            shown = repr(completion[:40]) + ("..." if len(completion) > 40 else "")
+            fail(f"verify raised {type(err).__name__}: {err} for completion {shown} on {p.prompt!r} "
+                 f"(a verifier must return 0 for a malformed completion)")
+
     slowest = 0.0
     for p in problems:
-        reward = source.verify(p, p.answer)
+        reward = verify(p, p.answer)
         if reward != 1.0:
             fail(f"reference answer {p.answer!r} scores {reward} on {p.prompt!r}")
         for completion, must_be_zero in ([(c, True) for c in NEVER_CORRECT]
                                          + [(c, False) for c in _answer_variants(p.answer)]):
             start = time.perf_counter()
-            reward = source.verify(p, completion)
+            reward = verify(p, completion)
             elapsed = time.perf_counter() - start
             slowest = max(slowest, elapsed)
             shown = repr(completion[:40]) + ("..." if len(completion) > 40 else "")

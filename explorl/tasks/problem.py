@@ -28,8 +28,8 @@ class TaskSource:
     """A generator of problems of one kind, with its verifier.
 
     Subclasses set ``name`` and ``param_ranges`` (inclusive ``(low, high)`` per difficulty
-    parameter) and implement ``generate`` and ``score``. ``verify`` wraps ``score`` so that
-    no completion, however malformed, raises or leaves [0, 1].
+    parameter) and implement ``generate`` and ``score``. ``score`` should return 0 for a
+    malformed completion rather than raise: an exception counts as a verifier error.
     """
 
     name: str = ""
@@ -65,7 +65,7 @@ class TaskSource:
         raise NotImplementedError
 
     def score(self, problem: Problem, completion: str) -> float:
-        """Reward of ``completion`` for ``problem``; may raise on garbage (``verify`` guards)."""
+        """Reward in [0, 1] of ``completion`` for ``problem``; 0 for garbage (raising is a bug)."""
         raise NotImplementedError
 
     # --- provided -----------------------------------------------------------------
@@ -101,11 +101,20 @@ class TaskSource:
         return [self.problem(seed * 100_000 + i) for i in range(n)]
 
     def verify(self, problem: Problem, completion: str) -> float:
-        """``score`` made total: never raises, always returns a float in [0, 1]."""
+        """``score`` checked: a number in [0, 1], else ``InvalidReward``. Exceptions of ``score``
+        propagate: the trainer's guard (``explorl.tasks.guard``) counts them as verifier errors,
+        so a broken verifier is never mistaken for a wrong answer."""
+        reward = self.score(problem, completion)
+        if isinstance(reward, (bool, str, bytes)):
+            raise InvalidReward(f"source {self.name!r}: score returned {reward!r}, not a number")
         try:
-            reward = float(self.score(problem, completion))
-        except Exception:  # a verifier must survive any completion text
-            return 0.0
-        if reward != reward:  # NaN
-            return 0.0
-        return min(max(reward, 0.0), 1.0)
+            value = float(reward)
+        except (TypeError, ValueError):
+            raise InvalidReward(f"source {self.name!r}: score returned {reward!r}, not a number") from None
+        if not 0.0 <= value <= 1.0:  # NaN fails this too
+            raise InvalidReward(f"source {self.name!r}: score returned {value!r}, outside [0, 1]")
+        return value
+
+
+class InvalidReward(ValueError):
+    """A verifier returned something that is not a reward in [0, 1]."""

@@ -1,13 +1,40 @@
-"""Per-step metrics to ``metrics.jsonl`` and TensorBoard, and a progress bar."""
+"""Per-step metrics to ``metrics.jsonl`` and TensorBoard, a progress bar, and the stage clock."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
+
+STAGES = ("curriculum", "allocate", "gen", "verify", "advantage", "augment", "update", "observe")
+
+
+class StageClock:
+    """Exclusive wall time per stage into ``metrics["time/<stage>"]``: a stage nested in another
+    (generation inside a budget's ``collect`` or a guidance ``augment``) counts only for itself,
+    so the stages of a step add up to its wall clock."""
+
+    def __init__(self, metrics: dict):
+        self.metrics = metrics
+        self._nested: list[float] = []
+
+    @contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        self._nested.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            inner = self._nested.pop()
+            key = f"time/{stage}"
+            self.metrics[key] = self.metrics.get(key, 0.0) + elapsed - inner
+            if self._nested:
+                self._nested[-1] += elapsed
 
 
 @contextmanager
@@ -17,21 +44,38 @@ def timer(metrics: dict, key: str):
     metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - start
 
 
+def read_metrics_lines(path: Path, warn=print) -> list[str]:
+    """The lines of a metrics file; a last line cut short by a crash is dropped with a warning,
+    an unreadable line anywhere else is an error that names it."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                warn(f"warning: {path}: dropping its last line, cut short by an interrupted write ({err.msg})")
+                return lines[:-1]
+            raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg}); the file is damaged") from None
+    return lines
+
+
 class RunLogger:
-    def __init__(self, out: Path, start_step: int, total_steps: int, progress: bool = True):
+    def __init__(self, out: Path, start_step: int, total_steps: int, progress: bool = True, warn=print):
         self.path = out / "metrics.jsonl"
-        self._truncate_after(start_step)
+        self._truncate_after(start_step, warn)
         from torch.utils.tensorboard import SummaryWriter
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not progress,
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
-    def _truncate_after(self, step: int) -> None:
+    def _truncate_after(self, step: int, warn) -> None:
         """On resume, drop lines logged after the checkpoint so the file matches an unbroken run."""
         if not self.path.exists():
             return
         from explorl.train.checkpoint import write_text_atomic
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        keep = [line for line in read_metrics_lines(self.path, warn) if json.loads(line)["step"] <= step]
         write_text_atomic(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, step: int, metrics: dict) -> None:
@@ -44,6 +88,16 @@ class RunLogger:
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}",
                              tok_s=f"{metrics.get('perf/tokens_per_s', 0):.0f}")
+
+    def sync(self) -> None:
+        """Flush the metrics to disk (before a checkpoint, so the two agree after a power cut)."""
+        if self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.tb.flush()
 
     def close(self) -> None:
         self.tb.close()

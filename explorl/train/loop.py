@@ -1,8 +1,11 @@
 """The training loop. One step reads top to bottom:
 
 curriculum picks problems → budget gives each a rollout count → engine samples →
-verifier scores → advantage (estimator, then shapers) → objective → optimizer step →
+verifier scores → advantage (estimator, then shapers) → augment → objective → optimizer step →
 feedback (``observe``) to every plug-in.
+
+Every stage is timed (``time/<stage>``, exclusive of the stages nested in it) and ``time/step``
+is the wall clock of the whole step, so the stages add up to it.
 """
 from __future__ import annotations
 
@@ -19,10 +22,17 @@ from explorl.explore.base import StepStats
 from explorl.policy import load_policy
 from explorl.policy.engine import RolloutEngine
 from explorl.tasks import TaskMix
+from explorl.tasks.encoding import check_encodable
+from explorl.tasks.guard import FaultLedger, GuardedVerifier
 from explorl.train import checkpoint
-from explorl.train.logging import RunLogger, timer
+from explorl.train.faults import crash_point
+from explorl.train.logging import RunLogger, StageClock
 from explorl.train.plugins import Plugins
-from explorl.train.update import optimise, reference_logp
+from explorl.train.resume import refuse_changes, stored_config
+from explorl.train.runlock import FolderLock
+from explorl.train.update import NonFiniteGuard, NonFiniteTraining, optimise, reference_logp
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
 
 class Trainer:
@@ -34,7 +44,14 @@ class Trainer:
         self.tasks = TaskMix.from_config(cfg.tasks)
         self.plugins = Plugins.from_config(cfg)
         self.needs = self.plugins.needs()
+        self._check_folder(resume)  # before any work, again under the lock below
+        v = cfg.verify
+        self.verifier = GuardedVerifier(self.tasks, v.timeout, v.isolate)
+        if v.check_at_start:
+            self.verifier.check_sources()
         self.model, self.tokenizer = load_policy(cfg, log=log)
+        check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
+                        cfg.train.max_new_tokens)
         self.engine = RolloutEngine(self.model, self.tokenizer, cfg.model.backend)
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
@@ -42,59 +59,105 @@ class Trainer:
             self.ref_engine = RolloutEngine(ref, self.tokenizer, cfg.model.backend)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
                                            weight_decay=cfg.train.weight_decay)
+        self.nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps, log=log)
+        self._faults_logged = [0]
+        self._ledger = None
         self.plugins.curriculum.bind(self.tasks, cfg.seed)
         self.step, self.tokens, self._calls = 0, 0, 0
-        self.out.mkdir(parents=True, exist_ok=True)
+        # every input is checked: only now is the run folder created and written
+        self.lock = FolderLock(self.out, "run").acquire()
+        self._check_folder(resume)
         if resume:
             self._resume()
-        elif checkpoint.latest(self.out) is not None:
-            raise FileExistsError(f"{self.out} already holds a run: pass --resume to continue it, "
-                                  f"or choose another --out")
-        checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if stored_config(self.out) != yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)):
+            checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            crash_point("config.written")
+
+    def _check_folder(self, resume: bool) -> None:
+        """A fresh run never reuses a folder holding a run; a resumed one keeps its configuration."""
+        present = [name for name in RUN_FILES if (self.out / name).exists()]
+        if not present:
+            return
+        if not resume:
+            raise FileExistsError(f"{self.out} already holds a run ({', '.join(present)}): pass --resume to "
+                                  f"continue it, or choose another --out")
+        stored = stored_config(self.out)
+        if stored is None:
+            raise FileExistsError(f"{self.out} holds run files ({', '.join(present)}) but no config.yaml: it is "
+                                  f"not a run explorl can resume; choose another --out")
+        refuse_changes(stored, self.cfg.to_dict(), self.out)
 
     # ---- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
         cfg, P = self.cfg.train, self.plugins
         step, m = self.step + 1, {}
+        clock = StageClock(m)
         self._calls = 0
-        problems, metrics = P.curriculum.next(cfg.problems_per_step)
+        self._ledger = self._new_ledger()
+        start = time.perf_counter()
+        with clock("curriculum"):
+            problems, metrics = P.curriculum.next(cfg.problems_per_step)
         m.update(metrics)
-        counts, metrics = P.budget.allocate(problems, cfg.problems_per_step * cfg.rollouts_per_problem)
+        with clock("allocate"):
+            counts, metrics = P.budget.allocate(problems, cfg.problems_per_step * cfg.rollouts_per_problem)
         m.update(metrics)
-        sample = lambda probs, ns, temps=None: self._sample(probs, ns, step, m, temps)  # noqa: E731
-        batch = P.budget.collect(sample, problems, counts, draw=lambda k: P.curriculum.next(k)[0])
-        adv, metrics = self._advantages(batch)
+
+        def sample(probs, ns, temps=None):
+            return self._sample(probs, ns, step, m, clock, temps)
+
+        def draw(k):
+            with clock("curriculum"):
+                return P.curriculum.next(k)[0]
+
+        with clock("allocate"):  # a budget's own work in collect (filtering, refills); sampling is nested
+            batch = P.budget.collect(sample, problems, counts, draw=draw)
+        with clock("advantage"):
+            adv, metrics = self._advantages(batch)
         m.update(metrics)
         batch.advantages = adv
-        for component in P.all():
-            batch, metrics = component.augment(batch, sample)
-            m.update(metrics)
-        with timer(m, "time/update"):
+        with clock("augment"):
+            for component in P.all():
+                batch, metrics = component.augment(batch, sample)
+                m.update(metrics)
+        with clock("update"):
             ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
-            m.update(optimise(batch, self.engine, P, self.optimizer, self.cfg, step, self.needs, ref))
-        stats = self._stats(step, batch)
-        for component in P.all():
-            m.update(component.observe(stats))
+            m.update(optimise(batch, self.engine, P, self.optimizer, self.cfg, step, self.needs, ref,
+                              guard=self.nonfinite))
+        with clock("observe"):
+            stats = self._stats(step, batch)
+            for component in P.all():
+                m.update(component.observe(stats))
+        m["time/step"] = time.perf_counter() - start
         self.step = step
+        m.update(self._ledger.metrics())
         return self._summary(m, batch)
 
-    def _sample(self, problems, counts, step, m, temperatures=None):
+    def _sample(self, problems, counts, step, m, clock=None, temperatures=None):
+        clock = clock or StageClock(m)
+        if getattr(self, "_ledger", None) is None:
+            self._ledger = self._new_ledger()
         decoding = self.plugins.decoding
         if temperatures is None:
             temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
         elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
             temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
         self._calls += 1  # distinct seeds for repeated sampling in a step
-        with timer(m, "time/gen"):
+        with clock("gen"):
             batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p,
                                         seed=(self.cfg.seed * 1_000_003 + step) * 1009 + self._calls)
-        with timer(m, "time/verify"):
-            batch.rewards = torch.tensor([self.tasks.verify(problems[g], text)
-                                          for g, text in zip(batch.group.tolist(), batch.texts)])
+        with clock("verify"):
+            rewards, faults = self.verifier.score([problems[g] for g in batch.group.tolist()], batch.texts)
+            batch.rewards = torch.tensor(rewards)
+            self._ledger.add(len(rewards), faults)
+        self._ledger.check(f"step {step}")
         # every generated token counts toward the budget, also those of rollouts later dropped
         self.tokens += batch.tokens
         m["tokens/step"] = m.get("tokens/step", 0) + batch.tokens
         return batch
+
+    def _new_ledger(self) -> FaultLedger:
+        v = self.cfg.verify
+        return FaultLedger(self.tasks.names, v.max_error_share, v.log_first, self.log, self._faults_logged)
 
     def _advantages(self, batch):
         groups = batch.groups()
@@ -116,7 +179,6 @@ class Trainer:
                          entropy=entropy, tokens=batch.tokens, extras={"batch": batch})
 
     def _summary(self, m, batch) -> dict:
-        step_time = m.get("time/gen", 0) + m.get("time/verify", 0) + m.get("time/update", 0)
         groups = batch.groups()
         solved = (groups.rewards * groups.mask).sum(1) / groups.counts.clamp_min(1)
         m.update({
@@ -131,7 +193,6 @@ class Trainer:
             "rollouts/per_problem": list(batch.counts),
             "tokens/total": self.tokens,
             "response_length/mean": float(batch.lengths.float().mean()),
-            "time/step": step_time,
             "perf/tokens_per_s": m["tokens/step"] / max(m.get("time/gen", 0), 1e-9),
         })
         return m
@@ -139,27 +200,46 @@ class Trainer:
     # ---- the run -------------------------------------------------------------------------
     def run(self, steps: int | None = None) -> dict:
         total = steps or self.cfg.train.steps
+        self.lock.acquire()
+        try:
+            return self._run(total)
+        finally:
+            self.close()
+
+    def _run(self, total: int) -> dict:
         results = self._read_eval()
         if "start" not in results:
             results["start"] = self.evaluate()
+            crash_point("eval.start_computed")
             self._write_eval(results)
-        logger = RunLogger(self.out, self.step, total, self.progress)
+        logger = RunLogger(self.out, self.step, total, self.progress, warn=self.log)
         try:
             while self.step < total and not self._token_budget_spent():
                 before = self.tokens
                 metrics = self.train_step()
-                metrics.update(self._heldout(before))
+                start = time.perf_counter()
+                held_out = self._heldout(before)
+                if held_out:
+                    metrics.update(held_out, **{"time/eval": time.perf_counter() - start})
                 logger.log(self.step, metrics)
+                crash_point("metrics.logged")
                 if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
+                    logger.sync()
                     self.save()
         finally:
             logger.close()
-        latest = checkpoint.latest(self.out)
+        latest = checkpoint.latest(self.out, warn=self.log)
         if latest is None or latest.name != f"step_{self.step:06d}":  # e.g. stopped by the token budget
             self.save()
         results["end"] = self.evaluate()
+        crash_point("eval.end_computed")
         self._write_eval(results)
         return results
+
+    def close(self) -> None:
+        """Stop the verifier process and release the run folder."""
+        self.verifier.close()
+        self.lock.release()
 
     def _heldout(self, before: int) -> dict:
         """Held-out pass@k when this step crossed a multiple of ``eval.every_tokens``
@@ -179,26 +259,44 @@ class Trainer:
     def evaluate(self) -> dict:
         e = self.cfg.eval
         sets = self.tasks.eval_sets(e.problems_per_source, seed=0)
-        return evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
-                        self.cfg.train.max_new_tokens, seed=e.seed)
+        ledger = self._new_ledger()
+        results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
+                           self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger)
+        ledger.check("an evaluation")
+        results["verify_faults"] = ledger.faults
+        return results
 
     def _read_eval(self) -> dict:
         path = self.out / "eval.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            aside = path.with_name(f"eval.json.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            self.log(f"warning: {path} is damaged ({err.msg}); kept as {aside.name}, evaluating again")
+            return {}
 
     def _write_eval(self, results: dict) -> None:
         checkpoint.write_text_atomic(self.out / "eval.json", json.dumps(results, indent=2))
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> None:
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteTraining(f"step {self.step}: weights are not finite ({', '.join(bad[:3])}"
+                                    f"{', ...' if len(bad) > 3 else ''}); no checkpoint is written, the last "
+                                    f"complete one is kept")
         state = {"step": self.step, "tokens": self.tokens, "optimizer": self.optimizer.state_dict(),
-                 "plugins": self.plugins.state_dict()}
+                 "plugins": self.plugins.state_dict(), "nonfinite_in_a_row": self.nonfinite.in_a_row}
         checkpoint.save(self.out, self.step, self.model, self.tokenizer, state)
 
     def _resume(self) -> None:
-        path = checkpoint.latest(self.out)
+        path = checkpoint.latest(self.out, warn=self.log)
         if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.out / 'ckpt'}")
+            self.log(f"resume: no complete checkpoint in {self.out / 'ckpt'}; starting from step 0")
+            return
         from transformers import AutoModelForCausalLM
         saved = AutoModelForCausalLM.from_pretrained(path / "model")
         self.model.load_state_dict(saved.state_dict())
@@ -206,4 +304,5 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.plugins.load_state_dict(state["plugins"])
         self.step, self.tokens = state["step"], state["tokens"]
+        self.nonfinite.in_a_row = state.get("nonfinite_in_a_row", 0)
         self.log(f"resumed from {path} at step {self.step}")

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 import torch
 
+from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
@@ -49,14 +50,44 @@ def combine_terms(objectives, ctx: LossContext) -> tuple[torch.Tensor, dict]:
     return regular + (policy if weight is None else policy * weight), metrics
 
 
-def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_logp=None) -> dict:
-    """Run ``ppo_epochs`` passes over ``batch``; returns the mean of every metric."""
+class NonFiniteTraining(RunStopped):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+class NonFiniteGuard:
+    """Skips an optimizer step whose loss or gradient norm is not finite, counts it, and stops
+    the run once ``limit`` are skipped in a row (the count survives a resume)."""
+
+    def __init__(self, limit: int, log=print):
+        self.limit, self.log = limit, log
+        self.in_a_row = 0
+
+    def skip(self, what: str, step: int) -> None:
+        self.in_a_row += 1
+        self.log(f"step {step}: skipped an optimizer step: the {what} is not finite "
+                 f"({self.in_a_row} in a row, the run stops at train.max_nonfinite_steps={self.limit})")
+        if self.in_a_row >= self.limit:
+            raise NonFiniteTraining(
+                f"{self.in_a_row} optimizer steps in a row had a non-finite {what} (last at step {step}); the "
+                f"run stops here and its last checkpoint holds finite weights. Lower train.lr or "
+                f"train.max_grad_norm, or check the loss terms and the rewards.")
+
+    def ok(self) -> None:
+        self.in_a_row = 0
+
+
+def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_logp=None,
+             guard: NonFiniteGuard | None = None) -> dict:
+    """Run ``ppo_epochs`` passes over ``batch``; returns the mean of every metric. A minibatch
+    whose loss or gradient norm is not finite is not applied (``loss/nonfinite_steps``)."""
     train = cfg.train
+    guard = guard or NonFiniteGuard(train.max_nonfinite_steps)
     model = engine.model
     model.train()
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     totals, counts = defaultdict(float), defaultdict(int)
     adv_tokens = batch.advantages[:, None].expand_as(batch.mask)
+    skipped = 0
     for epoch in range(train.ppo_epochs):
         for rows in minibatch_rows(batch, train.minibatches, generator):
             logits = engine.response_logits(batch, rows)
@@ -73,18 +104,32 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
             _accumulate(totals, counts, metrics)
             loss = aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens)
             optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                skipped += 1
+                guard.skip("loss", step)
+                _accumulate(totals, counts, {"loss/total": loss.item()})
+                continue
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-            optimizer.step()
-            _accumulate(totals, counts, {"loss/total": loss.item(), "loss/grad_norm": float(grad_norm),
-                                         "entropy/train": float("nan") if entropy is None
-                                         else masked_mean(entropy.detach(), ctx.mask)})
+            if not torch.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                guard.skip("gradient norm", step)
+            else:
+                optimizer.step()
+                guard.ok()
+            extra = {"loss/total": loss.item(), "loss/grad_norm": float(grad_norm)}
+            if entropy is not None:
+                extra["entropy/train"] = masked_mean(entropy.detach(), ctx.mask)
+            _accumulate(totals, counts, extra)
     model.eval()
-    return {k: totals[k] / counts[k] for k in totals}
+    out = {k: totals[k] / counts[k] for k in totals}
+    out["loss/nonfinite_steps"] = skipped
+    return out
 
 
 def _accumulate(totals, counts, metrics):
+    """Sum every metric, NaN and infinities included: a diverged run must look diverged."""
     for key, value in metrics.items():
-        if value == value:  # skip NaN
-            totals[key] += value
-            counts[key] += 1
+        totals[key] += value
+        counts[key] += 1

@@ -13,6 +13,7 @@ import torch
 
 from explorl.policy.model import build_tiny, cache_home, config_key, load_pretrained, save_atomic
 from explorl.tasks import ALPHABET, TaskMix
+from explorl.train.runlock import FolderLock
 
 
 def warmup_tasks(cfg) -> dict:
@@ -22,7 +23,7 @@ def warmup_tasks(cfg) -> dict:
 def warm_model_dir(cfg):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
     key = config_key(vars(tiny), {k: v for k, v in vars(warm).items() if k != "tasks"},
-                     warmup_tasks(cfg), ALPHABET, "v1")
+                     warmup_tasks(cfg), ALPHABET, "v2")  # v2: countdown targets never equal a given number
     return cache_home() / "models" / f"testbed-{key}"
 
 
@@ -32,6 +33,17 @@ def warmup(cfg, log=print, force: bool = False):
     if path.exists() and not force:
         log(f"warmup: reusing {path}")
         return load_pretrained(path)
+    # one warm-up per model at a time: a second process waits, then reuses what the first saved
+    lock = FolderLock(path.parent, "warm start", name=f".{path.name}.lock")
+    lock.on_wait = lambda: log(f"warmup: another process is warming up {path.name}; waiting for it")
+    with lock.acquire(wait=True):
+        if path.exists() and not force:
+            log(f"warmup: reusing {path}")
+            return load_pretrained(path)
+        return _train_and_save(cfg, path, log)
+
+
+def _train_and_save(cfg, path, log):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
     model, tokenizer = build_tiny(tiny.family, ALPHABET, tiny.hidden_size, tiny.layers, tiny.heads,
                                   tiny.kv_heads, tiny.intermediate_size, tiny.max_positions, tiny.seed)

@@ -57,13 +57,11 @@ def ips_estimate(log: list[dict], target_policy_probs: dict[str, float] | Callab
 
 def log_from_run(run_dir: str | Path) -> list[dict]:
     """The choice log of a run's bandit curriculum, from its latest checkpoint."""
-    import torch
-
     from explorl.train import checkpoint
-    path = checkpoint.latest(Path(run_dir))
+    path = checkpoint.latest(Path(run_dir), warn=None)
     if path is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint")
-    state = torch.load(path / "trainer.pt", weights_only=False)  # not load_state: leaves global RNGs alone
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
+    state = checkpoint.read_state(path)  # not load_state: leaves global RNGs alone
     return state["plugins"][0]["log"]  # the curriculum is the first plug-in
 
 
@@ -107,8 +105,9 @@ class Bandit(Curriculum):
             problems.append(problem)
         props = [probs[s] for s in picks]
         metrics = {f"curriculum/weight/{s}": probs[s] for s in self.sources}
-        metrics.update({"curriculum/propensity_mean": sum(props) / max(1, len(props)),
-                        "curriculum/propensity_min": min(props, default=float("nan"))})
+        if props:  # undefined for an empty draw: not emitted
+            metrics.update({"curriculum/propensity_mean": sum(props) / len(props),
+                            "curriculum/propensity_min": min(props)})
         return problems, metrics
 
     def observe(self, stats):

@@ -69,8 +69,10 @@ class Learnability(Curriculum):
             i = self.rng.choices(range(len(pool)), weights=[s for _, s in pool], k=1)[0]
             chosen.append(pool.pop(i)[0])
         seen = [self.p_hat[p.id] for p in chosen if p.id in self.p_hat]
-        return chosen, {"curriculum/frac_seen": len(seen) / max(1, n),
-                        "curriculum/p_hat_mean": sum(seen) / len(seen) if seen else float("nan")}
+        metrics = {"curriculum/frac_seen": len(seen) / max(1, n)}
+        if seen:  # undefined before any chosen problem was seen: not emitted
+            metrics["curriculum/p_hat_mean"] = sum(seen) / len(seen)
+        return chosen, metrics
 
     def observe(self, stats):
         for problem, rewards in zip(stats.problems, stats.rewards):

@@ -43,5 +43,7 @@ class EntropyQuantile(Objective):
 
     def term(self, ctx):
         weight, threshold = high_entropy_mask(ctx.entropy, ctx.mask, self.rho)
-        return weight, {"loss/entropy_mask_frac": masked_mean(weight, ctx.mask),
-                        "loss/entropy_mask_threshold": threshold}
+        metrics = {"loss/entropy_mask_frac": masked_mean(weight, ctx.mask)}
+        if threshold == threshold:  # undefined (NaN) without response tokens: not emitted
+            metrics["loss/entropy_mask_threshold"] = threshold
+        return weight, metrics

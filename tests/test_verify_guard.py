@@ -1,0 +1,136 @@
+"""Verifiers under guard: errors, time-outs and invalid rewards are counted per source, a hung
+verifier is abandoned, the error budget stops a run with a message that shows the fault, and a
+source that fails its checks is refused before anything is written."""
+import math
+import os
+import time
+
+import pytest
+
+from explorl.tasks import SOURCES, Addition, TaskMix
+from explorl.tasks.guard import FaultLedger, GuardedVerifier, VerificationFailed
+from explorl.train.loop import Trainer
+
+
+class Flaky(Addition):
+    """Addition whose verifier raises on completions containing '7', hangs on 'hang', returns
+    out-of-range or NaN rewards on 'big' / 'nan', and kills its process on 'die'."""
+
+    name = "flaky"
+
+    def score(self, problem, completion):
+        if "hang" in completion:
+            sum(range(10**13))  # a loop in C: only killing the process stops it
+        if "die" in completion:
+            os._exit(3)
+        if "big" in completion:
+            return 1.5
+        if "nan" in completion:
+            return math.nan
+        if "7" in completion:
+            raise KeyError("seven")
+        return super().score(problem, completion)
+
+
+class OddBroken(Addition):
+    """Raises on completions of odd length: a verifier bug that hits some rollouts of every step."""
+
+    name = "odd_broken"
+
+    def score(self, problem, completion):
+        if len(completion) % 2:
+            raise IndexError("odd")
+        return super().score(problem, completion)
+
+
+class BrokenOnEmpty(Addition):
+    name = "broken_on_empty"
+
+    def score(self, problem, completion):
+        return 1.0 if int(completion) == int(problem.answer) else 0.0  # raises on garbage
+
+
+def _problems(n):
+    src = Flaky(digits=(1, 1))
+    return [src.problem(i) for i in range(n)]
+
+
+def test_faults_are_classified_and_a_hang_is_abandoned():
+    tasks = TaskMix({"flaky": Flaky(digits=(1, 1))})
+    verifier = GuardedVerifier(tasks, timeout=1.0)
+    try:
+        probs = _problems(7)
+        texts = [probs[0].answer, "x7", "big", "nan", "hang", "die", probs[6].answer]
+        start = time.perf_counter()
+        rewards, faults = verifier.score(probs, texts)
+        elapsed = time.perf_counter() - start
+    finally:
+        verifier.close()
+    assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    kinds = {f.completion: f.kind for f in faults}
+    assert kinds == {"x7": "error", "big": "invalid", "nan": "invalid", "hang": "timeout", "die": "error"}
+    assert "KeyError" in next(f.detail for f in faults if f.completion == "x7")
+    assert "exit code 3" in next(f.detail for f in faults if f.completion == "die")
+    assert elapsed < 8, f"the hung verification was not abandoned in time ({elapsed:.1f} s)"
+    assert verifier.restarts == 2  # one for the hang, one for the crash
+
+
+def test_in_process_mode_times_out_python_code_with_an_alarm():
+    class Slow(Addition):
+        name = "slow"
+
+        def score(self, problem, completion):
+            while completion == "loop":
+                pass
+            return 0.0
+
+    verifier = GuardedVerifier(TaskMix({"slow": Slow()}), timeout=0.3, isolate=False)
+    p = Slow().problem(0)
+    rewards, faults = verifier.score([p, p], ["loop", "1"])
+    assert rewards == [0.0, 0.0] and [f.kind for f in faults] == ["timeout"]
+
+
+def test_ledger_counts_per_source_and_the_budget_names_the_source():
+    logged = []
+    ledger = FaultLedger(["flaky", "addition"], max_share=0.2, log_first=1, log=logged.append)
+    faults = GuardedVerifier(TaskMix({"flaky": Flaky()}), isolate=False).score(_problems(3), ["1", "7", "77"])[1]
+    ledger.add(10, faults)
+    assert ledger.metrics()["verify/errors/flaky"] == 2 and ledger.metrics()["verify/errors/addition"] == 0
+    assert len(logged) == 1 and "'7'" in logged[0]  # only the first is logged in full
+    ledger.check()  # 2 of 10 is not over 20%
+    ledger.add(2, faults[:1])
+    with pytest.raises(VerificationFailed, match=r"3 of 12 verifications .* source 'flaky' .*completion '7'"):
+        ledger.check()
+
+
+@pytest.fixture
+def extra_sources(monkeypatch):
+    monkeypatch.setitem(SOURCES, "flaky", Flaky)
+    monkeypatch.setitem(SOURCES, "broken_on_empty", BrokenOnEmpty)
+    monkeypatch.setitem(SOURCES, "odd_broken", OddBroken)
+
+
+def test_a_run_stops_when_a_verifier_keeps_failing(tmp_path, tiny_config, extra_sources):
+    cfg = tiny_config(tasks={"odd_broken": {"digits": [1, 1]}}, verify={"check_at_start": False})
+    with pytest.raises(VerificationFailed, match=r"over verify.max_error_share=0.1.*source 'odd_broken'.*first: error"):
+        Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
+
+
+def test_faults_under_the_budget_are_counted_in_metrics(tmp_path, tiny_config, extra_sources):
+    import json
+    cfg = tiny_config(tasks={"odd_broken": {"digits": [1, 1]}, "addition": {"digits": [1, 1]}},
+                      verify={"max_error_share": 1.0, "check_at_start": False}, train={"steps": 2})
+    logged = []
+    Trainer(cfg, tmp_path / "run", progress=False, log=logged.append).run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["verify/errors/addition"] == 0 for r in rows)
+    assert sum(r["verify/errors/odd_broken"] for r in rows) > 0
+    assert any(line.startswith("verify: error in source 'odd_broken'") and "IndexError" in line for line in logged)
+
+
+def test_a_source_that_fails_its_checks_is_refused_before_the_run_folder_exists(tmp_path, tiny_config,
+                                                                                 extra_sources):
+    cfg = tiny_config(tasks={"broken_on_empty": {"digits": [1, 1]}})
+    with pytest.raises(ValueError, match=r"task source 'broken_on_empty' fails its checks: .*verify raised ValueError"):
+        Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
