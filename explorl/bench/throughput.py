@@ -18,6 +18,7 @@ import time
 import torch
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
+from explorl.train.logging import STAGES
 
 REPEATS = 5
 
@@ -137,12 +138,17 @@ def run(args) -> int:
     print(table(rows, ["rollout", "tokens", "ms", "tokens/s", "vs generate"]))
     print()
     stage_rows = []
-    for key in ("time/gen", "time/verify", "time/update"):
+    for key in [f"time/{s}" for s in STAGES]:
         stage_rows.append([key, f"{warm.get(key, 0.0) * 1e3:.1f}", f"{step.get(key, 0.0) * 1e3:.1f}",
-                           f"{100 * step.get(key, 0.0) / max(step['time/step'], 1e-12):.0f}%"])
-    stage_rows.append(["time/step", f"{warm['time/step'] * 1e3:.1f}", f"{step['time/step'] * 1e3:.1f}", "100%"])
+                           f"{100 * step.get(key, 0.0) / max(step['time/step'], 1e-12):.1f}%"])
+    total = lambda m: sum(m.get(f"time/{s}", 0.0) for s in STAGES)  # noqa: E731
+    stage_rows.append(["sum of the stages", f"{total(warm) * 1e3:.1f}", f"{total(step) * 1e3:.1f}",
+                       f"{100 * total(step) / max(step['time/step'], 1e-12):.1f}%"])
+    stage_rows.append(["time/step (wall clock)", f"{warm['time/step'] * 1e3:.1f}", f"{step['time/step'] * 1e3:.1f}",
+                       "100%"])
     print(f"one training step ({cfg.recipe or 'default'} recipe, ppo_epochs {t.ppo_epochs}, "
           f"minibatches {t.minibatches}, {step['rollouts']} rollouts, {step['tokens/step']} tokens):")
     print(table(stage_rows, ["stage", "warm-up ms", "timed ms", "share"]))
+    print(f"training throughput: {step['tokens/step'] / step['time/step']:.0f} generated tokens/s over the whole step")
     print(f"speedup_vs_generate: {results[main]['tok_s'] / gen:.2f}")
     return 0

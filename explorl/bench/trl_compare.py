@@ -76,7 +76,7 @@ class ExplorlSteps:
         self.trainer = Trainer(cfg, out_dir, progress=False, log=lambda *a, **k: None)
         # the same prompts, in the same order as TRL's (unshuffled) dataset
         self.trainer.plugins.curriculum.next = lambda n: (next(chunks), {})
-        self.result = {"times": [], "gen": [], "reward": []}
+        self.result = {"times": [], "gen": [], "reward": [], "tokens": []}
 
     def __call__(self) -> None:
         start = time.perf_counter()
@@ -84,6 +84,7 @@ class ExplorlSteps:
         self.result["times"].append(time.perf_counter() - start)
         self.result["gen"].append(m["time/gen"])
         self.result["reward"].append(m["reward/mean"])
+        self.result["tokens"].append(m["tokens/step"])
 
 
 def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rewards: str, eps_low, eps_high,
@@ -98,11 +99,13 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
 
     t = cfg.train
     by_prompt = {prompt_text(p): p for p in problems}
-    rewards = []
+    rewards, tokens = [], []
 
-    def reward(prompts, completions, **kw) -> list[float]:
+    def reward(prompts, completions, completion_ids=None, **kw) -> list[float]:
         out = [tasks.verify(by_prompt[p], c) for p, c in zip(prompts, completions)]
         rewards.append(sum(out) / max(len(out), 1))
+        # TRL's completion ids run up to and including the first EOS, as explorl counts them
+        tokens.append(sum(len(ids) for ids in completion_ids) if completion_ids is not None else None)
         return out
 
     class Interleave(TrainerCallback):
@@ -152,15 +155,18 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     trainer._generate = timed_generate
     with contextlib.redirect_stdout(sys.stderr):  # anything else TRL prints stays off the results
         trainer.train()
-    return {"times": timer.times, "gen": gen_times, "reward": rewards}
+    return {"times": timer.times, "gen": gen_times, "reward": rewards, "tokens": tokens}
 
 
 def _row(name, r, steps):
     timed = r["times"][1:steps + 1]
     gen = r["gen"][1:steps + 1]
     mean_reward = statistics.mean(r["reward"][1:]) if len(r["reward"]) > 1 else float("nan")
+    tokens = [t for t in r["tokens"][1:steps + 1] if t is not None]
+    per_step = statistics.mean(tokens) if tokens else None
     return [name, f"{r['times'][0]:.3f}", f"{statistics.mean(timed):.3f}", f"{statistics.median(timed):.3f}",
-            f"{statistics.mean(gen):.3f}" if gen else "-", f"{mean_reward:.3f}"]
+            f"{statistics.mean(gen):.3f}" if gen else "-", f"{per_step:.0f}" if per_step else "-",
+            f"{per_step / statistics.mean(timed):.0f}" if per_step else "-", f"{mean_reward:.3f}"]
 
 
 def run(args) -> int:
@@ -210,7 +216,10 @@ def run(args) -> int:
     print(f"{steps} timed steps after 1 warm-up step, the two trainers alternating step by step; each step: "
           f"{t.problems_per_step} prompts x {t.rollouts_per_problem} completions, max {t.max_new_tokens} new tokens\n")
     print(table([_row("explorl", ours, steps), _row("TRL GRPOTrainer", theirs, steps)],
-                ["trainer", "warm-up s", "mean s/step", "median s/step", "gen s/step", "reward"]))
+                ["trainer", "warm-up s", "mean s/step", "median s/step", "gen s/step", "gen tokens/step",
+                 "tokens/s (step)", "reward"]))
+    print("gen tokens/step: generated completion tokens per step, up to and including the first EOS, counted "
+          "on each side; tokens/s (step): those tokens over the mean wall time of a whole training step")
     same = ["model weights (same save_pretrained folder)", "prompts and their order",
             "reward (task verifier)", f"group size {t.rollouts_per_problem}",
             f"{t.problems_per_step} prompts/step", f"max_new_tokens {t.max_new_tokens}",

@@ -23,7 +23,7 @@ def warmup_tasks(cfg) -> dict:
 def warm_model_dir(cfg):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
     key = config_key(vars(tiny), {k: v for k, v in vars(warm).items() if k != "tasks"},
-                     warmup_tasks(cfg), ALPHABET, "v2")  # v2: countdown targets never equal a given number
+                     warmup_tasks(cfg), ALPHABET, "v3")  # v2: countdown targets never equal a given number; v3: byte-level char tokenizer
     return cache_home() / "models" / f"testbed-{key}"
 
 
