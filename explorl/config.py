@@ -39,7 +39,7 @@ class TinyModel:
 @dataclass
 class Warmup:
     """Supervised warm start of the tiny model on the task mix (cached by its config)."""
-    steps: int = 800
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 2e-3
     tasks: dict | None = None  # the mix to warm up on; None = the run's ``tasks``
