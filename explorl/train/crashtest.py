@@ -44,7 +44,8 @@ def _launch(out: Path, args: list[str], crash_at: str | None, kill_at: tuple | N
     """Run one ``explorl train --resume``; return its exit code (-9 when it was killed) and the
     seconds it took to log its first step (``None`` if it logged none).
 
-    ``kill_at`` is ``("time", seconds)`` (SIGKILL after that long) or ``("step", n, seconds)``
+    ``kill_at`` is ``("time", seconds)`` (SIGKILL after that long, or as soon as the process
+    logs a step, whichever comes first: a kill in start-up or resume) or ``("step", n, seconds)``
     (SIGKILL ``seconds`` after metrics line ``n`` appears)."""
     with open(out.parent / f"{out.name}.log", "a") as fh:
         fh.write(f"\n--- launch (crash point {crash_at}, kill {kill_at}) ---\n")
@@ -56,7 +57,7 @@ def _launch(out: Path, args: list[str], crash_at: str | None, kill_at: tuple | N
             if first_step is None and _last_step(out) > begun:
                 first_step = time.perf_counter() - start
             if kill_at is not None and (
-                    (kill_at[0] == "time" and time.perf_counter() - start >= kill_at[1])
+                    (kill_at[0] == "time" and (time.perf_counter() - start >= kill_at[1] or first_step is not None))
                     or (kill_at[0] == "step" and _last_step(out) >= kill_at[1])):
                 if kill_at[0] == "step":
                     time.sleep(kill_at[2])
@@ -104,7 +105,7 @@ def _plan(rng: random.Random, counts: dict, out: Path, total_steps: int, kills_l
         # a third of the kills are of this kind: spread them over the steps still to run
         stride = max(1, 6 * (total_steps - done) // max(1, kills_left))
         return None, ("step", min(total_steps, done + rng.randint(1, stride)), rng.uniform(0.0, 0.05))
-    return None, ("time", rng.uniform(0.1, 0.8 * startup_s))
+    return None, ("time", rng.uniform(0.1, startup_s))
 
 
 def _read_eval(run: Path) -> dict:
