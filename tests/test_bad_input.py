@@ -288,6 +288,13 @@ def test_one_rollout_per_problem_with_a_group_relative_estimator_is_refused(reci
     assert Plugins.from_config(load_config(overrides=["train.rollouts_per_problem=2"], recipe=recipe))
 
 
+@pytest.mark.parametrize("budget", ["{name: fixed, n: 1}", "{name: broad, n: 1}",
+                                    "{name: knapsack, min_n: 1, key: params}"])
+def test_a_budget_that_gives_a_problem_one_rollout_is_refused_with_a_group_relative_estimator(budget):
+    cfg = load_config(overrides=[f"budget={budget}"])
+    raises_naming(lambda: Plugins.from_config(cfg), "gives some problems 1 rollout(s)", "needs at least 2")
+
+
 def test_min_group_size_is_read_from_the_estimator_not_its_name():
     @register("advantage", "test_needs_three")
     class NeedsThree(Advantage):

@@ -61,6 +61,11 @@ class Budget(Component):
     def allocate(self, problems: list["Problem"], total: int) -> tuple[list[int], dict[str, float]]:
         raise NotImplementedError
 
+    def fewest_rollouts(self, rollouts_per_problem: int) -> int:
+        """The fewest rollouts this budget can give a problem (checked against the advantage
+        estimator's ``min_group_size`` before a run starts)."""
+        return rollouts_per_problem
+
     def collect(self, sample, problems: list["Problem"], counts: list[int], draw=None):
         """Produce the scored batch; ``sample(problems, counts)`` generates and verifies.
 

@@ -37,6 +37,12 @@ class Plugins:
                              f"{estimators[0].registered_name!r} needs at least {need} rollouts per problem; "
                              f"it compares the rollouts of one problem with each other, so with fewer "
                              f"every advantage is 0 and no step would change the policy")
+        fewest = self.budget.fewest_rollouts(rollouts_per_problem) if rollouts_per_problem is not None else need
+        if fewest < need:
+            raise ValueError(f"budget {self.budget.registered_name!r} gives some problems {fewest} rollout(s): "
+                             f"advantage estimator {estimators[0].registered_name!r} needs at least {need} per "
+                             f"problem (it compares the rollouts of one problem with each other); raise the "
+                             f"budget's n or min_n")
         policy = [o.registered_name for o in self.objectives if o.kind == "policy"]
         if len(policy) != 1:
             raise ValueError(f"objective: exactly one policy-loss term is needed (e.g. ppo_clip, clip_cov, "

@@ -47,6 +47,9 @@ class Broad(Budget):
             raise ValueError(f"budget broad: need n >= 1 and chunk_rollouts >= 1, got {n}, {chunk_rollouts}")
         self.n, self.chunk_rollouts = n, chunk_rollouts
 
+    def fewest_rollouts(self, rollouts_per_problem):
+        return self.n
+
     def allocate(self, problems, total):
         return [self.n] * len(problems), {"budget/rollouts": float(self.n * len(problems))}
 

@@ -13,6 +13,9 @@ class Fixed(Budget):
             raise ValueError(f"budget fixed: n must be >= 1, got {n}")
         self.n = n
 
+    def fewest_rollouts(self, rollouts_per_problem):
+        return self.n if self.n is not None else rollouts_per_problem
+
     def allocate(self, problems, total):
         n = self.n if self.n is not None else max(1, total // max(1, len(problems)))
         return [n] * len(problems), {"budget/rollouts": float(n * len(problems))}

@@ -177,6 +177,9 @@ class Knapsack(Budget):
         # key -> {"visits": rewards of the recent visits (enough to cover the buffer), "count": all seen}
         self.history: dict[str, dict] = {}
 
+    def fewest_rollouts(self, rollouts_per_problem):
+        return min(self.min_n, self.negative_n, self.positive_n, self.n or rollouts_per_problem)
+
     def problem_key(self, problem) -> str:
         if self.key == "id":
             return problem.id
