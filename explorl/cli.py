@@ -7,33 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="YAML config (default: configs/testbed.yaml)")
-    p.add_argument("--recipe", default=None, help="recipe name in configs/recipes/ or a YAML path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
-
-
-def _load(args):
-    from explorl.config import load_config
-    return load_config(args.config, _overrides(args), args.recipe)
-
-
-def _overrides(args) -> list[str]:
-    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    if getattr(args, "steps", None) is not None:
-        overrides.append(f"train.steps={args.steps}")
-    return overrides
+from explorl.config import add_config_args, config_from_args, overrides_from_args
 
 
 def cmd_train(args) -> int:
     from explorl.eval.evaluate import format_table
     from explorl.train.loop import Trainer
     from explorl.train.resume import resume_config
-    cfg = resume_config(args.out, args.config, _overrides(args), args.recipe) if args.resume else None
-    cfg = cfg or _load(args)
+    cfg = resume_config(args.out, args.config, overrides_from_args(args), args.recipe) if args.resume else None
+    cfg = cfg or config_from_args(args)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     results = trainer.run()
     ks = [k for k in (1, 16) if f"pass@{k}" in results["end"]]
@@ -48,7 +30,7 @@ def cmd_warmup(args) -> int:
     from explorl.policy.engine import RolloutEngine
     from explorl.tasks import TaskMix
     from explorl.train.warmup import warmup
-    cfg = _load(args)
+    cfg = config_from_args(args)
     model, tokenizer = warmup(cfg, force=args.force)
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
@@ -105,7 +87,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from explorl.bench.compare import run_compare
+    from explorl.compare import run_compare
     return run_compare(args)
 
 
@@ -119,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a recipe and evaluate before and after")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--out", required=True, help="run folder (config, metrics.jsonl, tb/, ckpt/, eval.json)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last complete checkpoint, with the configuration "
@@ -129,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("warmup", help="warm-start (or reuse) the testbed model and report its pass@k")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     p.set_defaults(func=cmd_warmup)
 
@@ -146,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=["throughput", "trl", "overhead"],
                    help="throughput: engine vs model.generate; trl: step time vs TRL GRPOTrainer; "
                         "overhead: step time of recipes vs GRPO")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--steps", type=int, default=None, help="steps to time (trl, overhead)")
     p.add_argument("--recipes", default=None,
                    help="overhead: comma-separated recipes to time against grpo (default repr_bonus,effective_rank)")
@@ -168,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crashtest", help="kill a training run with SIGKILL again and again, resume it each time, "
                                          "and check it ends identical to an uninterrupted run")
-    _config_args(p)
+    add_config_args(p)
     p.add_argument("--out", required=True, help="folder for the reference run, the killed run and crashtest.json")
     p.add_argument("--steps", type=int, default=None, help="total training steps (overrides train.steps)")
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs to survive (default 20)")

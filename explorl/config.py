@@ -404,3 +404,25 @@ def validate(cfg: Config) -> None:
 
     _check_tasks(cfg.tasks, "tasks")
     _check_testbed_tasks(cfg)
+
+
+# ---- from the command line -------------------------------------------------------------------
+def add_config_args(parser) -> None:
+    """The options every command that builds a configuration takes."""
+    parser.add_argument("--config", default=None, help="YAML config (default: configs/testbed.yaml)")
+    parser.add_argument("--recipe", default=None, help="recipe name in configs/recipes/ or a YAML path")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (overrides the config)")
+
+
+def overrides_from_args(args) -> list[str]:
+    """``--set`` items, plus ``--seed`` and ``--steps`` as the overrides they stand for."""
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    if getattr(args, "steps", None) is not None:
+        overrides.append(f"train.steps={args.steps}")
+    return overrides
+
+
+def config_from_args(args) -> Config:
+    return load_config(args.config, overrides_from_args(args), args.recipe)

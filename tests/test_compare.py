@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from explorl.bench.compare import auc, heldout_curve, spread, training_curve
+from explorl.compare.results import auc, heldout_curve, spread, training_curve
 from explorl.cli import main
 
 TOKENS = 300

@@ -15,8 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from explorl.bench import compare as compare_module
-from explorl.bench.compare import CorruptFile, collect, read_metrics, run_state
+from explorl.compare import study as compare_module
+from explorl.compare.files import CorruptFile
+from explorl.compare.results import collect, read_metrics
+from explorl.compare.study import run_state
 from explorl.cli import main
 from explorl.train.runlock import FolderLocked
 
@@ -252,7 +254,7 @@ def test_a_damaged_run_is_left_out_of_results_by_name(tmp_path, capsys):
 def test_the_parent_watch_ends_an_orphan_without_the_kernel_signal(tmp_path):
     """The portable fallback alone (no parent-death signal armed): a child whose parent dies exits
     within about a heartbeat, its segment marked ``orphaned``."""
-    grandchild = ("import os, sys, time; from pathlib import Path; from explorl.bench.compare import Segment; "
+    grandchild = ("import os, sys, time; from pathlib import Path; from explorl.compare.child import Segment; "
                   "Segment(Path(sys.argv[1]), (time.time(), time.perf_counter()), resumed=False, "
                   "parent=os.getppid()).start(); time.sleep(60)")
     middle = ("import subprocess, sys, time; "

@@ -23,7 +23,7 @@ from explorl.explore.decoding.ead import EAD
 from explorl.explore.objective.ppo_clip import PPOClip
 from explorl.policy.engine import RolloutEngine
 from explorl.tasks import Problem, TaskMix
-from explorl.train.batch import RolloutBatch
+from explorl.batch import RolloutBatch
 
 RECIPES = ["dump", "alp_gmm", "learnability", "bandit", "broad", "knapsack", "xrpo", "dynamic_sampling", "ead"]
 

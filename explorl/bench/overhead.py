@@ -19,7 +19,7 @@ STEPS = 5
 
 
 def run(args) -> int:
-    from explorl.cli import _load
+    from explorl.config import config_from_args
     from explorl.train.loop import Trainer
 
     machine = machine_line()
@@ -32,7 +32,7 @@ def run(args) -> int:
         trainers = {}
         for name in recipes:
             args.recipe = name
-            trainers[name] = Trainer(_load(args), f"{tmp}/{name}", progress=False, log=lambda *a, **k: None)
+            trainers[name] = Trainer(config_from_args(args), f"{tmp}/{name}", progress=False, log=lambda *a, **k: None)
             trainers[name].train_step()  # warm-up
         note(f"bench overhead: {steps} timed steps per recipe, taking turns")
         for _ in range(steps):

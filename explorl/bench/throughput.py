@@ -97,13 +97,13 @@ def _quiet():
 
 
 def run(args) -> int:
-    from explorl.cli import _load
+    from explorl.config import config_from_args
     from explorl.policy import load_policy
     from explorl.policy.engine import RolloutEngine
     from explorl.tasks import TaskMix
 
     machine = machine_line()  # measured before this process starts working
-    cfg = _load(args)
+    cfg = config_from_args(args)
     t = cfg.train
     _quiet()
     model, tokenizer = load_policy(cfg, log=note)

@@ -173,7 +173,7 @@ def run(args) -> int:
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("datasets") is None:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 1
-    from explorl.cli import _load
+    from explorl.config import config_from_args
     from explorl.policy import load_policy
     from explorl.tasks import TaskMix
 
@@ -183,7 +183,7 @@ def run(args) -> int:
         raise ValueError(f"--steps: must be >= 1, got {steps}")
     args = copy.copy(args)
     args.steps = None  # --steps is the number of timed steps here, not train.steps
-    cfg = _load(args)
+    cfg = config_from_args(args)
     t = cfg.train
     plugins, names, estimator, policy = _components(cfg)
     scale_by_std = getattr(estimator, "scale_by_std", True)
@@ -257,6 +257,6 @@ def run(args) -> int:
     print(table(diff, ["setting", "explorl", "TRL"], align="lll"))
     t_ours = statistics.median(ours["times"][1:steps + 1])
     t_theirs = statistics.median(theirs["times"][1:steps + 1])
-    print(f"\nspeedup = TRL median s/step / explorl median s/step (the median resists load from other processes)")
+    print("\nspeedup = TRL median s/step / explorl median s/step (the median resists load from other processes)")
     print(f"speedup_vs_trl: {t_theirs / t_ours:.2f}")
     return 0

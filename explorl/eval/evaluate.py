@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
 
 from explorl.eval.passk import pass_at_k
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from explorl.batch import Groups  # noqa: F401  (what an advantage function sees: part of its protocol)
+
 if TYPE_CHECKING:
     from explorl.tasks import Problem, TaskMix
 
@@ -118,27 +120,6 @@ class Objective(Component):
 
     def term(self, ctx: "LossContext") -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
-
-
-@dataclass
-class Groups:
-    """What an advantage function sees: P problems × up to G rollouts each (padded).
-
-    ``rewards``, ``mask``, ``lengths`` and ``logp_mean`` (mean behaviour log-prob of each
-    response at temperature 1) are ``(P, G)``. ``extras`` lets the trainer hand over
-    anything a component declared in ``needs`` (e.g. ``hidden_states``).
-    """
-
-    rewards: torch.Tensor
-    mask: torch.Tensor
-    lengths: torch.Tensor
-    logp_mean: torch.Tensor
-    problems: list["Problem"]
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def counts(self) -> torch.Tensor:
-        return self.mask.sum(1)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 
 from explorl.policy import fastlm
 from explorl.policy.sampling import sample_next_token
-from explorl.train.batch import RolloutBatch
+from explorl.batch import RolloutBatch
 
 
 class RolloutEngine:

@@ -199,14 +199,14 @@ def crashtest(out: Path, train_args: list[str], total_steps: int, kills: int = 2
 
 
 def run_crashtest(args) -> int:
-    from explorl.cli import _load, _overrides
-    cfg = _load(args)  # checks the configuration before any process starts
+    from explorl.config import config_from_args, overrides_from_args
+    cfg = config_from_args(args)  # checks the configuration before any process starts
     train_args = []
     if args.config:
         train_args += ["--config", str(args.config)]
     if args.recipe:
         train_args += ["--recipe", args.recipe]
-    for item in _overrides(args):
+    for item in overrides_from_args(args):
         train_args += ["--set", item]
     report = crashtest(Path(args.out), train_args, cfg.train.steps, kills=args.kills, seed=args.kill_seed)
     by_point = ", ".join(f"{k} {v}" for k, v in sorted(report["by_point"].items()))

@@ -7,15 +7,12 @@ batch with one whole group per output problem, in output order (rollouts in piec
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:  # explorl.train.batch imports explorl.explore: import it lazily
-    from explorl.train.batch import RolloutBatch
+from explorl.batch import RolloutBatch
 
 
-def infer_pad_id(batches: list["RolloutBatch"]) -> int:
+def infer_pad_id(batches: list[RolloutBatch]) -> int:
     """The pad token of the engine that produced ``batches`` (read off their padding)."""
     for b in batches:
         pads = b.prompt_ids[b.prompt_mask == 0]
@@ -27,13 +24,12 @@ def infer_pad_id(batches: list["RolloutBatch"]) -> int:
     return 0
 
 
-def join(batches: list["RolloutBatch"]) -> "RolloutBatch":
+def join(batches: list[RolloutBatch]) -> RolloutBatch:
     """``RolloutBatch.concat`` of batches of disjoint problems, with their own pad id."""
-    from explorl.train.batch import RolloutBatch
     return batches[0] if len(batches) == 1 else RolloutBatch.concat(batches, infer_pad_id(batches))
 
 
-def merge(pieces: list[tuple["RolloutBatch", list[int]]], problems: list) -> "RolloutBatch":
+def merge(pieces: list[tuple[RolloutBatch, list[int]]], problems: list) -> RolloutBatch:
     """``pieces`` = ``[(batch, origin)]`` with ``origin[g]`` the index in ``problems`` of group g
     (``-1`` drops that group). Every output problem must receive at least one rollout, and
     all pieces of one output problem must share its prompt."""

@@ -9,7 +9,8 @@ import io
 import json
 from pathlib import Path
 
-from explorl.bench.compare import _read_json, heldout_curve, leaderboard_rows, read_metrics, training_curve
+from explorl.compare.files import _read_json
+from explorl.compare.results import heldout_curve, leaderboard_rows, read_metrics, training_curve
 from explorl.train.checkpoint import write_text_atomic
 
 CSS = """
@@ -23,7 +24,7 @@ th { background: #f4f4f4; } td:nth-child(2), th:nth-child(2) { text-align: left;
 
 
 def write_report(out: Path, results: dict) -> Path:
-    """Write ``out/report.html`` from ``results`` (``explorl.bench.compare.collect``) and the runs."""
+    """Write ``out/report.html`` from ``results`` (``explorl.compare.results.collect``) and the runs."""
     out = Path(out)
     labels = results["leaderboard"]
     runs = {lb: [(r, read_metrics(out / r["dir"]), _read_json(out / r["dir"] / "eval.json"))
@@ -257,7 +258,7 @@ def _png(fig) -> str:
 
 
 def main(out: str) -> None:
-    """Rebuild the report from an existing ``results.json``: ``python -m explorl.bench.report OUT``."""
+    """Rebuild the report from an existing ``results.json``: ``python -m explorl.compare.report OUT``."""
     results = json.loads((Path(out) / "results.json").read_text())
     print(write_report(Path(out), results))
 

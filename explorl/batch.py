@@ -1,4 +1,5 @@
-"""The values that flow through one step: a batch of rollouts and its per-group views."""
+"""The values that flow through one step: a batch of rollouts (built by the rollout engine in
+``policy/``, used by the trainer in ``train/`` and by plug-ins) and its per-group view."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,8 +7,29 @@ from typing import Any
 
 import torch
 
-from explorl.explore.base import Groups
 from explorl.tasks.problem import Problem
+
+
+@dataclass
+class Groups:
+    """What an advantage function sees: P problems × up to G rollouts each (padded).
+
+    ``rewards``, ``mask``, ``lengths`` and ``logp_mean`` (mean behaviour log-prob of each
+    response at temperature 1) are ``(P, G)``. ``extras`` lets the trainer hand over
+    anything a component declared in ``needs`` (e.g. ``hidden_states``).
+    """
+
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    logp_mean: torch.Tensor
+    problems: list["Problem"]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.mask.sum(1)
+
 
 
 @dataclass
