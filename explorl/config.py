@@ -51,7 +51,9 @@ class ModelConfig:
     tiny: TinyModel = field(default_factory=TinyModel)
     warmup: Warmup = field(default_factory=Warmup)
     backend: str = "auto"            # auto | fast | hf
-    dtype: str = "float32"
+    dtype: str = "float32"           # float32 | bfloat16 | float16
+    lora: dict | None = None         # {r, alpha, dropout, target_modules} trains LoRA adapters; None = full fine-tuning
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TrainConfig:
     loss_agg_mode: str = "token-mean"
     checkpoint_every: int = 50
     max_tokens: int | None = None    # stop once this many response tokens were generated
+    micro_batch_size: int | None = None  # rollouts per forward/backward (gradient accumulation); None = a whole minibatch
     deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
     max_nonfinite_steps: int = 3     # optimizer steps skipped in a row for a non-finite loss/grad before the run stops
 
@@ -93,6 +96,20 @@ class EvalConfig:
 
 
 @dataclass
+class PromptConfig:
+    """How a task prompt becomes the model's input."""
+    template: str = "raw"            # raw | chat (the tokenizer's chat template) | a format string with {prompt}
+    system: str | None = None        # system prompt (chat template only)
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go besides metrics.jsonl and TensorBoard (optional extras)."""
+    wandb: dict | None = None        # {project, entity, name, mode (online | offline), dir}
+    mlflow: dict | None = None       # {tracking_uri, experiment, run_name}
+
+
+@dataclass
 class Config:
     seed: int = 0
     recipe: str | None = None
@@ -107,6 +124,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     curriculum: Any = "uniform"
     budget: Any = "fixed"
     decoding: Any = "constant"

@@ -6,6 +6,7 @@ import random
 from .arithmetic import Addition, Multiplication
 from .countdown import Countdown
 from .files import JsonlSource
+from .kinds import make_task_source
 from .problem import Problem, TaskSource
 from .sequences import Reversal, Sorting
 
@@ -79,7 +80,8 @@ class TaskMix:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "TaskMix":
-        """Build from ``{source_name: {"weight": w, <param>: [low, high], ...}}``.
+        """Build from ``{name: {"weight": w, "kind": k, <options>}}`` (``explorl.tasks.kinds``):
+        without ``kind``, a built-in source and its difficulty ranges ``<param>: [low, high]``.
 
         Raises ``ValueError`` naming the source (and key) on an unknown source, an unknown
         key, or a malformed value.
@@ -95,5 +97,5 @@ class TaskMix:
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                     raise ValueError(f"task {name!r}: key 'weight' must be a number, got {weight!r}")
                 weights[name] = weight
-            sources[name] = make_source(name, **opts)
+            sources[name] = make_task_source(name, opts)
         return cls(sources, weights)
