@@ -28,13 +28,14 @@ def cmd_train(args) -> int:
 def cmd_warmup(args) -> int:
     from explorl.eval.evaluate import evaluate, format_table
     from explorl.policy.engine import RolloutEngine
+    from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
     from explorl.train.warmup import warmup
     cfg = config_from_args(args)
     model, tokenizer = warmup(cfg, force=args.force)
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
-    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend), tasks,
+    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend, for_config(cfg, tokenizer)), tasks,
                        tasks.eval_sets(e.problems_per_source), e.samples, e.ks, e.temperature,
                        cfg.train.max_new_tokens, seed=e.seed)
     print(format_table(results, [k for k in (1, 16) if k in e.ks]))
@@ -46,6 +47,7 @@ def cmd_eval(args) -> int:
     from explorl.config import Config, _from_dict
     from explorl.eval.evaluate import evaluate, format_table
     from explorl.policy.engine import RolloutEngine
+    from explorl.policy.prompts import for_config
     from explorl.policy.model import load_pretrained
     from explorl.tasks import TaskMix
     from explorl.train import checkpoint
@@ -56,17 +58,45 @@ def cmd_eval(args) -> int:
     ckpt = checkpoint.latest(run)
     if ckpt is None:
         raise FileNotFoundError(f"{run}: no checkpoint to evaluate in {run / 'ckpt'}")
-    model, tokenizer = load_pretrained(ckpt / "model")
+    if cfg.model.lora is not None:  # the checkpoint holds adapters: rebuild the base, check it, add them
+        from explorl.policy import load_policy
+        from explorl.policy.lora import base_fingerprint, load_adapters
+        model, tokenizer = load_policy(cfg)
+        checkpoint.check_base(ckpt, base_fingerprint(model))
+        load_adapters(model, ckpt / "model")
+    else:
+        model, tokenizer = load_pretrained(ckpt / "model", cfg.model.dtype)
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
     samples = args.samples or e.samples
     ks = [k for k in e.ks if k <= samples]
-    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend), tasks,
+    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend, for_config(cfg, tokenizer)), tasks,
                        tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
                        cfg.train.max_new_tokens, seed=e.seed)
     out = run / f"eval_{ckpt.name}.json"
     checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
+    return 0
+
+
+def cmd_make_model(args) -> int:
+    from explorl.policy.factory import build_random_model
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; choose another --out")
+    build_random_model(args.family, out, vocab_size=args.vocab_size, hidden_size=args.hidden_size,
+                       layers=args.layers, heads=args.heads, max_positions=args.max_positions, seed=args.seed,
+                       chat=args.chat)
+    print(f"wrote a randomly initialised {args.family} model and its BPE tokenizer"
+          f"{' with a chat template' if args.chat else ''} to {out}\n"
+          f"train it with: explorl train --out RUN --set model.path={out}")
+    return 0
+
+
+def cmd_make_data(args) -> int:
+    from explorl.tasks.wordproblems import write_word_problems
+    path = write_word_problems(args.out, args.rows, args.seed)
+    print(f"wrote {args.rows} math word problems (question, answer, solution) to {path}")
     return 0
 
 
@@ -96,6 +126,11 @@ def cmd_crashtest(args) -> int:
     return run_crashtest(args)
 
 
+def cmd_check_task(args) -> int:
+    from explorl.tasks.report import run_check_task
+    return run_check_task(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="explorl", description="Exploration methods for RL with verifiable rewards.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by explorl train")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "
+                                          "task mix to a folder, for model.path")
+    p.add_argument("--family", required=True, help="gpt2, gpt_neox, llama or qwen2")
+    p.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--max-positions", type=int, default=512, help="context length (prompt + response tokens)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="give the tokenizer ChatML's chat template and turn tokens")
+    p.set_defaults(func=cmd_make_model)
+
+    p = sub.add_parser("make-data", help="write a local data file to try file task sources on")
+    p.add_argument("which", choices=["math"], help="math: GSM8K-style word problems as JSONL "
+                                                   "(question, answer, solution)")
+    p.add_argument("--out", required=True, help="the JSONL file to write")
+    p.add_argument("--rows", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_data)
 
     p = sub.add_parser("list", help="every registered component: level, name, paper, parameters")
     p.add_argument("--level", default=None, help="only this level")
@@ -156,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs to survive (default 20)")
     p.add_argument("--kill-seed", type=int, default=0, help="seed of the kill schedule")
     p.set_defaults(func=cmd_crashtest)
+
+    p = sub.add_parser("check-task", help="check every task source of a config (check_task, the tokenizer, the "
+                                          "slowest verification) and report each; exit 1 if any fails")
+    add_config_args(p)
+    p.add_argument("--problems", type=int, default=20, help="problems per source for check_task (default 20)")
+    p.set_defaults(func=cmd_check_task)
     return parser
 
 

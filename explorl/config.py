@@ -250,7 +250,9 @@ def apply_overrides(data: dict, overrides: list[str] = ()) -> dict:
     for keys, value in (parse_override(item) for item in overrides):
         node = data
         for i, k in enumerate(keys[:-1]):
-            node = node.setdefault(k, {})
+            if node.get(k) is None:  # an unset optional mapping (model.lora, logging.wandb) or a new section
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
                 raise ValueError(f"--set {'.'.join(keys)}: {'.'.join(keys[:i + 1])!r} is not a section "
                                  f"(its value is {node!r}), so it has no key {keys[i + 1]!r}")
@@ -301,57 +303,112 @@ def _number(value, where: str, low: float | None = None, high: float | None = No
 
 
 def _check_tasks(tasks, where: str) -> None:
-    """A task mix: known sources, numeric weights >= 0, finite ``[low, high]`` ranges with low <= high."""
+    """A task mix: built-in sources with numeric weights >= 0 and finite ``[low, high]`` ranges
+    with low <= high, and sources of a kind (``kind:``, ``explorl.tasks.kinds``), built here so
+    that a bad file, row, option or verifier is an error that names ``<where>.<name>``."""
     from explorl.tasks import SOURCES, TaskMix
+    from explorl.tasks.kinds import make_task_source
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(f"{where}: at least one task source is needed, got {tasks!r}")
+    sources, weights = {}, {}
     for name, opts in tasks.items():
-        if not isinstance(name, str) or name not in SOURCES:
-            raise ValueError(f"{where}: unknown task source {name!r} (valid: {', '.join(sorted(SOURCES))})")
-        if opts is None:
-            continue
+        has_kind = isinstance(opts, dict) and "kind" in opts
+        if not isinstance(name, str) or (name not in SOURCES and not has_kind):
+            raise ValueError(f"{where}: unknown task source {name!r} (valid: {', '.join(sorted(SOURCES))}, "
+                             f"or any name with a kind: jsonl, parquet, csv, hf_disk, ...)")
+        entry = f"{where}.{name}"
+        opts = {} if opts is None else opts
         if not isinstance(opts, dict):
-            raise ValueError(f"{where}.{name}: expected a mapping of options (weight, difficulty ranges), "
+            raise ValueError(f"{entry}: expected a mapping of options (weight, difficulty ranges), "
                              f"got {type(opts).__name__} {opts!r}")
-        cls = SOURCES[name]
-        for key, value in opts.items():
-            at = f"{where}.{name}.{key}"
-            if key == "weight":
-                _number(value, at, low=0)
-                continue
-            if key not in cls.param_ranges:
-                raise ValueError(f"{at}: unknown option of task source {name!r} "
-                                 f"(valid: weight, {', '.join(sorted(cls.param_ranges))})")
-            if isinstance(value, (list, tuple)) and len(value) != 2:
-                raise ValueError(f"{at}: expected a number or a [low, high] pair, got {value!r}")
-            bounds = list(value) if isinstance(value, (list, tuple)) else [value]
-            for bound in bounds:
-                _number(bound, at, low=-MAX_TASK_PARAM, high=MAX_TASK_PARAM)
-                if cls.integer_params and bound != int(bound):
-                    raise ValueError(f"{at}: task source {name!r} takes whole numbers, got {value!r}")
-            if bounds[0] > bounds[-1]:
-                raise ValueError(f"{at}: the range has low > high: {value!r}")
+        if "weight" in opts:
+            _number(opts["weight"], f"{entry}.weight", low=0)
+            weights[name] = opts["weight"]
+        options = {key: value for key, value in opts.items() if key != "weight"}
+        if not has_kind:
+            _check_ranges(SOURCES[name], name, options, entry)
+        try:
+            sources[name] = make_task_source(name, options, entry)
+        except (ValueError, FileNotFoundError) as err:
+            message = str(err)
+            raise ValueError(message if message.startswith(entry) else f"{entry}: {message}") from None
+        except Exception as err:  # a user's source class failing in its own way
+            raise ValueError(f"{entry}: building the source failed ({type(err).__name__}: {err})") from None
     try:
-        TaskMix.from_config(tasks)
+        TaskMix(sources, weights)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
 
 
+def _check_ranges(cls, name: str, ranges: dict, entry: str) -> None:
+    """A built-in source's difficulty ranges: known parameters, finite ``[low, high]`` with low <= high."""
+    for key, value in ranges.items():
+        at = f"{entry}.{key}"
+        if key not in cls.param_ranges:
+            raise ValueError(f"{at}: unknown option of task source {name!r} "
+                             f"(valid: weight, {', '.join(sorted(cls.param_ranges))})")
+        if isinstance(value, (list, tuple)) and len(value) != 2:
+            raise ValueError(f"{at}: expected a number or a [low, high] pair, got {value!r}")
+        bounds = list(value) if isinstance(value, (list, tuple)) else [value]
+        for bound in bounds:
+            _number(bound, at, low=-MAX_TASK_PARAM, high=MAX_TASK_PARAM)
+            if cls.integer_params and bound != int(bound):
+                raise ValueError(f"{at}: task source {name!r} takes whole numbers, got {value!r}")
+        if bounds[0] > bounds[-1]:
+            raise ValueError(f"{at}: the range has low > high: {value!r}")
+
+
+def _check_lora(lora: dict) -> None:
+    """``model.lora``: known keys; r >= 1; alpha > 0; 0 <= dropout < 1; target_modules a list of
+    module names, ``all-linear`` or null (peft's default for the architecture); peft installed."""
+    from explorl.policy.lora import DEFAULTS
+    for key in lora:
+        if key not in DEFAULTS:
+            raise ValueError(f"model.lora.{key}: unknown key (valid: {', '.join(DEFAULTS)})")
+    if "r" in lora:
+        _whole(lora["r"], "model.lora.r", 1)
+    if "alpha" in lora:
+        _number(lora["alpha"], "model.lora.alpha", above=0)
+    if "dropout" in lora:
+        _number(lora["dropout"], "model.lora.dropout", low=0)
+        if lora["dropout"] >= 1:
+            raise ValueError(f"model.lora.dropout: must be < 1, got {lora['dropout']}")
+    targets = lora.get("target_modules")
+    if targets is not None and targets != "all-linear" and (
+            not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) and t.strip() for t in targets)):
+        raise ValueError(f"model.lora.target_modules: expected a non-empty list of module names (e.g. [q_proj, "
+                         f"v_proj]), all-linear, or null for peft's default, got {targets!r}")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ValueError("model.lora: LoRA needs the peft package (pip install -e .[lora])") from None
+
+
 def _check_testbed_tasks(cfg: Config) -> None:
     """With the testbed model, every task's prompts and answers must round-trip through its
-    character tokenizer and fit its context: checked here, before minutes of warm-up."""
+    character tokenizer (whose alphabet covers the mixes' characters, ``explorl.tasks.alphabet``)
+    and fit its context: checked here, before minutes of warm-up."""
     if cfg.model.path is not None:
         return
     from explorl.policy.tokenizer import testbed_tokenizer
     from explorl.tasks import TaskMix
     from explorl.tasks.encoding import check_encodable
+    from explorl.train.warmup import testbed_alphabet
+    try:
+        alphabet = testbed_alphabet(cfg)
+    except ValueError as err:
+        raise ValueError(f"model.tiny (the testbed's character tokenizer): {err}") from None
+    from explorl.policy.prompts import PromptFormat
+    prompt_format = PromptFormat.from_config(cfg.prompt, testbed_tokenizer(alphabet), "the testbed model")
     mixes = [("tasks", cfg.tasks)]
     if cfg.model.warmup.tasks is not None:
         mixes.append(("model.warmup.tasks", cfg.model.warmup.tasks))
     for where, tasks in mixes:
         try:
-            check_encodable(TaskMix.from_config(tasks), testbed_tokenizer(), cfg.model.tiny.max_positions,
-                            cfg.train.max_new_tokens, samples=16, limit_name="model.tiny.max_positions")
+            check_encodable(TaskMix.from_config(tasks), testbed_tokenizer(alphabet), cfg.model.tiny.max_positions,
+                            cfg.train.max_new_tokens, samples=16, limit_name="model.tiny.max_positions",
+                            prompt_format=prompt_format)
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
 
@@ -386,6 +443,8 @@ def validate(cfg: Config) -> None:
     _number(w.lr, "model.warmup.lr", above=0)
     if w.tasks is not None:
         _check_tasks(w.tasks, "model.warmup.tasks")
+    if m.lora is not None:
+        _check_lora(m.lora)
 
     t = cfg.train
     if t.loss_agg_mode not in MODES:
@@ -395,6 +454,8 @@ def validate(cfg: Config) -> None:
         _whole(getattr(t, key), f"train.{key}", 1)
     if t.max_tokens is not None:
         _whole(t.max_tokens, "train.max_tokens", 1)
+    if t.micro_batch_size is not None:
+        _whole(t.micro_batch_size, "train.micro_batch_size", 1)
     _number(t.lr, "train.lr", above=0)
     _number(t.weight_decay, "train.weight_decay", low=0)
     _number(t.max_grad_norm, "train.max_grad_norm", above=0)
@@ -421,8 +482,13 @@ def validate(cfg: Config) -> None:
     if e.every_tokens is not None:
         _whole(e.every_tokens, "eval.every_tokens", 1)
 
+    from explorl.policy.prompts import check_prompt_config
+    check_prompt_config(cfg.prompt.template, cfg.prompt.system)
     _check_tasks(cfg.tasks, "tasks")
     _check_testbed_tasks(cfg)
+
+    from explorl.train.trackers import check_config
+    check_config(cfg.logging)  # logging.wandb / logging.mlflow: their keys, values and packages
 
 
 # ---- from the command line -------------------------------------------------------------------

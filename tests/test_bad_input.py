@@ -77,8 +77,12 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 1, "model.tiny.layers": 1, "mode
            "train.max_new_tokens": 1, "train.ppo_epochs": 1, "train.minibatches": 1,
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
-           "eval.every_tokens": 1}
+           "eval.every_tokens": 1, "train.micro_batch_size": 1}
 SEEDS = {"seed", "model.tiny.seed", "eval.seed"}
+#: the keys the optional mappings accept
+OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
+               "logging.wandb": {"project", "entity", "name", "mode", "dir"},
+               "logging.mlflow": {"tracking_uri", "experiment", "run_name"}}
 #: float keys: (">", 0) means > 0, (">=", 0) means >= 0, ("in", (0, 1)) a closed interval
 FLOAT_RULE = {"model.warmup.lr": (">", 0), "train.lr": (">", 0), "train.weight_decay": (">=", 0),
               "train.max_grad_norm": (">", 0), "verify.timeout": (">", 0),
@@ -144,6 +148,9 @@ def out_of_range(key, hint):
                          st.lists(st.integers(65, 10**4), min_size=1, max_size=3),
                          st.lists(st.one_of(WORDS, st.booleans(), st.floats(0.5, 9.5).filter(lambda x: x != int(x))),
                                   min_size=1, max_size=3))
+    if key in ("model.lora", "logging.wandb", "logging.mlflow"):  # mappings with known keys only
+        return st.dictionaries(WORDS.filter(lambda w: w not in OPTION_KEYS[key]), st.integers(0, 9),
+                               min_size=1, max_size=2)
     if key in ("tasks", "model.warmup.tasks"):
         return st.one_of(st.just({}), st.dictionaries(WORDS.filter(lambda w: w not in SOURCES), st.none(),
                                                       min_size=1, max_size=2))

@@ -34,12 +34,14 @@ def generated_tokens(sequences: torch.Tensor, prompt_len: int, eos: int) -> int:
     return int(lengths.sum())
 
 
-def make_generate(model, tokenizer, problems, counts, max_new: int):
-    """A ``seed -> tokens`` callable running ``model.generate`` on the repeated, left-padded prompts."""
+def make_generate(model, tokenizer, problems, counts, max_new: int, prompt_format=None):
+    """A ``seed -> tokens`` callable running ``model.generate`` on the repeated, left-padded prompts
+    (rendered by ``prompt_format`` as the engine renders them; raw text by default)."""
     tokenizer.padding_side = "left"
+    render = prompt_format.render if prompt_format is not None else prompt_text
 
     def run(seed: int) -> int:
-        enc = tokenizer([prompt_text(p) for p in problems], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer([render(p) for p in problems], return_tensors="pt", padding=True, add_special_tokens=False)
         reps = torch.tensor(counts)
         ids = enc.input_ids.repeat_interleave(reps, dim=0)
         mask = enc.attention_mask.repeat_interleave(reps, dim=0)
@@ -100,6 +102,7 @@ def run(args) -> int:
     from explorl.config import config_from_args
     from explorl.policy import load_policy
     from explorl.policy.engine import RolloutEngine
+    from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
 
     machine = machine_line()  # measured before this process starts working
@@ -111,13 +114,14 @@ def run(args) -> int:
     tasks = TaskMix.from_config(cfg.tasks)
     problems = fixed_problems(tasks, t.problems_per_step, cfg.seed)
     counts = [t.rollouts_per_problem] * len(problems)
-    engine = RolloutEngine(model, tokenizer, cfg.model.backend)
+    prompt_format = for_config(cfg, tokenizer)
+    engine = RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format)
     runners = {f"RolloutEngine ({type(engine.backend).__name__})": make_engine(engine, problems, counts,
                                                                                t.max_new_tokens)}
     if type(engine.backend).__name__ != "HFBackend":
-        runners["RolloutEngine (HFBackend)"] = make_engine(RolloutEngine(model, tokenizer, "hf"), problems, counts,
-                                                           t.max_new_tokens)
-    runners["model.generate"] = make_generate(model, tokenizer, problems, counts, t.max_new_tokens)
+        runners["RolloutEngine (HFBackend)"] = make_engine(RolloutEngine(model, tokenizer, "hf", prompt_format),
+                                                           problems, counts, t.max_new_tokens)
+    runners["model.generate"] = make_generate(model, tokenizer, problems, counts, t.max_new_tokens, prompt_format)
     n_params = sum(p.numel() for p in model.parameters())
     note(f"bench throughput: {len(problems)} problems x {t.rollouts_per_problem} rollouts, "
          f"max_new_tokens {t.max_new_tokens}, {REPEATS} timed repeats each")

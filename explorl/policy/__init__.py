@@ -2,9 +2,34 @@
 
 
 def load_policy(cfg, log=print):
-    """The policy named by ``cfg.model``: a saved model directory, or the warm-started testbed model."""
+    """The policy ``cfg.model`` describes, as ``(model, tokenizer)``: a saved model directory
+    (``model.path``) or the warm-started testbed model, in ``model.dtype``, dropout off, with
+    gradient checkpointing and LoRA adapters (``model.lora``) when asked."""
     from explorl.policy.model import load_pretrained
     if cfg.model.path:
-        return load_pretrained(cfg.model.path, cfg.model.dtype)
-    from explorl.train.warmup import warmup
-    return warmup(cfg, log=log)
+        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
+    else:
+        from explorl.train.warmup import warmup
+        model, tokenizer = warmup(cfg, log=log)
+    return prepare(model, cfg.model, cfg.seed, log), tokenizer
+
+
+def prepare(model, section, seed: int, log=print):
+    """``model`` set up as the config's ``model`` ``section`` says (see ``load_policy``); LoRA
+    adapters are drawn from ``seed``."""
+    from explorl.policy.model import (
+        disable_dropout,
+        enable_gradient_checkpointing,
+        set_dtype,
+    )
+    set_dtype(model, section.dtype)
+    dropped = disable_dropout(model)
+    if dropped:
+        log(f"model: dropout turned off ({', '.join(dropped)}): the policy-gradient ratio compares the "
+            f"training forward with the log-probs recorded while sampling")
+    if section.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if section.lora is not None:
+        from explorl.policy.lora import add_lora
+        model = add_lora(model, section.lora, seed)
+    return model

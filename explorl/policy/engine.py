@@ -4,33 +4,40 @@
 batch, recording for every sampled token its log-prob under the sampling distribution
 (temperature may vary with position, top-p), under the policy at temperature 1, and the
 temperature-1 entropy. ``response_logits`` is the training-side forward over the same
-batch. Llama-family models take the shared-prompt fast path (``fastlm``); any other
-``AutoModelForCausalLM`` takes the generic Hugging Face path.
+batch. Llama-family models take the shared-prompt fast path (``fastlm``, LoRA adapters
+included); any other ``AutoModelForCausalLM`` takes the generic Hugging Face path.
+``backend="fast"`` on a model the fast path cannot run exactly is an error that says why.
+Prompts are rendered by ``prompt_format`` (``explorl.policy.prompts``; raw text by default),
+and a response ends at the first of ``stop_ids`` (EOS, the chat template's end of turn, the
+model's EOS ids), which it includes.
 """
 from __future__ import annotations
 
 import torch
 
 from explorl.policy import fastlm
+from explorl.policy.prompts import RAW, stop_token_ids
 from explorl.policy.sampling import sample_next_token
 from explorl.batch import RolloutBatch
 
 
 class RolloutEngine:
-    def __init__(self, model, tokenizer, backend: str = "auto"):
+    def __init__(self, model, tokenizer, backend: str = "auto", prompt_format=None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"engine backend must be auto, fast or hf, got {backend!r}")
         self.model, self.tokenizer = model, tokenizer
         use_fast = backend == "fast" or (backend == "auto" and fastlm.supports(model))
         self.backend = fastlm.FastLM(model) if use_fast else HFBackend(model)
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        self.stop_ids = torch.tensor(stop_token_ids(tokenizer, model), dtype=torch.long)  # EOS, end of turn, ...
+        self.prompt_format = prompt_format or RAW
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
     def encode_prompts(self, problems):
-        enc = self.tokenizer([p.context + p.prompt for p in problems], return_tensors="pt", padding=True,
+        enc = self.tokenizer([self.prompt_format.render(p) for p in problems], return_tensors="pt", padding=True,
                              add_special_tokens=False)
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 
@@ -54,14 +61,14 @@ class RolloutEngine:
         out["ids"].fill_(self.pad)
         lengths = torch.zeros(R, dtype=torch.long)
         active = torch.arange(R)  # rows still in the decoding state
-        running = torch.ones(R, dtype=torch.bool)  # per active row: no EOS yet
+        running = torch.ones(R, dtype=torch.bool)  # per active row: no stop token yet
         for t in range(max_new):
             tok, lp_b, lp_1, ent = sample_next_token(logits.cpu(), temps[t], top_p, gen)
             rows = active[running]
             out["ids"][rows, t], out["b"][rows, t] = tok[running], lp_b[running]
             out["o"][rows, t], out["h"][rows, t] = lp_1[running], ent[running]
             lengths[rows] = t + 1
-            running &= tok != self.eos
+            running &= ~torch.isin(tok, self.stop_ids)
             if t == max_new - 1 or not running.any():
                 break
             if running.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
@@ -73,7 +80,8 @@ class RolloutEngine:
         Lc = int(lengths.max())
         mask = (torch.arange(Lc)[None] < lengths[:, None]).float()
         ids = out["ids"][:, :Lc].masked_fill(mask == 0, self.pad)
-        texts = self.tokenizer.batch_decode(ids.masked_fill(ids == self.eos, self.pad), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(ids.masked_fill(torch.isin(ids, self.stop_ids), self.pad),
+                                            skip_special_tokens=True)
         return RolloutBatch(problems=list(problems), counts=list(counts), group=group.cpu(),
                             prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), response_ids=ids,
                             mask=mask, behaviour_logp=out["b"][:, :Lc] * mask, old_logp=out["o"][:, :Lc] * mask,
@@ -89,13 +97,20 @@ class RolloutEngine:
 
 
 class HFBackend:
-    """The generic path through the model's own forward (any ``AutoModelForCausalLM``)."""
+    """The generic path through the model's own forward (any ``AutoModelForCausalLM``).
+
+    Positions are counted over the attention mask, so left-padded prompts start at position 0
+    whether the model uses rotary or learned absolute position embeddings (GPT-2). Under a
+    peft wrapper it calls the base model, whose layers hold the adapters.
+    """
 
     def __init__(self, model):
         import inspect
-        self.model = model
+
+        from explorl.policy.model import unwrap
+        self.model = unwrap(model)
         # newer transformers name the cache argument ``cache``; older ones ``past_key_values``
-        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _forward(self, ids, attention_mask, past=None, hidden=False):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]

@@ -8,27 +8,56 @@ only re-reads its parameters so that RL's two hot paths avoid work the generic f
 - training: the prompt is run once per group and the G responses attend to its keys and
   values, so prompt tokens are not recomputed G times (gradients flow through both).
 
-``tests/test_fastlm.py`` checks logits and gradients against the HF forward.
+It calls the model's projection, embedding and output modules (``q_proj(x)``, ``lm_head(h)``)
+and reads only the norm weights directly. LoRA layers that peft puts in place of those
+modules therefore run here as in the HF forward, merge-free, and ``disable_adapter()``
+switches them off here too; ``supports`` refuses an adapter on any other module. With
+gradient checkpointing on, each layer of the training forward is recomputed in the backward
+pass, as the HF layers are.
+
+``tests/test_engine.py`` checks logits and gradients against the HF forward
+(``tests/test_lora.py`` with adapters, ``tests/test_micro_batch.py`` with checkpointing).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from explorl.policy.model import gradient_checkpointing, unwrap
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
+#: The modules this file calls (so an adapter peft puts in their place takes part).
+CALLED = {"embed_tokens", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
+
+
+def why_not(model) -> str | None:
+    """``None`` if the fast path computes exactly what ``model``'s own forward does, else why not."""
+    hf = unwrap(model)
+    cfg = hf.config
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if cfg.model_type not in SUPPORTED:
+        return f"model_type {cfg.model_type!r} is not one of {', '.join(sorted(SUPPORTED))}"
+    if rope.get("rope_type", rope.get("type", "default")) != "default" or getattr(cfg, "hidden_act", "silu") != "silu":
+        return "only default rotary embeddings and SiLU MLPs are implemented"
+    adapted = {name.rsplit(".", 1)[-1] for name, module in hf.named_modules() if hasattr(module, "base_layer")}
+    if adapted - CALLED:  # peft tuner layers keep the module they adapt as ``base_layer``
+        return (f"it reads the weights of {', '.join(sorted(adapted - CALLED))} directly, so the adapters "
+                f"there would be bypassed (adapters on {', '.join(sorted(CALLED))} are supported)")
+    return None
 
 
 def supports(model) -> bool:
-    cfg = model.config
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    return (cfg.model_type in SUPPORTED and rope.get("rope_type", rope.get("type", "default")) == "default"
-            and getattr(cfg, "hidden_act", "silu") == "silu")
+    return why_not(model) is None
 
 
 class FastLM:
     def __init__(self, model):
-        if not supports(model):
-            raise ValueError(f"FastLM does not support model_type {model.config.model_type!r}")
+        reason = why_not(model)
+        if reason is not None:
+            raise ValueError(f"the fast path (model.backend: fast) cannot run this model: {reason}; "
+                             f"use model.backend: auto or hf")
+        model = unwrap(model)
         cfg = model.config
         self.model = model
         self.n_heads = cfg.num_attention_heads
@@ -38,6 +67,7 @@ class FastLM:
         theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
         self.eps = cfg.rms_norm_eps
+        self._checkpointing = False  # set per training forward (gradient checkpointing on the model)
 
     # ---- building blocks -----------------------------------------------------------
     @property
@@ -73,6 +103,18 @@ class FastLM:
         x = self._norm(h, layer.post_attention_layernorm.weight)
         return h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
 
+    def _layer(self, layer, h, positions, mask, past=None):
+        """One decoder layer over ``h``; ``past`` = the prompt's (K, V) to attend to as well.
+        Returns the new ``h`` and this layer's own (K, V)."""
+        q, k, v = self._qkv(layer, h, positions)
+        keys, values = (k, v) if past is None else (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2))
+        return self._finish(layer, h, q, keys, values, mask), k, v
+
+    def _train_layer(self, *args):
+        if self.model.training and torch.is_grad_enabled() and self._checkpointing:
+            return checkpoint(self._layer, *args, use_reentrant=False)
+        return self._layer(*args)
+
     def logits(self, h):
         return self.model.lm_head(self.final_hidden(h))
 
@@ -90,9 +132,8 @@ class FastLM:
         h = self.model.model.embed_tokens(ids)
         kv = []
         for layer in self.layers:
-            q, k, v = self._qkv(layer, h, positions)
+            h, k, v = self._train_layer(layer, h, positions, mask)
             kv.append((k, v))
-            h = self._finish(layer, h, q, k, v, mask)
         return h[:, -1], kv
 
     # ---- training forward --------------------------------------------------------------
@@ -102,6 +143,7 @@ class FastLM:
         ``group`` ``(R,)`` maps each response to its prompt row. Response token j is
         predicted from the position before it: the last prompt token for j = 0.
         """
+        self._checkpointing = gradient_checkpointing(self.model)
         last, kv = self.prefill(prompt_ids, prompt_mask)
         R, Lc = response_ids.shape
         Lp = prompt_ids.shape[1]
@@ -114,10 +156,7 @@ class FastLM:
         mask = torch.cat([prompt_part, causal], dim=-1)
         h = self.model.model.embed_tokens(inputs)
         for layer, (pk, pv) in zip(self.layers, kv):
-            q, k, v = self._qkv(layer, h, positions)
-            k = torch.cat([pk[group], k], dim=2)
-            v = torch.cat([pv[group], v], dim=2)
-            h = self._finish(layer, h, q, k, v, mask)
+            h = self._train_layer(layer, h, positions, mask, (pk[group], pv[group]))[0]
         hidden = torch.cat([last[group][:, None], h], dim=1)
         hidden = self.final_hidden(hidden)
         logits = self.model.lm_head(hidden)

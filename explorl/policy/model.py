@@ -1,5 +1,13 @@
 """Loading a policy: any local or hub ``AutoModelForCausalLM`` directory, or the testbed's
-tiny model built from a ``transformers`` config with the character tokenizer."""
+tiny model built from a ``transformers`` config with the character tokenizer.
+
+``model.dtype`` is the precision of the weights and of the forward passes; log-probs, entropies
+and losses are computed in float32 from the logits (``train.update.token_logp_entropy``), and
+the optimizer keeps float32 master weights (``train.optim``). ``check_dtype`` runs a small
+matrix product, softmax and backward pass in the dtype first and stops with an error naming
+``model.dtype`` where the device cannot: a run never falls back to another precision than its
+configuration says. CPU PyTorch runs both bfloat16 and float16 (float16 slowly).
+"""
 from __future__ import annotations
 
 import hashlib
@@ -50,17 +58,91 @@ def build_tiny(family: str, alphabet: str, hidden_size: int, layers: int, heads:
 
 
 def load_pretrained(path: str | Path, dtype: str = "float32"):
-    """Load a model directory (local, or a hub id where a hub is reachable) and its tokenizer."""
+    """Load a model directory (local, or a hub id where a hub is reachable) and its tokenizer,
+    the weights in ``dtype`` (checked to work on this machine first)."""
     path = str(path)
     if os.path.isdir(path) and not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model.path {path!r} is a folder without config.json: not a saved model")
     AutoConfig.from_pretrained(path)  # fails early with the library's message for a bad path
+    check_dtype(dtype, torch.device("cpu"))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def unwrap(model):
+    """The ``transformers`` model itself: under a peft wrapper, the base model (whose layers
+    hold the adapters), else ``model``."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+def check_dtype(dtype: str, device: torch.device) -> None:
+    """Raise ``ValueError`` naming ``model.dtype`` unless a matrix product, its gradient and a
+    softmax run in ``dtype`` on ``device``. The policy is never silently trained in another
+    precision than the configuration says."""
+    kind = getattr(torch, dtype)
+    try:
+        x = torch.ones(4, 8, dtype=kind, device=device)
+        w = torch.ones(8, 8, dtype=kind, device=device, requires_grad=True)
+        torch.log_softmax(x @ w, -1).float().sum().backward()
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"model.dtype: {dtype} does not run on {device} here ({str(err).splitlines()[0]}); "
+                         f"use float32, or bfloat16 where the device supports it") from None
+
+
+def set_dtype(model, dtype: str) -> None:
+    """Cast ``model`` to ``dtype`` in place (after checking the device supports it)."""
+    kind = getattr(torch, dtype)
+    if next(model.parameters()).dtype != kind:
+        check_dtype(dtype, next(model.parameters()).device)
+        model.to(kind)
+
+
+def disable_dropout(model) -> list[str]:
+    """Set every dropout probability of ``model`` to 0 (modules, attention dropout rates kept as
+    numbers, and the config, so a saved checkpoint says so); returns what was non-zero.
+
+    The policy-gradient ratio compares the training forward (train mode) with the log-probs
+    recorded while sampling (eval mode): with dropout on, they differ on the same tokens and
+    the first minibatch is already "off-policy". LoRA's own dropout, added later, is kept.
+    """
+    changed = set()
+    config = getattr(model, "config", None)
+    for key, value in list(vars(config).items()) if config is not None else []:
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float) and value > 0:
+            setattr(config, key, 0.0)
+            changed.add(f"config.{key}={value}")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            changed.add(f"dropout p={module.p}")
+            module.p = 0.0
+        for key, value in list(vars(module).items()):
+            if "dropout" in key and isinstance(value, float) and value > 0:
+                setattr(module, key, 0.0)
+                changed.add(f"{type(module).__name__}.{key}={value}")
+    return sorted(changed)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant checkpointing,
+    which needs no input gradients, so frozen embeddings under LoRA are fine)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"model.gradient_checkpointing: {type(model).__name__} does not support gradient "
+                         f"checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def gradient_checkpointing(model) -> bool:
+    """Whether checkpointing is on for any layer of the ``transformers`` model under ``model``."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
 
 
 def save_atomic(model, tokenizer, path: Path) -> None:

@@ -53,8 +53,9 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
                                    eos_token=EOS, unk_token=UNK, padding_side="left")
 
 
-@lru_cache(maxsize=1)
-def testbed_tokenizer() -> PreTrainedTokenizerFast:
-    """The testbed model's tokenizer (``ALPHABET``), built once per process (for checks)."""
+@lru_cache(maxsize=4)
+def testbed_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
+    """The testbed model's tokenizer for ``alphabet`` (default ``ALPHABET``; see
+    ``explorl.tasks.alphabet``), built once per process and alphabet (for checks)."""
     from explorl.tasks import ALPHABET
-    return build_char_tokenizer(ALPHABET)
+    return build_char_tokenizer(ALPHABET if alphabet is None else alphabet)

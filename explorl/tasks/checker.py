@@ -28,8 +28,10 @@ def check_task(source: TaskSource, n: int = 20, seed: int = 0, *,
     ``sample`` and ``eval_set``); one id never names two different problems; each problem
     has a non-empty prompt and its ``source`` field is ``source.name``; prompts/answers use
     only ``alphabet`` (default: the tokenizer's ``ALPHABET``; pass ``""`` to skip); the
-    reference answer scores 1.0; adversarial completions return a float in [0, 1] within
-    ``max_verify_s`` each without raising, and the ``NEVER_CORRECT`` ones score 0.0.
+    reference answer, written as ``source.reference_completion(problem)`` (e.g. ``\\boxed{42}``
+    for a verifier that reads boxed answers), scores 1.0; adversarial completions return a
+    float in [0, 1] within ``max_verify_s`` each without raising, and the ``NEVER_CORRECT``
+    ones score 0.0 (at most ``source.max_wrong_reward``, a verifier's format reward).
     Returns a report dict (counts, prompt/answer lengths, slowest verify call).
     """
     if alphabet is None:
@@ -76,9 +78,11 @@ def check_task(source: TaskSource, n: int = 20, seed: int = 0, *,
 
     slowest = 0.0
     for p in problems:
-        reward = verify(p, p.answer)
+        reference = source.reference_completion(p)
+        reward = verify(p, reference)
         if reward != 1.0:
-            fail(f"reference answer {p.answer!r} scores {reward} on {p.prompt!r}")
+            written = f" written as {reference!r}" if reference != p.answer else ""
+            fail(f"reference answer {p.answer!r}{written} scores {reward} on {p.prompt!r}")
         for completion, must_be_zero in ([(c, True) for c in NEVER_CORRECT]
                                          + [(c, False) for c in _answer_variants(p.answer)]):
             start = time.perf_counter()
@@ -90,8 +94,9 @@ def check_task(source: TaskSource, n: int = 20, seed: int = 0, *,
                 fail(f"verify returned {reward!r} for completion {shown}")
             if elapsed > max_verify_s:
                 fail(f"verify took {elapsed:.3f}s (> {max_verify_s}s) for completion {shown}")
-            if must_be_zero and reward != 0.0 and completion.strip() != p.answer.strip():
-                fail(f"completion {shown} scores {reward} on {p.prompt!r} (answer {p.answer!r})")
+            if must_be_zero and reward > source.max_wrong_reward and completion.strip() != p.answer.strip():
+                allowed = f" (more than its format reward {source.max_wrong_reward:g})" if source.max_wrong_reward else ""
+                fail(f"completion {shown} scores {reward}{allowed} on {p.prompt!r} (answer {p.answer!r})")
 
     return {
         "source": source.name,

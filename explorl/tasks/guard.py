@@ -221,32 +221,33 @@ class GuardedVerifier:
     def check_sources(self, n: int = 3, limit_s: float = 120.0) -> dict[str, dict]:
         """A quick ``check_task`` of every source, in the worker (a hang cannot stall the start).
         Raises ``ValueError`` naming the source that fails."""
+        return {name: self.check_source(name, n, limit_s) for name in self.tasks.sources}
+
+    def check_source(self, name: str, n: int = 3, limit_s: float = 120.0) -> dict:
+        """``check_task`` of source ``name`` (in the worker unless ``isolate`` is off): its report,
+        or ``ValueError`` naming the source and what failed."""
         from explorl.tasks.checker import check_task
-        reports = {}
-        for name, source in self.tasks.sources.items():
-            if not self.isolate:
-                try:
-                    reports[name] = check_task(source, n=n, alphabet="")
-                except AssertionError as err:
-                    raise ValueError(f"task source {name!r} fails its checks: {err}") from None
-                continue
-            if self._proc is None or not self._proc.is_alive():
-                self._start()
-            self._conn.send(("check", name, n))
+        if not self.isolate:
             try:
-                ready = self._conn.poll(limit_s)
-                status, payload = self._conn.recv() if ready else ("failed", None)
-            except (EOFError, OSError):
-                self._kill()
-                raise ValueError(f"task source {name!r}: the verifier process died during its check") from None
-            if payload is None:
-                self._kill()
-                raise ValueError(f"task source {name!r}: its checks did not finish within {limit_s:g} s "
-                                 f"(a verifier that hangs?)")
-            if status != "ok":
-                raise ValueError(f"task source {name!r} fails its checks: {payload}")
-            reports[name] = payload
-        return reports
+                return check_task(self.tasks.sources[name], n=n, alphabet="")
+            except AssertionError as err:
+                raise ValueError(f"task source {name!r} fails its checks: {err}") from None
+        if self._proc is None or not self._proc.is_alive():
+            self._start()
+        self._conn.send(("check", name, n))
+        try:
+            ready = self._conn.poll(limit_s)
+            status, payload = self._conn.recv() if ready else ("failed", None)
+        except (EOFError, OSError):
+            self._kill()
+            raise ValueError(f"task source {name!r}: the verifier process died during its check") from None
+        if payload is None:
+            self._kill()
+            raise ValueError(f"task source {name!r}: its checks did not finish within {limit_s:g} s "
+                             f"(a verifier that hangs?)")
+        if status != "ok":
+            raise ValueError(f"task source {name!r} fails its checks: {payload}")
+        return payload
 
 
 class _Alarm(BaseException):

@@ -10,6 +10,7 @@ options as keyword arguments (importing it runs that module: name only code you 
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable
 
 from .problem import TaskSource
@@ -30,7 +31,8 @@ def register_kind(name: str):
 
 def _load_kinds() -> None:
     """Import the modules that register the built-in kinds."""
-    from . import files  # noqa: F401
+    from . import files, tables  # noqa: F401
+    from . import reasoning_gym  # noqa: F401
 
 
 def import_source_class(spec: str, where: str) -> type[TaskSource]:
@@ -45,6 +47,25 @@ def import_source_class(spec: str, where: str) -> type[TaskSource]:
     if not (isinstance(cls, type) and issubclass(cls, TaskSource)):
         raise ValueError(f"{where}: {spec!r} is not a TaskSource subclass")
     return cls
+
+
+def _renamed(cls: type[TaskSource]):
+    """A class whose constructor takes no ``name``, built under the entry's name (e.g.
+    ``kind: addition`` for a second addition mix)."""
+    def factory(name: str, **ranges):
+        source = cls(**ranges)
+        source.name = name
+        return source
+    return factory
+
+
+def _options_of(factory) -> str:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    names = [p.name for p in params if p.name != "name" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return f" (options: {', '.join(names)})" if names else ""
 
 
 def make_task_source(name: str, options: dict, where: str | None = None) -> TaskSource:
@@ -62,15 +83,21 @@ def make_task_source(name: str, options: dict, where: str | None = None) -> Task
         factory = KINDS[kind]
     elif ":" in kind:
         factory = import_source_class(kind, where)
+        if "name" not in inspect.signature(factory).parameters:
+            factory = _renamed(factory)
     elif kind in SOURCES:
-        factory = SOURCES[kind]
+        factory = _renamed(SOURCES[kind])
     else:
         raise ValueError(f"{where}.kind: unknown task kind {kind!r} (registered: {', '.join(sorted(KINDS))}, "
                          f"a built-in source: {', '.join(sorted(SOURCES))}, or 'package.module:ClassName')")
     try:
         source = factory(name=name, **options)
     except TypeError as err:
+        raise ValueError(f"{where}: {err}{_options_of(factory)}") from None
+    except ValueError as err:  # the factory names the file, row or option; this names the entry
         raise ValueError(f"{where}: {err}") from None
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{where}: {err}") from None
     if source.name != name:
         raise ValueError(f"{where}: the source calls itself {source.name!r}; its name must be {name!r}")
     return source

@@ -14,6 +14,8 @@ class Problem:
     keyed by it. ``params`` holds the numeric difficulty parameters the problem was drawn
     with, e.g. ``{"digits": 3}``. ``context`` is text the policy sees before ``prompt``
     (e.g. in-context exemplars); verifiers only ever read ``prompt`` and ``answer``.
+    ``solution`` is a reference solution (worked steps) where the data has one, for methods that
+    guide the policy with it; it is never shown to the policy unless such a method does so.
     """
 
     id: str
@@ -22,6 +24,7 @@ class Problem:
     source: str
     params: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
     context: str = field(default="", compare=False, hash=False)
+    solution: str = field(default="", compare=False, hash=False)
 
 
 class TaskSource:
@@ -35,6 +38,9 @@ class TaskSource:
     name: str = ""
     param_ranges: dict[str, tuple[float, float]] = {}
     integer_params: bool = True
+    #: The most a wrong completion may score (a verifier's format reward); ``check_task`` holds
+    #: the completions that are never correct to it.
+    max_wrong_reward: float = 0.0
 
     def __init__(self, **ranges: tuple[float, float] | list[float]):
         merged = dict(type(self).param_ranges)
@@ -69,6 +75,11 @@ class TaskSource:
         raise NotImplementedError
 
     # --- provided -----------------------------------------------------------------
+    def reference_completion(self, problem: Problem) -> str:
+        """A completion that must score 1: the reference answer written the way the verifier reads
+        answers (e.g. ``\\boxed{answer}`` for a verifier that extracts boxed answers)."""
+        return problem.answer
+
     def sample_params(self, rng: random.Random) -> dict[str, float]:
         out = {}
         for key, (low, high) in self.param_ranges.items():

@@ -8,6 +8,13 @@ temporary name, every file is flushed to disk, and only then renamed into place;
 first and returns the first whose manifest matches its files, warning about (and setting aside)
 any newer one that does not. Older checkpoints are pruned only once a newer one is complete.
 
+With ``model.lora``, ``model/`` holds the adapters only (``adapter_model.safetensors``,
+``adapter_config.json``, covered by the manifest like any file) and the tokenizer; the frozen
+base is rebuilt from the run's configuration, and ``trainer.pt`` records the SHA-256 of its
+weights (``base_model_sha256``), which ``check_base`` compares before a resume or an evaluation
+uses the adapters. The optimizer state includes the float32 master weights of a
+bfloat16/float16 run (``train/optim.py``).
+
 ``trainer.pt`` is read with ``torch.load(weights_only=True)``: it holds tensors and plain
 Python values only (random and NumPy RNG states and plug-in state are encoded into those), so
 a checkpoint from someone else cannot run code when loaded.
@@ -288,6 +295,17 @@ def read_state(path: Path) -> dict:
         raise ValueError(f"{Path(path) / 'trainer.pt'}: holds objects that a safe load refuses; explorl never "
                          f"runs code from a checkpoint ({str(err).splitlines()[0]})") from None
     return decode_state(state)
+
+
+def check_base(path: Path, fingerprint: str) -> None:
+    """Raise ``ValueError`` unless the LoRA checkpoint ``path`` was trained on the base model
+    whose weights hash to ``fingerprint`` (``policy.lora.base_fingerprint``)."""
+    saved = read_state(path).get("base_model_sha256")
+    if saved != fingerprint:
+        raise ValueError(f"{path} holds LoRA adapters trained on a base model whose weights hash to "
+                         f"{str(saved)[:12]}…, but the base built from this run's model.path or warm start "
+                         f"hashes to {fingerprint[:12]}…: the adapters would be applied to other weights. "
+                         f"Restore the base model the run was trained on, or start a new run.")
 
 
 def load_state(path: Path) -> dict:

@@ -1,4 +1,5 @@
-"""Per-step metrics to ``metrics.jsonl`` and TensorBoard, a progress bar, and the stage clock."""
+"""Per-step metrics to ``metrics.jsonl``, TensorBoard and the experiment trackers, a progress bar, and the
+stage clock."""
 from __future__ import annotations
 
 import json
@@ -62,29 +63,46 @@ def read_metrics_lines(path: Path, warn=print) -> list[str]:
 
 
 class RunLogger:
-    def __init__(self, out: Path, start_step: int, total_steps: int, progress: bool = True, warn=print):
+    """Each step's metrics to ``metrics.jsonl`` (all of them), and the numeric ones under the same
+    keys to TensorBoard and to the experiment trackers ``config.logging`` names
+    (``explorl.train.trackers``)."""
+
+    def __init__(self, out: Path, start_step: int, total_steps: int, progress: bool = True, warn=print,
+                 config=None):
         self.path = out / "metrics.jsonl"
-        self._truncate_after(start_step, warn)
+        # steps up to here already reached the trackers: a resume recomputes them, the trackers keep theirs
+        self.sent_until = self._truncate_after(start_step, warn)
+        self.trackers = []
+        if config is not None:
+            from explorl.train.trackers import build
+            self.trackers = build(config, out, warn)
         from torch.utils.tensorboard import SummaryWriter
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not progress,
                         file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
-    def _truncate_after(self, step: int, warn) -> None:
-        """On resume, drop lines logged after the checkpoint so the file matches an unbroken run."""
+    def _truncate_after(self, step: int, warn) -> int:
+        """On resume, drop lines logged after the checkpoint so the file matches an unbroken run;
+        the last step the file held (0 if none)."""
         if not self.path.exists():
-            return
+            return 0
         from explorl.train.checkpoint import write_text_atomic
-        keep = [line for line in read_metrics_lines(self.path, warn) if json.loads(line)["step"] <= step]
-        write_text_atomic(self.path, "".join(line + "\n" for line in keep))
+        rows = [(json.loads(line)["step"], line) for line in read_metrics_lines(self.path, warn)]
+        write_text_atomic(self.path, "".join(line + "\n" for n, line in rows if n <= step))
+        return max((n for n, _ in rows), default=0)
 
     def log(self, step: int, metrics: dict) -> None:
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.trackers:  # before the metrics line: a kill in between repeats a step, never loses one
+            fresh = step > self.sent_until
+            missed = {f"logging/tracker_errors/{t.name}": t.log(step, dict(scalars)) if fresh else 0
+                      for t in self.trackers}
+            metrics, scalars = {**metrics, **missed}, {**scalars, **missed}
         record = {"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.tb.add_scalar(key, value, step)
+        for key, value in scalars.items():
+            self.tb.add_scalar(key, value, step)
         self.bar.update(1)
         self.bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}",
                              tok_s=f"{metrics.get('perf/tokens_per_s', 0):.0f}")
@@ -100,5 +118,8 @@ class RunLogger:
         self.tb.flush()
 
     def close(self) -> None:
+        failed = sys.exc_info()[0] is not None  # closed while an exception ends the run
+        for tracker in self.trackers:
+            tracker.close(failed)
         self.tb.close()
         self.bar.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,13 +21,16 @@ import yaml
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import StepStats
 from explorl.policy import load_policy
+from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
+from explorl.policy.lora import AdaptersOff, base_fingerprint, is_lora, load_adapters
 from explorl.tasks import TaskMix
 from explorl.tasks.encoding import check_encodable
 from explorl.tasks.guard import FaultLedger, GuardedVerifier
 from explorl.train import checkpoint
 from explorl.train.faults import crash_point
 from explorl.train.logging import RunLogger, StageClock
+from explorl.train.optim import build_optimizer
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.runlock import FolderLock
@@ -41,6 +45,7 @@ class Trainer:
         # with variable rollout counts, the order of some CPU reductions follows the batch shape;
         # deterministic kernels keep "same config and seed, same run" exact across processes
         torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
+        torch.manual_seed(cfg.seed)  # dropout (LoRA's) draws from the global generator; a resume restores it
         self.tasks = TaskMix.from_config(cfg.tasks)
         self.plugins = Plugins.from_config(cfg)
         self.needs = self.plugins.needs()
@@ -50,15 +55,20 @@ class Trainer:
         if v.check_at_start:
             self.verifier.check_sources()
         self.model, self.tokenizer = load_policy(cfg, log=log)
+        self.prompt_format = prompts.for_config(cfg, self.tokenizer)
         check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
-                        cfg.train.max_new_tokens)
-        self.engine = RolloutEngine(self.model, self.tokenizer, cfg.model.backend)
+                        cfg.train.max_new_tokens, prompt_format=self.prompt_format)
+        self.engine = RolloutEngine(self.model, self.tokenizer, cfg.model.backend, self.prompt_format)
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
-            ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self.ref_engine = RolloutEngine(ref, self.tokenizer, cfg.model.backend)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+            if is_lora(self.model):  # the base is the same model with its adapters off: no second copy
+                self.ref_engine = AdaptersOff(self.engine)
+            else:
+                ref = copy.deepcopy(self.model).eval().requires_grad_(False)
+                self.ref_engine = RolloutEngine(ref, self.tokenizer, cfg.model.backend, self.prompt_format)
+        # a LoRA checkpoint holds the adapters only: the base it needs is recorded by its weights' hash
+        self.base_fingerprint = base_fingerprint(self.model) if is_lora(self.model) else None
+        self.optimizer = build_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
         self.nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps, log=log)
         self._faults_logged = [0]
         self._ledger = None
@@ -94,6 +104,7 @@ class Trainer:
         clock = StageClock(m)
         self._calls = 0
         self._ledger = self._new_ledger()
+        reset_peak_memory(self.engine.device)
         start = time.perf_counter()
         with clock("curriculum"):
             problems, metrics = P.curriculum.next(cfg.problems_per_step)
@@ -195,6 +206,7 @@ class Trainer:
             "response_length/mean": float(batch.lengths.float().mean()),
             "perf/tokens_per_s": m["tokens/step"] / max(m.get("time/gen", 0), 1e-9),
         })
+        m.update(peak_memory(self.engine.device))
         return m
 
     # ---- the run -------------------------------------------------------------------------
@@ -212,7 +224,7 @@ class Trainer:
             results["start"] = self.evaluate()
             crash_point("eval.start_computed")
             self._write_eval(results)
-        logger = RunLogger(self.out, self.step, total, self.progress, warn=self.log)
+        logger = RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
         try:
             while self.step < total and not self._token_budget_spent():
                 before = self.tokens
@@ -290,6 +302,8 @@ class Trainer:
                                     f"complete one is kept")
         state = {"step": self.step, "tokens": self.tokens, "optimizer": self.optimizer.state_dict(),
                  "plugins": self.plugins.state_dict(), "nonfinite_in_a_row": self.nonfinite.in_a_row}
+        if self.base_fingerprint is not None:
+            state["base_model_sha256"] = self.base_fingerprint
         checkpoint.save(self.out, self.step, self.model, self.tokenizer, state)
 
     def _resume(self) -> None:
@@ -297,12 +311,32 @@ class Trainer:
         if path is None:
             self.log(f"resume: no complete checkpoint in {self.out / 'ckpt'}; starting from step 0")
             return
-        from transformers import AutoModelForCausalLM
-        saved = AutoModelForCausalLM.from_pretrained(path / "model")
-        self.model.load_state_dict(saved.state_dict())
+        if is_lora(self.model):
+            checkpoint.check_base(path, self.base_fingerprint)
+            load_adapters(self.model, path / "model")
+        else:
+            from transformers import AutoModelForCausalLM
+            saved = AutoModelForCausalLM.from_pretrained(path / "model")
+            self.model.load_state_dict(saved.state_dict())
         state = checkpoint.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.plugins.load_state_dict(state["plugins"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.nonfinite.in_a_row = state.get("nonfinite_in_a_row", 0)
         self.log(f"resumed from {path} at step {self.step}")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """``perf/peak_rss_mb``: the process's peak resident memory so far (it never decreases over a
+    process); ``perf/peak_cuda_mb``: the step's peak CUDA allocation, when the policy is on a GPU."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"perf/peak_rss_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    if device.type == "cuda":
+        out["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -22,6 +22,10 @@ RESUMABLE = {
     "verify.log_first": "faults logged in full",
     "verify.check_at_start": "the start-of-run check of the task sources",
     "verify.isolate": "whether verifiers run in a worker process",
+    "train.micro_batch_size": "rollouts per forward/backward (the update is the same)",
+    "model.gradient_checkpointing": "recomputing activations (the update is the same)",
+    "logging.wandb": "the W&B tracker",
+    "logging.mlflow": "the MLflow tracker",
 }
 
 
@@ -45,7 +49,7 @@ def differences(stored: dict, wanted: dict) -> list[str]:
 
 def refuse_changes(stored: dict, wanted: dict, run_dir: Path) -> None:
     """Raise ``ValueError`` naming every key (outside ``RESUMABLE``) on which ``wanted`` differs."""
-    changed = [k for k in differences(stored, wanted) if k not in RESUMABLE]
+    changed = [k for k in differences(stored, wanted) if not _resumable(k)]
     if changed:
         a, b = flat(json.loads(json.dumps(stored))), flat(json.loads(json.dumps(wanted)))
         shown = "; ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} asked" for k in changed[:6])
@@ -54,6 +58,10 @@ def refuse_changes(stored: dict, wanted: dict, run_dir: Path) -> None:
             f"--resume: {run_dir} was made with another configuration: {shown}{more}. A resumed run keeps "
             f"its configuration; only {', '.join(sorted(RESUMABLE))} may change. Start a new run with "
             f"another --out to train something else.")
+
+
+def _resumable(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUMABLE)
 
 
 def stored_config(run_dir: Path) -> dict | None:

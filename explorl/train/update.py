@@ -1,4 +1,5 @@
-"""The optimisation of one rollout batch: PPO epochs over minibatches of whole groups."""
+"""The optimisation of one rollout batch: PPO epochs over minibatches of whole groups, each
+minibatch one optimizer step (in micro-batches of ``train.micro_batch_size`` rollouts when set)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -9,6 +10,7 @@ from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
+from explorl.train.optim import stepped_parameters
 
 
 def token_logp_entropy(logits: torch.Tensor, ids: torch.Tensor, want_entropy: bool):
@@ -76,10 +78,23 @@ class NonFiniteGuard:
         self.in_a_row = 0
 
 
+def micro_batches(rows: torch.Tensor, size: int | None) -> list[torch.Tensor]:
+    """``rows`` in consecutive parts of at most ``size`` (``train.micro_batch_size``). A part may
+    split a group: ``engine.response_logits`` encodes the prompts of whatever rows it is given."""
+    return [rows] if not size or size >= len(rows) else list(torch.split(rows, size))
+
+
 def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_logp=None,
              guard: NonFiniteGuard | None = None) -> dict:
     """Run ``ppo_epochs`` passes over ``batch``; returns the mean of every metric. A minibatch
-    whose loss or gradient norm is not finite is not applied (``loss/nonfinite_steps``)."""
+    whose loss or gradient norm is not finite is not applied (``loss/nonfinite_steps``).
+
+    With ``train.micro_batch_size`` smaller than a minibatch, each minibatch takes two passes
+    (``_micro_batched_backward``) and its update equals the one-pass update: every objective
+    still sees the whole minibatch once, so statistics over its tokens (Clip-Cov/KL-Cov
+    covariances, the entropy quantile, Lp-Reg's low-probability set, the aggregation's token or
+    sequence count) and the state of stateful terms are those of the minibatch, not of a part.
+    """
     train = cfg.train
     guard = guard or NonFiniteGuard(train.max_nonfinite_steps)
     model = engine.model
@@ -87,30 +102,40 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     totals, counts = defaultdict(float), defaultdict(int)
     adv_tokens = batch.advantages[:, None].expand_as(batch.mask)
+    params = stepped_parameters(optimizer)
     skipped = 0
     for epoch in range(train.ppo_epochs):
         for rows in minibatch_rows(batch, train.minibatches, generator):
-            logits = engine.response_logits(batch, rows)
-            ids = batch.response_ids[rows].to(logits.device)
-            logp, entropy = token_logp_entropy(logits, ids, "entropy" in needs)
-            dev = logp.device
-            ctx = LossContext(logp=logp, old_logp=batch.old_logp[rows].to(dev),
-                              behaviour_logp=batch.behaviour_logp[rows].to(dev),
-                              advantages=adv_tokens[rows].to(dev), mask=batch.mask[rows].to(dev), step=step,
-                              entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
-                              logits=logits if "logits" in needs else None, rows=rows,
-                              extras={"epoch": epoch, "generator": generator})
-            per_token, metrics = combine_terms(plugins.objectives, ctx)
-            _accumulate(totals, counts, metrics)
-            loss = aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens)
+            def loss_of(logp, entropy, logits, rows=rows, epoch=epoch):
+                dev = logp.device
+                ctx = LossContext(logp=logp, old_logp=batch.old_logp[rows].to(dev),
+                                  behaviour_logp=batch.behaviour_logp[rows].to(dev),
+                                  advantages=adv_tokens[rows].to(dev), mask=batch.mask[rows].to(dev), step=step,
+                                  entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
+                                  logits=logits if "logits" in needs else None, rows=rows,
+                                  extras={"epoch": epoch, "generator": generator})
+                per_token, metrics = combine_terms(plugins.objectives, ctx)
+                _accumulate(totals, counts, metrics)
+                return aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask
+
             optimizer.zero_grad(set_to_none=True)
+            parts = micro_batches(rows, train.micro_batch_size)
+            if len(parts) == 1:
+                logits = engine.response_logits(batch, rows)
+                logp, entropy = token_logp_entropy(logits, batch.response_ids[rows].to(logits.device),
+                                                   "entropy" in needs)
+                loss, mask = loss_of(logp, entropy, logits)
+                if torch.isfinite(loss):
+                    loss.backward()
+            else:
+                loss, mask, entropy = _micro_batched_backward(batch, engine, parts, needs, loss_of)
             if not torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 guard.skip("loss", step)
                 _accumulate(totals, counts, {"loss/total": loss.item()})
                 continue
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -120,12 +145,65 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 guard.ok()
             extra = {"loss/total": loss.item(), "loss/grad_norm": float(grad_norm)}
             if entropy is not None:
-                extra["entropy/train"] = masked_mean(entropy.detach(), ctx.mask)
+                extra["entropy/train"] = masked_mean(entropy.detach(), mask)
             _accumulate(totals, counts, extra)
     model.eval()
     out = {k: totals[k] / counts[k] for k in totals}
     out["loss/nonfinite_steps"] = skipped
     return out
+
+
+def _micro_batched_backward(batch, engine, parts, needs, loss_of):
+    """The gradient of one minibatch's loss, accumulated over its micro-batches ``parts``.
+
+    Pass 1 runs every part without a graph and keeps only its per-token log-probs (entropies,
+    and logits where an objective asks for them); the loss is computed once over the whole
+    minibatch from those, as leaves, and back-propagated to them. Pass 2 runs each part again
+    with a graph and back-propagates Σ ∂loss/∂logp_t · logp_t (and the same for the entropy
+    and logits): by the chain rule the model receives exactly the one-pass gradient. The
+    price is one extra forward without a graph per minibatch. Each part's random state
+    (LoRA dropout) is replayed in pass 2, so both passes compute the same values.
+    Returns ``(loss, mask, entropy)`` as the one-pass path has them.
+    """
+    want_entropy, want_logits = "entropy" in needs, "logits" in needs
+    device = engine.device
+    states, logps, entropies, all_logits = [], [], [], []
+    with torch.no_grad():
+        for part in parts:
+            states.append(_rng_state(device))
+            logits = engine.response_logits(batch, part)
+            logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), want_entropy)
+            logps.append(logp)
+            entropies.append(entropy)
+            all_logits.append(logits if want_logits else None)
+    leaves = {"logp": torch.cat(logps).requires_grad_(True),
+              "entropy": torch.cat(entropies).requires_grad_(True) if want_entropy else None,
+              "logits": torch.cat(all_logits).requires_grad_(True) if want_logits else None}
+    loss, mask = loss_of(leaves["logp"], leaves["entropy"], leaves["logits"])
+    if not torch.isfinite(loss):
+        return loss, mask, leaves["entropy"]
+    loss.backward()
+    grads = {k: v.grad for k, v in leaves.items() if v is not None and v.grad is not None}
+    start = 0
+    for part, state in zip(parts, states) if grads else ():
+        span = slice(start, start + len(part))
+        start += len(part)
+        _set_rng_state(state, device)
+        logits = engine.response_logits(batch, part)
+        logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), "entropy" in grads)
+        values = {"logp": logp, "entropy": entropy, "logits": logits.float()}
+        sum((values[k] * g[span].float()).sum() for k, g in grads.items()).backward()
+    return loss, mask, leaves["entropy"]
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _accumulate(totals, counts, metrics):

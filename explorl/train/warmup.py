@@ -12,7 +12,9 @@ import time
 import torch
 
 from explorl.policy.model import build_tiny, cache_home, config_key, load_pretrained, save_atomic
-from explorl.tasks import ALPHABET, TaskMix
+from explorl.policy.prompts import for_config
+from explorl.tasks import TaskMix
+from explorl.tasks.alphabet import mix_alphabet
 from explorl.train.runlock import FolderLock
 
 
@@ -20,10 +22,22 @@ def warmup_tasks(cfg) -> dict:
     return cfg.model.warmup.tasks if cfg.model.warmup.tasks is not None else cfg.tasks
 
 
+def testbed_alphabet(cfg) -> str:
+    """The testbed tokenizer's alphabet: ``ALPHABET``, extended to the characters of the run's
+    tasks, the warm-up tasks and the prompt template when they need more (``explorl.tasks.alphabet``)."""
+    mixes = [TaskMix.from_config(cfg.tasks)]
+    if cfg.model.warmup.tasks is not None:
+        mixes.append(TaskMix.from_config(cfg.model.warmup.tasks))
+    template = cfg.prompt.template
+    extra = template.replace("{prompt}", "") if template not in ("raw", "chat") else ""
+    return mix_alphabet(mixes, extra_text=extra)
+
+
 def warm_model_dir(cfg):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
     key = config_key(vars(tiny), {k: v for k, v in vars(warm).items() if k != "tasks"},
-                     warmup_tasks(cfg), ALPHABET, "v3")  # v2: countdown targets never equal a given number; v3: byte-level char tokenizer
+                     warmup_tasks(cfg), testbed_alphabet(cfg), "v3",  # v2: countdown targets never equal a given number; v3: byte-level char tokenizer
+                     *([] if cfg.prompt.template == "raw" else [vars(cfg.prompt)]))  # the warm start learns the template
     return cache_home() / "models" / f"testbed-{key}"
 
 
@@ -45,9 +59,10 @@ def warmup(cfg, log=print, force: bool = False):
 
 def _train_and_save(cfg, path, log):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
-    model, tokenizer = build_tiny(tiny.family, ALPHABET, tiny.hidden_size, tiny.layers, tiny.heads,
+    model, tokenizer = build_tiny(tiny.family, testbed_alphabet(cfg), tiny.hidden_size, tiny.layers, tiny.heads,
                                   tiny.kv_heads, tiny.intermediate_size, tiny.max_positions, tiny.seed)
     tasks = TaskMix.from_config(warmup_tasks(cfg))
+    prompt_format = for_config(cfg, tokenizer)
     rng = random.Random(tiny.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=warm.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=warm.lr, total_steps=warm.steps, pct_start=0.1)
@@ -55,7 +70,7 @@ def _train_and_save(cfg, path, log):
     start = time.time()
     for step in range(warm.steps):
         problems = [tasks.sample(rng) for _ in range(warm.batch_size)]
-        ids, labels = _sft_batch(tokenizer, problems)
+        ids, labels = _sft_batch(tokenizer, problems, tiny.max_positions, prompt_format, tasks)
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1),
                                                  labels[:, 1:].flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -72,14 +87,24 @@ def _train_and_save(cfg, path, log):
     return load_pretrained(path)
 
 
-def _sft_batch(tokenizer, problems):
-    """Right-padded prompt+answer+EOS sequences; labels only on the answer and EOS."""
+def _sft_batch(tokenizer, problems, max_positions: int | None = None, prompt_format=None, tasks=None):
+    """Right-padded prompt+answer+EOS sequences; labels only on the answer and EOS. A sequence
+    longer than ``max_positions`` (the model's context) is cut there: a long answer is learnt up
+    to the context (its end is past what the model can ever generate anyway). A ``prompt_format``
+    other than raw (``prompt.template``) renders the prompt as the engine will. With ``tasks``
+    (the mix), the answer is written as its source's verifier reads it
+    (``reference_completion``: ``<answer>42</answer>`` for an ``answer_tags`` extractor)."""
     seqs, labels = [], []
     for p in problems:
-        prompt = tokenizer(p.prompt, add_special_tokens=False).input_ids
-        answer = tokenizer(p.answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        seqs.append(prompt + answer)
-        labels.append([-100] * len(prompt) + answer)
+        text = p.prompt if prompt_format is None or prompt_format.is_raw else prompt_format.render(p)
+        prompt = tokenizer(text, add_special_tokens=False).input_ids
+        target = p.answer if tasks is None else tasks.sources[p.source].reference_completion(p)
+        answer = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        seqs.append((prompt + answer)[:max_positions])
+        labels.append(([-100] * len(prompt) + answer)[:max_positions])
+    if all(x == -100 for lab in labels for x in lab):  # the loss would be NaN
+        raise ValueError(f"warmup: no answer token of the batch fits the model's context of {max_positions} "
+                         f"positions (model.tiny.max_positions): the prompts are longer than that")
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
     lab = torch.full((len(seqs), width), -100)
