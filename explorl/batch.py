@@ -32,13 +32,27 @@ class Groups:
 
 
 
+#: What a row of a batch is (``RolloutBatch.kind``). ``ON_POLICY``: sampled from the policy.
+#: ``OFF_POLICY``: a teacher's or a reference solution placed in a group (its tokens were not
+#: sampled from the policy; ``behaviour_logp`` is the teacher's log-prob, 0 when unknown).
+#: ``REPLAYED``: the policy's own past response, with the behaviour log-probs recorded then.
+#: ``PREFIX``: the policy's continuation of a stored prefix (the prefix sits in the prompt, so its
+#: tokens carry no gradient). ``DEMO``: a demonstration outside every group (no advantage), for
+#: supervised terms only. Which loss a row gets is the objective's and the guidance method's
+#: business (``explorl.train.update.combine_terms``); the trainer never branches on a name.
+ON_POLICY, OFF_POLICY, REPLAYED, PREFIX, DEMO = range(5)
+ROW_KINDS = ("on_policy", "off_policy", "replayed", "prefix", "demo")
+
+
 @dataclass
 class RolloutBatch:
     """P problems, R = Σ counts responses. Response tensors are ``(R, Lc)``, right-padded.
 
     ``prompt_ids`` ``(P, Lp)`` are left-padded; ``group[r]`` is the problem of response r.
-    ``mask`` marks generated tokens (the EOS included). ``behaviour_logp`` is the log-prob
-    under the sampling distribution, ``old_logp`` under π_old at temperature 1.
+    ``mask`` marks response tokens (the EOS included). ``behaviour_logp`` is the log-prob
+    under the distribution the token came from, ``old_logp`` under π_old at temperature 1.
+    ``kind`` ``(R,)`` says what each row is (``ROW_KINDS``; ``None``: all on-policy) and
+    ``loss_mask`` ``(R, Lc)`` which tokens carry gradient (``None``: every response token).
     """
 
     problems: list[Problem]
@@ -55,6 +69,20 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None   # (R,) sequence-level
     extras: dict[str, Any] = field(default_factory=dict)
+    kind: torch.Tensor | None = None         # (R,) long, ROW_KINDS
+    loss_mask: torch.Tensor | None = None    # (R, Lc)
+
+    @property
+    def row_kind(self) -> torch.Tensor:
+        return self.kind if self.kind is not None else torch.zeros(self.size, dtype=torch.long)
+
+    @property
+    def grad_mask(self) -> torch.Tensor:
+        return self.loss_mask if self.loss_mask is not None else self.mask
+
+    def kind_counts(self) -> dict[str, int]:
+        counts = torch.bincount(self.row_kind, minlength=len(ROW_KINDS)).tolist()
+        return {name: n for name, n in zip(ROW_KINDS, counts)}
 
     @property
     def size(self) -> int:
@@ -86,7 +114,10 @@ class RolloutBatch:
         return grid[self.group, self.slot()]
 
     def groups(self) -> Groups:
+        """The per-group view advantage functions see; demonstrations (``DEMO``) are left out."""
         rewards, mask = self.to_groups(self.rewards.float())
+        demo, _ = self.to_groups((self.row_kind == DEMO).float())
+        mask = mask * (1 - demo)
         lengths, _ = self.to_groups(self.lengths.float())
         mean_logp = (self.old_logp * self.mask).sum(-1) / self.lengths.clamp_min(1)
         logp_mean, _ = self.to_groups(mean_logp)
@@ -108,7 +139,25 @@ class RolloutBatch:
                             response_ids=self.response_ids[rows], mask=self.mask[rows],
                             behaviour_logp=self.behaviour_logp[rows], old_logp=self.old_logp[rows],
                             entropy=self.entropy[rows], texts=[self.texts[r] for r in rows.tolist()],
-                            rewards=pick(self.rewards), advantages=pick(self.advantages), extras=dict(self.extras))
+                            rewards=pick(self.rewards), advantages=pick(self.advantages), extras=dict(self.extras),
+                            kind=pick(self.kind), loss_mask=pick(self.loss_mask))
+
+    def drop_rows(self, rows: list[int]) -> "RolloutBatch":
+        """The batch without ``rows``; every group keeps at least one row."""
+        drop = torch.zeros(self.size, dtype=torch.bool)
+        drop[torch.tensor(rows, dtype=torch.long)] = True
+        keep = (~drop).nonzero().squeeze(-1)
+        counts = torch.bincount(self.group[keep], minlength=len(self.problems)).tolist()
+        if min(counts) < 1:
+            raise ValueError("drop_rows: a group would lose all of its rows")
+        return self._with_rows(keep, list(self.problems), counts, self.group[keep],
+                               torch.arange(len(self.problems)))
+
+    def add_rows(self, extra: "RolloutBatch", origin: list[int]) -> "RolloutBatch":
+        """The batch with ``extra``'s rows appended to the groups ``origin[g]`` of its groups g
+        (``extra`` must encode the same prompts: make it with the same engine)."""
+        from explorl.explore.budget.merge import merge
+        return merge([(self, list(range(len(self.problems)))), (extra, list(origin))], self.problems)
 
     @staticmethod
     def concat(batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
@@ -123,6 +172,8 @@ class RolloutBatch:
 
         offsets = torch.tensor([0] + [len(b.problems) for b in batches[:-1]]).cumsum(0)
         opt = lambda name: None if any(getattr(b, name) is None for b in batches) else torch.cat([getattr(b, name) for b in batches])  # noqa: E731
+        any_kind = any(b.kind is not None for b in batches)
+        any_loss_mask = any(b.loss_mask is not None for b in batches)
         return RolloutBatch(
             problems=[p for b in batches for p in b.problems], counts=[c for b in batches for c in b.counts],
             group=torch.cat([b.group + o for b, o in zip(batches, offsets)]),
@@ -134,4 +185,6 @@ class RolloutBatch:
             old_logp=pad_right([b.old_logp for b in batches], 0.0),
             entropy=pad_right([b.entropy for b in batches], 0.0),
             texts=[t for b in batches for t in b.texts], rewards=opt("rewards"), advantages=opt("advantages"),
-            extras=dict(batches[0].extras))
+            extras=dict(batches[0].extras),
+            kind=torch.cat([b.row_kind for b in batches]) if any_kind else None,
+            loss_mask=pad_right([b.grad_mask for b in batches], 0.0) if any_loss_mask else None)

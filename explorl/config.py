@@ -131,6 +131,8 @@ class Config:
     decoding: Any = "constant"
     advantage: list = field(default_factory=lambda: ["grpo"])
     objective: list = field(default_factory=lambda: ["ppo_clip"])
+    guidance: list = field(default_factory=list)     # guidance methods (luffy, ampo, sft, ...); none by default
+    teachers: dict = field(default_factory=dict)     # name -> {kind: solver | reference | model | self, ...}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective", "guidance", "verifier")
+LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective", "guidance", "teacher", "verifier")
 
 
 @dataclass(frozen=True)
@@ -182,4 +182,5 @@ def _load_builtins() -> None:
     if not _loaded:
         _loaded = True
         import explorl.explore  # noqa: F401
+        import explorl.teachers  # noqa: F401
         import explorl.tasks.math_verifier  # noqa: F401  (with explorl.tasks.verifiers)

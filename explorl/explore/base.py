@@ -122,6 +122,58 @@ class Objective(Component):
         raise NotImplementedError
 
 
+class Guidance(Component):
+    """Brings outside or past solutions into the batch, and says how their tokens are weighted.
+
+    ``guide(batch, ctx)`` runs after sampling and before advantages, so the estimator sees the
+    mixed groups; it returns the batch with rows added or replaced (each row marked with its
+    kind, ``explorl.batch.ROW_KINDS``) and metrics. ``ctx`` (``GuideContext``) samples more
+    on-policy rollouts (counted in the token budget), scores given responses (teachers',
+    references', replayed ones; their tokens are counted apart) and holds the ``teachers``.
+
+    ``handles`` is the set of row kinds whose loss ``row_loss(ctx)`` defines (per token, like an
+    objective term; it replaces the policy term on those rows). ``rl_weight(step)`` scales the
+    policy-gradient part of the loss (imitation/exploration balances); 1 by default.
+    """
+
+    handles: frozenset[int] = frozenset()
+    needs: frozenset[str] = frozenset()
+
+    def guide(self, batch, ctx: "GuideContext"):
+        return batch, {}
+
+    def row_loss(self, ctx: "LossContext") -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def rl_weight(self, step: int) -> float:
+        return 1.0
+
+    def before_training(self, ctx) -> dict:
+        """Called once before the first step of a run (not on resume): e.g. an SFT phase. ``ctx``
+        is a ``GuideContext`` with ``draw(n)`` (problems from the curriculum),
+        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows)."""
+        return {}
+
+
+@dataclass
+class GuideContext:
+    """What a guidance method may use in ``guide``: no component reaches into another."""
+
+    step: int
+    sample: Any            # sample(problems, counts, temperatures=None) -> scored on-policy batch
+    score: Any             # score(problems, counts, texts=None, token_ids=None, behaviour_logp=None,
+    #                        kind=OFF_POLICY) -> scored batch of given responses
+    teachers: dict[str, Any]
+    engine: Any
+    verify: Any            # verify(problems, texts) -> list of rewards
+    rng: Any = None        # random.Random of the step, for the method's draws
+    extras: dict[str, Any] = field(default_factory=dict)
+    # before_training only:
+    draw: Any = None       # draw(n) -> n problems from the curriculum
+    problems_per_step: int = 0
+    update: Any = None     # update(batch) -> metrics of one optimizer update on those rows
+
+
 @dataclass
 class LossContext:
     """Per-token tensors of one minibatch, all ``(R, L)``; ``mask`` marks response tokens.
@@ -142,6 +194,7 @@ class LossContext:
     logits: torch.Tensor | None = None
     rows: torch.Tensor | None = None  # indices of these rows in the full batch
     extras: dict[str, Any] = field(default_factory=dict)
+    kind: torch.Tensor | None = None  # (R,) what each row is (explorl.batch.ROW_KINDS); None: all on-policy
 
 
 @dataclass

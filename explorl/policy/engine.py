@@ -18,7 +18,7 @@ import torch
 from explorl.policy import fastlm
 from explorl.policy.prompts import RAW, stop_token_ids
 from explorl.policy.sampling import sample_next_token
-from explorl.batch import RolloutBatch
+from explorl.batch import OFF_POLICY, RolloutBatch
 
 
 class RolloutEngine:
@@ -37,8 +37,8 @@ class RolloutEngine:
         return next(self.model.parameters()).device
 
     def encode_prompts(self, problems):
-        enc = self.tokenizer([self.prompt_format.render(p) for p in problems], return_tensors="pt", padding=True,
-                             add_special_tokens=False)
+        enc = self.tokenizer([self.prompt_format.render(p) + p.prefix for p in problems], return_tensors="pt",
+                             padding=True, add_special_tokens=False)
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 
     @torch.no_grad()
@@ -86,6 +86,59 @@ class RolloutEngine:
                             prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), response_ids=ids,
                             mask=mask, behaviour_logp=out["b"][:, :Lc] * mask, old_logp=out["o"][:, :Lc] * mask,
                             entropy=out["h"][:, :Lc] * mask, texts=texts)
+
+    @property
+    def response_end_id(self) -> int:
+        """The token a response of this engine's format ends with: the chat template's end of
+        turn under ``prompt.template: chat``, else the tokenizer's EOS."""
+        from explorl.policy.prompts import end_of_turn_id
+        if getattr(self.prompt_format, "template", "raw") == "chat":
+            eot = end_of_turn_id(self.tokenizer)
+            if eot is not None:
+                return eot
+        return self.eos
+
+    @torch.no_grad()
+    def score_responses(self, problems, counts, texts=None, token_ids=None, behaviour_logp=None,
+                        kind: int = OFF_POLICY) -> RolloutBatch:
+        """A batch of responses the policy did not sample now (a teacher's, a reference, a replayed
+        one of its own): ``texts`` (tokenized here, the first stop token appended) or
+        ``token_ids`` (kept as they are), ``counts[i]`` of them for problem i, in order.
+        ``old_logp`` and ``entropy`` come from a forward pass of the current policy;
+        ``behaviour_logp`` is given per row (the log-probs a replayed response was sampled with)
+        or 0 (the behaviour policy unknown, taken as π = 1, as LUFFY does for teacher traces)."""
+        if (texts is None) == (token_ids is None):
+            raise ValueError("score_responses: give texts or token_ids")
+        if token_ids is None:
+            end = self.response_end_id
+            token_ids = [self.tokenizer(t, add_special_tokens=False).input_ids + [end] for t in texts]
+        if len(token_ids) != sum(counts) or any(len(ids) == 0 for ids in token_ids):
+            raise ValueError(f"score_responses: {len(token_ids)} non-empty responses for counts summing to {sum(counts)}")
+        R, Lc = len(token_ids), max(len(ids) for ids in token_ids)
+        ids = torch.full((R, Lc), self.pad, dtype=torch.long)
+        mask = torch.zeros(R, Lc)
+        behaviour = torch.zeros(R, Lc)
+        for r, row in enumerate(token_ids):
+            ids[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[r, :len(row)] = 1.0
+            if behaviour_logp is not None:
+                behaviour[r, :len(row)] = torch.as_tensor(behaviour_logp[r], dtype=torch.float32)[:len(row)]
+        prompt_ids, prompt_mask = self.encode_prompts(problems)
+        group = torch.repeat_interleave(torch.arange(len(problems)), torch.tensor(counts))
+        was_training = self.model.training
+        self.model.eval()
+        logits = self.backend.response_logits(prompt_ids, prompt_mask, group.to(self.device), ids.to(self.device))
+        self.model.train(was_training)
+        logp_all = torch.log_softmax(logits.float(), -1)
+        old = logp_all.gather(-1, ids.to(logits.device)[..., None]).squeeze(-1).cpu() * mask
+        entropy = -(logp_all.exp() * logp_all).sum(-1).cpu() * mask
+        if texts is None:
+            texts = self.tokenizer.batch_decode(ids.masked_fill(torch.isin(ids, self.stop_ids), self.pad),
+                                                skip_special_tokens=True)
+        return RolloutBatch(problems=list(problems), counts=list(counts), group=group, prompt_ids=prompt_ids.cpu(),
+                            prompt_mask=prompt_mask.cpu(), response_ids=ids, mask=mask, behaviour_logp=behaviour * mask,
+                            old_logp=old, entropy=entropy, texts=list(texts),
+                            kind=torch.full((R,), kind, dtype=torch.long))
 
     def response_logits(self, batch: RolloutBatch, rows: torch.Tensor | None = None, return_hidden=False):
         """Logits ``(r, Lc, V)`` predicting the response tokens of ``rows`` (all by default)."""

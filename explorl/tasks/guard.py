@@ -240,7 +240,9 @@ class GuardedVerifier:
             status, payload = self._conn.recv() if ready else ("failed", None)
         except (EOFError, OSError):
             self._kill()
-            raise ValueError(f"task source {name!r}: the verifier process died during its check") from None
+            raise ValueError(f"task source {name!r}: the verifier process died during its check (when explorl runs "
+                             f"from a script of yours, put the script's code under if __name__ == '__main__': — the "
+                             f"verifier process imports it)") from None
         if payload is None:
             self._kill()
             raise ValueError(f"task source {name!r}: its checks did not finish within {limit_s:g} s "

@@ -14,6 +14,9 @@ class Problem:
     keyed by it. ``params`` holds the numeric difficulty parameters the problem was drawn
     with, e.g. ``{"digits": 3}``. ``context`` is text the policy sees before ``prompt``
     (e.g. in-context exemplars); verifiers only ever read ``prompt`` and ``answer``.
+    ``prefix`` is the start of a response the policy continues (guidance methods that return to a
+    stored prefix): it follows the rendered prompt, carries no gradient, and the verifier sees
+    ``prefix + completion``.
     ``solution`` is a reference solution (worked steps) where the data has one, for methods that
     guide the policy with it; it is never shown to the policy unless such a method does so.
     """
@@ -25,6 +28,12 @@ class Problem:
     params: dict[str, float] = field(default_factory=dict, compare=False, hash=False)
     context: str = field(default="", compare=False, hash=False)
     solution: str = field(default="", compare=False, hash=False)
+    prefix: str = field(default="", compare=False, hash=False)
+
+    def completed(self, completion: str) -> str:
+        """The whole response a verifier judges: a stored ``prefix`` (the start of a response the
+        policy is asked to continue, placed after the prompt) followed by the continuation."""
+        return self.prefix + completion
 
 
 class TaskSource:

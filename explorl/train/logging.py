@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-STAGES = ("curriculum", "allocate", "gen", "verify", "advantage", "augment", "update", "observe")
+STAGES = ("curriculum", "allocate", "gen", "verify", "guide", "advantage", "augment", "update", "observe")
 
 
 class StageClock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from explorl.batch import DEMO, OFF_POLICY, ON_POLICY, PREFIX
 from explorl.eval.evaluate import evaluate
-from explorl.explore.base import StepStats
+from explorl.explore.base import GuideContext, StepStats
 from explorl.policy import load_policy
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
@@ -73,7 +75,10 @@ class Trainer:
         self._faults_logged = [0]
         self._ledger = None
         self.plugins.curriculum.bind(self.tasks, cfg.seed)
+        for teacher in (self.plugins.teachers or {}).values():
+            teacher.bind(self.tasks, self.engine, self._verify_texts)
         self.step, self.tokens, self._calls = 0, 0, 0
+        self.teacher_tokens = 0  # tokens of teacher and reference rows (not the policy's: not in the budget)
         # every input is checked: only now is the run folder created and written
         self.lock = FolderLock(self.out, "run").acquire()
         self._check_folder(resume)
@@ -122,6 +127,12 @@ class Trainer:
 
         with clock("allocate"):  # a budget's own work in collect (filtering, refills); sampling is nested
             batch = P.budget.collect(sample, problems, counts, draw=draw)
+        if P.guidance:
+            with clock("guide"):
+                ctx = self._guide_context(step, m, clock, sample)
+                for method in P.guidance:
+                    batch, metrics = method.guide(batch, ctx)
+                    m.update(metrics)
         with clock("advantage"):
             adv, metrics = self._advantages(batch)
         m.update(metrics)
@@ -157,7 +168,9 @@ class Trainer:
             batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p,
                                         seed=(self.cfg.seed * 1_000_003 + step) * 1009 + self._calls)
         with clock("verify"):
-            rewards, faults = self.verifier.score([problems[g] for g in batch.group.tolist()], batch.texts)
+            group_problems = [problems[g] for g in batch.group.tolist()]
+            rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
+                                                                                              batch.texts)])
             batch.rewards = torch.tensor(rewards)
             self._ledger.add(len(rewards), faults)
         self._ledger.check(f"step {step}")
@@ -165,6 +178,35 @@ class Trainer:
         self.tokens += batch.tokens
         m["tokens/step"] = m.get("tokens/step", 0) + batch.tokens
         return batch
+
+    def _guide_context(self, step, m, clock, sample) -> GuideContext:
+        def score(problems, counts, texts=None, token_ids=None, behaviour_logp=None, kind=OFF_POLICY):
+            batch = self.engine.score_responses(problems, counts, texts=texts, token_ids=token_ids,
+                                                behaviour_logp=behaviour_logp, kind=kind)
+            with clock("verify"):
+                batch.rewards = torch.tensor(self._verify_texts([problems[g] for g in batch.group.tolist()],
+                                                                batch.texts), dtype=torch.float32)
+            if kind in (OFF_POLICY, DEMO):
+                self.teacher_tokens += batch.tokens
+                m["tokens/teacher"] = m.get("tokens/teacher", 0) + batch.tokens
+            return batch
+
+        def verify(problems, texts):
+            with clock("verify"):
+                return self._verify_texts(problems, texts)
+
+        return GuideContext(step=step, sample=sample, score=score, teachers=self.plugins.teachers or {},
+                            engine=self.engine, verify=verify,
+                            rng=random.Random((self.cfg.seed * 1_000_003 + step) * 7 + 1),
+                            extras={"teacher_context": TeacherContext(self.cfg.train.max_new_tokens, m)})
+
+    def _verify_texts(self, problems, texts) -> list[float]:
+        """Rewards of ``texts`` (a stored prefix included) under guard; faults go to the step's ledger."""
+        rewards, faults = self.verifier.score(problems, [p.completed(t) for p, t in zip(problems, texts)])
+        if getattr(self, "_ledger", None) is not None:
+            self._ledger.add(len(rewards), faults)
+            self._ledger.check(f"step {self.step + 1}")
+        return rewards
 
     def _new_ledger(self) -> FaultLedger:
         v = self.cfg.verify
@@ -180,11 +222,15 @@ class Trainer:
         return batch.from_groups(adv).float(), metrics
 
     def _stats(self, step, batch) -> StepStats:
+        """Per-problem rewards and advantages of the policy's own rows (teacher, replayed and
+        demonstration rows would bias success rates); the whole batch is in ``extras``."""
         rewards = [[] for _ in batch.problems]
         advs = [[] for _ in batch.problems]
-        for g, r, a in zip(batch.group.tolist(), batch.rewards.tolist(), batch.advantages.tolist()):
-            rewards[g].append(r)
-            advs[g].append(a)
+        own = ((batch.row_kind == ON_POLICY) | (batch.row_kind == PREFIX)).tolist()
+        for g, r, a, mine in zip(batch.group.tolist(), batch.rewards.tolist(), batch.advantages.tolist(), own):
+            if mine:
+                rewards[g].append(r)
+                advs[g].append(a)
         entropy = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1))
         return StepStats(step=step, problems=batch.problems, rewards=rewards, advantages=advs,
                          entropy=entropy, tokens=batch.tokens, extras={"batch": batch})
@@ -192,9 +238,13 @@ class Trainer:
     def _summary(self, m, batch) -> dict:
         groups = batch.groups()
         solved = (groups.rewards * groups.mask).sum(1) / groups.counts.clamp_min(1)
+        own = (batch.row_kind == ON_POLICY) | (batch.row_kind == PREFIX)
+        if not bool((batch.row_kind == ON_POLICY).all()):
+            m.update({f"rows/{kind}": n for kind, n in batch.kind_counts().items()})
+            m["tokens/teacher_total"] = self.teacher_tokens
         m.update({
-            "reward/mean": float(batch.rewards.mean()),
-            "reward/pass_rate": float((batch.rewards >= 1.0).float().mean()),
+            "reward/mean": float(batch.rewards[own].mean()) if own.any() else float("nan"),
+            "reward/pass_rate": float((batch.rewards[own] >= 1.0).float().mean()) if own.any() else float("nan"),
             "reward/frac_all_correct": float((solved >= 1.0).float().mean()),
             "reward/frac_all_wrong": float((solved <= 0.0).float().mean()),
             # share of rollouts that carry a policy gradient (Knapsack RL's "effective gradient ratio")
@@ -224,6 +274,8 @@ class Trainer:
             results["start"] = self.evaluate()
             crash_point("eval.start_computed")
             self._write_eval(results)
+        if self.step == 0 and self.plugins.guidance:
+            self._before_training()
         logger = RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
         try:
             while self.step < total and not self._token_budget_spent():
@@ -247,6 +299,26 @@ class Trainer:
         crash_point("eval.end_computed")
         self._write_eval(results)
         return results
+
+    def _before_training(self) -> None:
+        """Each guidance method's phase before the first step (e.g. SFT-then-RL); runs again on a
+        resume from no checkpoint, and is deterministic, so the run is the same."""
+        m = {}
+        clock = StageClock(m)
+        ctx = self._guide_context(0, m, clock, lambda *a, **k: self._sample(*a[:2], 0, m, clock, *a[2:]))
+        ctx.draw = lambda n: self.plugins.curriculum.next(n)[0]
+        ctx.problems_per_step = self.cfg.train.problems_per_step
+
+        def update(batch):
+            return optimise(batch, self.engine, self.plugins, self.optimizer, self.cfg, 0, self.needs, None,
+                            guard=self.nonfinite)
+
+        ctx.update = update
+        for method in self.plugins.guidance:
+            done = method.before_training(ctx)
+            if done:
+                self.log(f"{method.registered_name} before training: "
+                         + ", ".join(f"{k} {v:g}" for k, v in done.items()))
 
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
@@ -300,7 +372,8 @@ class Trainer:
             raise NonFiniteTraining(f"step {self.step}: weights are not finite ({', '.join(bad[:3])}"
                                     f"{', ...' if len(bad) > 3 else ''}); no checkpoint is written, the last "
                                     f"complete one is kept")
-        state = {"step": self.step, "tokens": self.tokens, "optimizer": self.optimizer.state_dict(),
+        state = {"step": self.step, "tokens": self.tokens, "teacher_tokens": self.teacher_tokens,
+                 "optimizer": self.optimizer.state_dict(),
                  "plugins": self.plugins.state_dict(), "nonfinite_in_a_row": self.nonfinite.in_a_row}
         if self.base_fingerprint is not None:
             state["base_model_sha256"] = self.base_fingerprint
@@ -322,6 +395,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.plugins.load_state_dict(state["plugins"])
         self.step, self.tokens = state["step"], state["tokens"]
+        self.teacher_tokens = state.get("teacher_tokens", 0)
         self.nonfinite.in_a_row = state.get("nonfinite_in_a_row", 0)
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -340,3 +414,14 @@ def peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
         out["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+class TeacherContext:
+    """What a teacher may use while it answers: the response length, and a counter for the
+    tokens a model teacher generates (``tokens/teacher_generated``: not the policy's)."""
+
+    def __init__(self, max_new_tokens: int, metrics: dict):
+        self.max_new_tokens, self._metrics = max_new_tokens, metrics
+
+    def count_generated(self, tokens: int) -> None:
+        self._metrics["tokens/teacher_generated"] = self._metrics.get("tokens/teacher_generated", 0) + tokens

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explorl.explore.base import Advantage, Budget, Component, Curriculum, Decoding, Objective
+from explorl.explore.base import Advantage, Budget, Component, Curriculum, Decoding, Guidance, Objective
 from explorl.registry import build
+from explorl.teachers import Teacher, build_teachers
 
 
 @dataclass
@@ -15,14 +16,19 @@ class Plugins:
     decoding: Decoding
     advantages: list[Advantage]
     objectives: list[Objective]
+    guidance: list[Guidance] = ()
+    teachers: dict[str, Teacher] = None
 
     @classmethod
     def from_config(cls, cfg) -> "Plugins":
         advantages = [build("advantage", s, f"advantage[{i}]") for i, s in enumerate(_as_list(cfg.advantage))]
         objectives = [build("objective", s, f"objective[{i}]") for i, s in enumerate(_as_list(cfg.objective))]
+        guidance = [build("guidance", s, f"guidance[{i}]") for i, s in enumerate(_as_list(cfg.guidance or []))]
         plugins = cls(curriculum=build("curriculum", cfg.curriculum), budget=build("budget", cfg.budget),
-                      decoding=build("decoding", cfg.decoding), advantages=advantages, objectives=objectives)
+                      decoding=build("decoding", cfg.decoding), advantages=advantages, objectives=objectives,
+                      guidance=guidance, teachers=build_teachers(cfg.teachers))
         plugins.check(rollouts_per_problem=cfg.train.rollouts_per_problem)
+        plugins.check_guidance()
         return plugins
 
     def check(self, rollouts_per_problem: int | None = None) -> None:
@@ -54,7 +60,24 @@ class Plugins:
                                  f"{', '.join(sorted(incompatible))}: {component.incompatible_reason}")
 
     def all(self) -> list[Component]:
-        return [self.curriculum, self.budget, self.decoding, *self.advantages, *self.objectives]
+        return [self.curriculum, self.budget, self.decoding, *self.advantages, *self.objectives, *self.guidance,
+                *(self.teachers or {}).values()]
+
+    def check_guidance(self) -> None:
+        """Each row kind has one guidance method defining its loss; named teachers exist."""
+        owner = {}
+        for method in self.guidance:
+            for kind in method.handles:
+                if kind in owner:
+                    from explorl.batch import ROW_KINDS
+                    raise ValueError(f"guidance: {owner[kind]} and {method.registered_name} both define the loss of "
+                                     f"{ROW_KINDS[kind]} rows; stack guidance methods that handle different rows")
+                owner[kind] = method.registered_name
+            for name in getattr(method, "teacher_names", None) or ():
+                if name not in (self.teachers or {}):
+                    known = ", ".join(self.teachers or {}) or "none"
+                    raise ValueError(f"guidance {method.registered_name}: teacher {name!r} is not in the teachers: "
+                                     f"section (defined: {known})")
 
     def names(self) -> set[str]:
         return {c.registered_name for c in self.all()}

@@ -6,6 +6,7 @@ from collections import defaultdict
 
 import torch
 
+from explorl.batch import ON_POLICY, PREFIX, ROW_KINDS
 from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
@@ -33,9 +34,39 @@ def minibatch_rows(batch, minibatches: int, generator: torch.Generator) -> list[
     return [torch.isin(batch.group, part).nonzero().squeeze(-1) for part in parts if len(part)]
 
 
-def combine_terms(objectives, ctx: LossContext) -> tuple[torch.Tensor, dict]:
-    """The per-token loss ``(R, L)`` of one minibatch: the policy term times the product of
-    every ``"token_mask"`` weight (detached), plus the sum of the regularizers."""
+def combine_terms(objectives, ctx: LossContext, guidance=()) -> tuple[torch.Tensor, dict]:
+    """The per-token loss ``(R, L)`` of one minibatch: on on-policy and prefix rows, the policy
+    term times the product of every ``"token_mask"`` weight (detached) and of the guidance
+    methods' ``rl_weight``; on the rows of a kind a guidance method ``handles`` (teacher,
+    replayed, demonstration rows), that method's ``row_loss``; plus the sum of the regularizers
+    on every row. A row whose kind no term covers is an error, never a silent zero."""
+    kind = ctx.kind if ctx.kind is not None else torch.zeros(ctx.logp.shape[0], dtype=torch.long)
+    kind = kind.to(ctx.logp.device)
+    on_policy = (kind == ON_POLICY) | (kind == PREFIX)
+    covered = on_policy.clone()
+    extra, metrics = torch.zeros_like(ctx.logp), {}
+    for method in guidance:
+        if not method.handles:
+            continue
+        rows = torch.isin(kind, torch.tensor(sorted(method.handles), device=kind.device))
+        if rows.any():
+            term, m = method.row_loss(ctx)
+            metrics.update(m)
+            extra = extra + term * rows[:, None].to(term.dtype)
+            covered |= rows
+    if not covered.all():
+        missing = sorted({ROW_KINDS[k] for k in kind[~covered].tolist()})
+        raise ValueError(f"the batch holds {', '.join(missing)} rows but no guidance method in the recipe defines "
+                         f"their loss")
+    rl_weight = 1.0
+    for method in guidance:
+        rl_weight *= method.rl_weight(ctx.step)
+    loss, m = _policy_and_regularizers(objectives, ctx, on_policy[:, None].to(ctx.logp.dtype) * rl_weight)
+    metrics.update(m)
+    return loss + extra, metrics
+
+
+def _policy_and_regularizers(objectives, ctx: LossContext, policy_rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
     policy, regular, weight, metrics = None, torch.zeros_like(ctx.logp), None, {}
     for objective in objectives:
         term, m = objective.term(ctx)
@@ -49,7 +80,7 @@ def combine_terms(objectives, ctx: LossContext) -> tuple[torch.Tensor, dict]:
             regular = regular + term
     if policy is None:
         return regular, metrics
-    return regular + (policy if weight is None else policy * weight), metrics
+    return regular + (policy if weight is None else policy * weight) * policy_rows, metrics
 
 
 class NonFiniteTraining(RunStopped):
@@ -102,6 +133,7 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     totals, counts = defaultdict(float), defaultdict(int)
     adv_tokens = batch.advantages[:, None].expand_as(batch.mask)
+    grad_mask, kinds = batch.grad_mask, batch.row_kind
     params = stepped_parameters(optimizer)
     skipped = 0
     for epoch in range(train.ppo_epochs):
@@ -110,11 +142,11 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 dev = logp.device
                 ctx = LossContext(logp=logp, old_logp=batch.old_logp[rows].to(dev),
                                   behaviour_logp=batch.behaviour_logp[rows].to(dev),
-                                  advantages=adv_tokens[rows].to(dev), mask=batch.mask[rows].to(dev), step=step,
+                                  advantages=adv_tokens[rows].to(dev), mask=grad_mask[rows].to(dev), step=step,
                                   entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
                                   logits=logits if "logits" in needs else None, rows=rows,
-                                  extras={"epoch": epoch, "generator": generator})
-                per_token, metrics = combine_terms(plugins.objectives, ctx)
+                                  extras={"epoch": epoch, "generator": generator}, kind=kinds[rows])
+                per_token, metrics = combine_terms(plugins.objectives, ctx, plugins.guidance)
                 _accumulate(totals, counts, metrics)
                 return aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask
 
