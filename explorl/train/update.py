@@ -145,7 +145,8 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                                   advantages=adv_tokens[rows].to(dev), mask=grad_mask[rows].to(dev), step=step,
                                   entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
                                   logits=logits if "logits" in needs else None, rows=rows,
-                                  extras={"epoch": epoch, "generator": generator}, kind=kinds[rows])
+                                  extras={"epoch": epoch, "generator": generator, "loss_agg_mode": train.loss_agg_mode,
+                                          "max_length": train.max_new_tokens}, kind=kinds[rows])
                 per_token, metrics = combine_terms(plugins.objectives, ctx, plugins.guidance)
                 _accumulate(totals, counts, metrics)
                 return aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask

@@ -1,0 +1,214 @@
+"""``amft``: AMFT, Aligning LLM Reasoners by Meta-Learning the Optimal Imitation-Exploration
+Balance (He et al., arXiv:2508.06944).
+
+**Caveat.** A notice recorded in the project's method notes says the paper is under investigation
+for suspected academic misconduct and that its authors asked for withdrawal; that status was not
+re-verified here. The authors' code (TSYJ-He/AMFT; the paper cites hlxtsyj/AMFT) is a skeleton:
+``src/trainer/amft_trainer.py`` calls a placeholder rollout function (~L113) and marks the
+meta-gradient call a placeholder (~L130). Only the controller
+(``src/controller/adaptive_weight_controller.py``) and the defaults
+(``configs/training/amft_params.yaml``) are real; this module implements the equations with them.
+
+**Loss.** L = (1 − μ)·L_RL + μ·L_SFT. Each step, up to ``per_problem`` teacher solutions per
+problem enter as demonstration rows (``DEMO``, outside every group, as ``sft`` adds them).
+``rl_weight`` returns 1 − μ (it scales the policy term on the on-policy and prefix rows) and
+``row_loss`` gives the demonstration tokens μ·(−log π_θ). Both are aggregated together with the
+run's ``loss_agg_mode``.
+
+**The controller** (``AdaptiveWeightController.update_mu``), run in ``augment`` (after the
+advantages, before the update, so θ is still the rollout policy):
+
+    μ ← clip( μ + η_meta·g_meta + η_ent·(H* − H), μ_min, μ_max )
+    g_meta = −lr · ⟨∇L_val, ∇L_SFT − ∇L_RL⟩          (every ``meta_update_freq`` steps, else 0)
+
+- As in the code, the update runs every step with g_meta = 0 except on meta steps (steps 1, 21,
+  41, …: the code's ``step % meta_update_freq == 0`` counting from 0), and the step's loss uses
+  the updated μ. ``entropy_update: meta_steps`` applies the entropy term on meta steps only.
+- H = the mean token entropy of this step's rollouts (on-policy and prefix rows; the code's
+  ``policy_entropy`` of the PPO loss). H* (``target_entropy``; None: measured) is, as the code's
+  ``_calculate_target_entropy`` after its SFT warm-up, the policy's mean token entropy on
+  demonstration data before RL: here on the first step's demonstration rows (response tokens),
+  where the policy is still the testbed's warm start, itself a supervised warm-up.
+- The three gradients are taken with the policy model on the trainable parameters, at θ:
+  L_RL = token-mean over the on-policy/prefix rows of −Â·π_θ/π_old (the PPO surrogate's gradient
+  at θ = θ_old, where the clip is inactive); L_SFT = token-mean NLL of this step's demonstration
+  rows; L_val = token-mean NLL of the teacher solutions of a held-out validation set (the code's
+  cross-entropy on a validation loader). The validation set is ``val_problems`` (8) problems drawn
+  from the curriculum once before the first step (``before_training``) with one teacher solution
+  each, kept as checkpointed state; it is re-scored on every meta step (its tokens count as
+  ``tokens/teacher``). Without one (a run not started through ``Trainer.run``) g_meta is 0.
+- lr is the policy learning rate of the look-ahead θ' = θ − lr·∇L(μ); it cannot be read from the
+  run, so it is the parameter ``policy_lr`` (5e-5, the testbed's ``train.lr``): set it to yours.
+
+**Sign.** For θ'(μ) = θ − lr·((1 − μ)∇L_RL + μ∇L_SFT), dL_val(θ')/dμ = −lr·⟨∇L_val, ∇L_SFT −
+∇L_RL⟩ = g_meta to first order, so the published update μ + η·g_meta moves μ *up* the validation
+loss. ``meta_direction: published`` (default) follows the equation as recorded for the paper
+and the code (``mu += meta_lr * meta_gradient``); ``descent`` uses μ − η·g_meta, which lowers the
+look-ahead validation loss.
+
+**Scale.** With the defaults η_meta = 1e-4 and lr = 5e-5 the meta term moves μ by 5e-9·⟨·,·⟩ per
+meta step, and η_ent·(H* − H) by ~1e-4 per step: μ stays near μ₀ = 0.8 (the yaml's
+``initial_mu``; the class default is 0.5), i.e. the run is mostly imitation. Measured on
+``configs/studies/guidance.yaml``: ⟨∇L_val, ∇L_SFT⟩ ≈ 2.4, ⟨∇L_val, ∇L_RL⟩ ≈ 0.03, g_meta ≈ −1e-4,
+H ≈ 1.2–1.5 against H* ≈ 1.09, and μ went 0.800 → 0.797 in 29 steps.
+
+State: μ, H*, the validation set. Metrics: ``guide/amft_mu``, ``guide/amft_entropy``,
+``guide/amft_target_entropy``, on meta steps ``guide/amft_g_meta``, ``guide/amft_dot_val_sft``,
+``guide/amft_dot_val_rl``.
+"""
+from __future__ import annotations
+
+import torch
+
+from explorl.batch import DEMO, ON_POLICY, PREFIX
+from explorl.explore.base import Guidance
+from explorl.explore.guidance.demos import teacher_solutions
+from explorl.explore.guidance.sft import demonstrations, nll
+from explorl.registry import register
+
+
+def update_mu(mu: float, g_meta: float, h_target: float | None, h_policy: float, meta_lr: float,
+              entropy_lr: float, mu_min: float, mu_max: float, direction: float = 1.0) -> float:
+    """clip(μ + direction·η_meta·g_meta + η_ent·(H* − H), μ_min, μ_max); no entropy term without H*."""
+    step = direction * meta_lr * g_meta + (entropy_lr * (h_target - h_policy) if h_target is not None else 0.0)
+    return float(min(max(mu + step, mu_min), mu_max))
+
+
+def gradients(params, loss_fn) -> list[torch.Tensor]:
+    """∇ of ``loss_fn()`` with respect to ``params`` (zeros for parameters it does not use).
+    ``loss_fn`` may be a list of closures whose losses add up to the loss (one graph at a time)."""
+    total = [torch.zeros_like(p) for p in params]
+    for part in loss_fn if isinstance(loss_fn, (list, tuple)) else [loss_fn]:
+        grads = torch.autograd.grad(part(), params, allow_unused=True)
+        for t, g in zip(total, grads):
+            if g is not None:
+                t.add_(g.detach())
+    return total
+
+
+def dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b)))
+
+
+def meta_gradient(params, val_loss, sft_loss, rl_loss, lr: float) -> tuple[float, float, float]:
+    """g_meta = −lr·⟨∇L_val, ∇L_SFT − ∇L_RL⟩ from three loss closures; also the two inner products."""
+    g_val = gradients(params, val_loss)
+    d_sft, d_rl = dot(g_val, gradients(params, sft_loss)), dot(g_val, gradients(params, rl_loss))
+    return -lr * (d_sft - d_rl), d_sft, d_rl
+
+
+def token_mean_loss(engine, batch, rows: torch.Tensor, per_token, chunk: int = 64) -> list:
+    """Closures, one per ``chunk`` rows, whose losses add up to the token mean over ``rows``' loss
+    tokens of ``per_token(logp, rows)``."""
+    total = batch.grad_mask[rows].sum().clamp_min(1.0)
+
+    def part_loss(part):
+        def loss():
+            from explorl.train.update import token_logp_entropy
+            logits = engine.response_logits(batch, part)
+            logp, _ = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)
+            mask = batch.grad_mask[part].to(logp.device)
+            return (per_token(logp, part) * mask).sum() / total.to(logp.device)
+        return loss
+    return [part_loss(part) for part in torch.split(rows, chunk)]
+
+
+@register("guidance", "amft", paper="AMFT, arXiv:2508.06944 (withdrawal notice not re-verified); code TSYJ-He/AMFT "
+                                     "src/controller/adaptive_weight_controller.py (trainer is a skeleton)")
+class AMFT(Guidance):
+    handles = frozenset({DEMO})
+    state_keys = ("mu", "target", "val_set")
+
+    def __init__(self, teachers: list | None = None, per_problem: int = 1, mu: float = 0.8, meta_lr: float = 1e-4,
+                 entropy_lr: float = 5e-4, mu_min: float = 0.05, mu_max: float = 0.95, meta_update_freq: int = 20,
+                 target_entropy: float | None = None, policy_lr: float = 5e-5, val_problems: int = 8,
+                 entropy_update: str = "every_step", meta_direction: str = "published"):
+        if entropy_update not in ("every_step", "meta_steps"):
+            raise ValueError(f"guidance amft: entropy_update must be every_step or meta_steps, got {entropy_update!r}")
+        if meta_direction not in ("published", "descent"):
+            raise ValueError(f"guidance amft: meta_direction must be published or descent, got {meta_direction!r}")
+        if not 0 <= mu_min <= mu <= mu_max <= 1:
+            raise ValueError("guidance amft: need 0 <= mu_min <= mu <= mu_max <= 1")
+        if per_problem < 1 or meta_update_freq < 1 or val_problems < 0:
+            raise ValueError("guidance amft: need per_problem >= 1, meta_update_freq >= 1, val_problems >= 0")
+        self.teacher_names, self.per_problem = teachers, per_problem
+        self.mu, self.mu_min, self.mu_max = float(mu), mu_min, mu_max
+        self.meta_lr, self.entropy_lr = meta_lr, entropy_lr
+        self.meta_update_freq, self.policy_lr, self.val_problems = meta_update_freq, policy_lr, val_problems
+        self.entropy_update, self.direction = entropy_update, 1.0 if meta_direction == "published" else -1.0
+        self.target: float | None = target_entropy
+        self.val_set: list = []
+        self._engine, self._step, self._val_batch = None, 0, None
+
+    def is_meta_step(self, step: int) -> bool:
+        return (step - 1) % self.meta_update_freq == 0
+
+    def before_training(self, ctx) -> dict:
+        """Draw the validation set: ``val_problems`` problems with a teacher solution each."""
+        self.val_set = []
+        for _ in range(20):
+            if len(self.val_set) >= self.val_problems:
+                break
+            for problem in ctx.draw(self.val_problems - len(self.val_set)):
+                found = teacher_solutions(ctx, problem, self.teacher_names, 1)
+                if found:
+                    self.val_set.append((problem, found[0][1]))
+        return {"validation problems": float(len(self.val_set))} if self.val_problems else {}
+
+    def guide(self, batch, ctx):
+        self._engine, self._step, self._val_batch = ctx.engine, ctx.step, None
+        batch, added = demonstrations(batch, ctx, self.teacher_names, self.per_problem)
+        if self.is_meta_step(ctx.step) and self.val_set:
+            problems = [p for p, _ in self.val_set]
+            self._val_batch = ctx.score(problems, [1] * len(problems), texts=[t for _, t in self.val_set], kind=DEMO)
+        return batch, {"guide/amft_demo_rows": float(added)}
+
+    def rl_weight(self, step: int) -> float:
+        return 1.0 - self.mu
+
+    def row_loss(self, ctx):
+        return self.mu * nll(ctx), {}
+
+    def augment(self, batch, sampler):
+        kinds = batch.row_kind
+        own = ((kinds == ON_POLICY) | (kinds == PREFIX)).nonzero().squeeze(-1)
+        demo = (kinds == DEMO).nonzero().squeeze(-1)
+        if self.target is None and len(demo):
+            self.target = _mean(batch.entropy[demo], batch.mask[demo])
+        h = _mean(batch.entropy[own], batch.mask[own]) if len(own) else None
+        metrics, g_meta = {}, 0.0
+        meta = self.is_meta_step(self._step)
+        if meta and self._val_batch is not None and len(demo) and len(own) and self._engine is not None:
+            g_meta, d_sft, d_rl = self.meta_gradient(batch, own, demo, self._val_batch)
+            metrics.update({"guide/amft_g_meta": g_meta, "guide/amft_dot_val_sft": d_sft,
+                            "guide/amft_dot_val_rl": d_rl})
+        entropy_term = self.entropy_update == "every_step" or meta
+        if h is not None:
+            self.mu = update_mu(self.mu, g_meta, self.target if entropy_term else None, h, self.meta_lr,
+                                self.entropy_lr, self.mu_min, self.mu_max, self.direction)
+            metrics["guide/amft_entropy"] = h
+        self._val_batch = None
+        metrics["guide/amft_mu"] = self.mu
+        if self.target is not None:
+            metrics["guide/amft_target_entropy"] = self.target
+        return batch, metrics
+
+    def meta_gradient(self, batch, own, demo, val_batch) -> tuple[float, float, float]:
+        engine = self._engine
+        params = [p for p in engine.model.parameters() if p.requires_grad]
+        adv = batch.advantages.float()
+        old = batch.old_logp
+
+        def rl_token(logp, rows):
+            a, o = adv[rows].to(logp.device)[:, None], old[rows].to(logp.device)
+            return -a * torch.exp(logp - o)
+
+        val_rows = torch.arange(val_batch.size)
+        with torch.enable_grad():
+            return meta_gradient(params, token_mean_loss(engine, val_batch, val_rows, lambda lp, r: -lp),
+                                 token_mean_loss(engine, batch, demo, lambda lp, r: -lp),
+                                 token_mean_loss(engine, batch, own, rl_token), self.policy_lr)
+
+
+def _mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((values * mask).sum() / mask.sum().clamp_min(1.0))
