@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from explorl.batch import OFF_POLICY
+
 
 def teacher_solutions(ctx, problem, teacher_names, n: int) -> list[tuple[str, str]]:
     """Up to ``n`` distinct ``(teacher name, solution)`` pairs for ``problem``, taking the teachers in
@@ -19,6 +21,23 @@ def teacher_solutions(ctx, problem, teacher_names, n: int) -> list[tuple[str, st
                 if len(out) >= n:
                     return out
     return out
+
+
+def add_teacher_rows(batch, ctx, teacher_names, n: int, kind: int = OFF_POLICY):
+    """The batch with up to ``n`` teacher solutions per problem added to its group as rows of
+    ``kind`` (scored by the current policy and verified), and the added rows (``None`` when no
+    teacher had a solution)."""
+    problems, texts, origin = [], [], []
+    for g, problem in enumerate(batch.problems):
+        found = teacher_solutions(ctx, problem, teacher_names, n)
+        if found:
+            problems.append(problem)
+            origin.append(g)
+            texts.append([text for _, text in found])
+    if not problems:
+        return batch, None
+    rows = ctx.score(problems, [len(t) for t in texts], texts=[t for ts in texts for t in ts], kind=kind)
+    return batch.add_rows(rows, origin), rows
 
 
 def luffy_shaping(prob: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -50,25 +50,9 @@ import torch
 
 from explorl.batch import OFF_POLICY
 from explorl.explore.base import Guidance
-from explorl.explore.guidance.demos import luffy_shaping, teacher_solutions
+from explorl.explore.guidance.demos import add_teacher_rows, luffy_shaping
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register
-
-
-def add_teacher_rows(batch, ctx, teacher_names, n: int):
-    """The batch with up to ``n`` teacher solutions per group added as ``OFF_POLICY`` rows (scored
-    by the current policy and verified), and the added rows (``None`` when no teacher had one)."""
-    problems, texts, origin = [], [], []
-    for g, problem in enumerate(batch.problems):
-        found = teacher_solutions(ctx, problem, teacher_names, n)
-        if found:
-            problems.append(problem)
-            origin.append(g)
-            texts.append([text for _, text in found])
-    if not problems:
-        return batch, None
-    rows = ctx.score(problems, [len(t) for t in texts], texts=[t for ts in texts for t in ts], kind=OFF_POLICY)
-    return batch.add_rows(rows, origin), rows
 
 
 def off_policy_mask(ctx) -> torch.Tensor:

@@ -35,7 +35,8 @@ import torch
 
 from explorl.batch import OFF_POLICY
 from explorl.explore.base import Guidance
-from explorl.explore.guidance.luffy import add_teacher_rows, clip_weight, guide_metrics, off_policy_mask
+from explorl.explore.guidance.demos import add_teacher_rows
+from explorl.explore.guidance.luffy import clip_weight, guide_metrics, off_policy_mask
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register
 

@@ -20,23 +20,15 @@ import torch
 
 from explorl.batch import DEMO
 from explorl.explore.base import Guidance
-from explorl.explore.guidance.demos import teacher_solutions
+from explorl.explore.guidance.demos import add_teacher_rows, teacher_solutions
 from explorl.registry import register
 
 
 def demonstrations(batch, ctx, teacher_names, per_problem: int):
-    """The batch with up to ``per_problem`` teacher solutions per problem added as DEMO rows."""
-    problems, texts, origin = [], [], []
-    for g, problem in enumerate(batch.problems):
-        found = teacher_solutions(ctx, problem, teacher_names, per_problem)
-        if found:
-            problems.append(problem)
-            origin.append(g)
-            texts.append([text for _, text in found])
-    if not problems:
-        return batch, 0
-    demo = ctx.score(problems, [len(t) for t in texts], texts=[t for ts in texts for t in ts], kind=DEMO)
-    return batch.add_rows(demo, origin), demo.size
+    """The batch with up to ``per_problem`` teacher solutions per problem added as DEMO rows, and
+    how many were added."""
+    batch, rows = add_teacher_rows(batch, ctx, teacher_names, per_problem, kind=DEMO)
+    return batch, 0 if rows is None else rows.size
 
 
 def nll(ctx) -> torch.Tensor:
