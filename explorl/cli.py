@@ -18,6 +18,8 @@ def cmd_train(args) -> int:
     cfg = cfg or config_from_args(args)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     results = trainer.run()
+    if not trainer.dp.is_main:  # under torchrun, rank 0 reports
+        return 0
     ks = [k for k in (1, 16) if f"pass@{k}" in results["end"]]
     print(f"\nbefore training:\n{format_table(results['start'], ks)}")
     print(f"after {trainer.step} steps ({trainer.tokens} generated tokens):\n{format_table(results['end'], ks)}")

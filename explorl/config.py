@@ -52,6 +52,7 @@ class ModelConfig:
     warmup: Warmup = field(default_factory=Warmup)
     backend: str = "auto"            # auto | fast | hf
     dtype: str = "float32"           # float32 | bfloat16 | float16
+    device: str = "auto"             # auto (CUDA when present, else CPU) | cpu | cuda; one device per process
     lora: dict | None = None         # {r, alpha, dropout, target_modules} trains LoRA adapters; None = full fine-tuning
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
 
@@ -72,6 +73,7 @@ class TrainConfig:
     max_tokens: int | None = None    # stop once this many response tokens were generated
     micro_batch_size: int | None = None  # rollouts per forward/backward (gradient accumulation); None = a whole minibatch
     deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
+    parallel: str = "none"           # none | ddp (data parallel over torchrun's processes; see README "Scaling out")
     max_nonfinite_steps: int = 3     # optimizer steps skipped in a row for a non-finite loss/grad before the run stops
 
 
@@ -424,6 +426,8 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.backend not in ("auto", "fast", "hf"):
         raise ValueError(f"model.backend: {m.backend!r} is not one of auto, fast, hf")
+    if m.device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"model.device: {m.device!r} is not one of cpu, cuda, auto")
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype: {m.dtype!r} is not one of {', '.join(DTYPES)}")
     tiny = m.tiny
@@ -449,6 +453,9 @@ def validate(cfg: Config) -> None:
         _check_lora(m.lora)
 
     t = cfg.train
+    if t.parallel not in ("none", "ddp"):
+        raise ValueError(f"train.parallel: {t.parallel!r} is not one of none, ddp"
+                         + (" (sharded training with FSDP is not built yet)" if t.parallel == "fsdp" else ""))
     if t.loss_agg_mode not in MODES:
         raise ValueError(f"train.loss_agg_mode: {t.loss_agg_mode!r} is not one of {', '.join(MODES)}")
     for key in ("steps", "problems_per_step", "rollouts_per_problem", "max_new_tokens", "ppo_epochs",

@@ -9,20 +9,22 @@ from explorl.eval.passk import pass_at_k
 
 def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temperature: float = 1.0,
              max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048, verifier=None,
-             ledger=None) -> dict:
+             ledger=None, dp=None) -> dict:
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
     "distinct_correct": {...}, "tokens": int}``; ``all`` averages over problems of every source.
     ``verifier`` (a ``GuardedVerifier``; one is made for the call when ``None``) scores under a
-    time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given.
+    time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given. Under data
+    parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
+    of problems, each chunk exactly as one process would, and every rank gets the whole result.
     """
     from explorl.tasks.guard import GuardedVerifier
     own = verifier is None
     verifier = verifier or GuardedVerifier(tasks)
     try:
         per_problem = _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens,
-                                        seed, rows_per_batch, ledger)
+                                        seed, rows_per_batch, ledger, dp)
     finally:
         if own:
             verifier.close()
@@ -30,23 +32,45 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
 
 
 def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens, seed, rows_per_batch,
-                      ledger):
-    per_problem = []  # (source, correct count, distinct correct, entropy sum, token count)
+                      ledger, dp=None):
     problems = [p for src in eval_sets for p in eval_sets[src]]
     chunk = max(1, rows_per_batch // samples)
-    temps = [temperature] * max_new_tokens
-    for start in range(0, len(problems), chunk):
-        part = problems[start:start + chunk]
-        batch = engine.rollout(part, [samples] * len(part), temps, seed=seed + start)
-        rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
+    starts = list(range(0, len(problems), chunk))
+    if dp is None or not dp.distributed:
+        return [row for start in starts for row in _chunk(engine, verifier, problems[start:start + chunk], samples,
+                                                          temperature, max_new_tokens, seed + start, ledger)]
+    mine = {}  # chunk -> (rows, faults): chunks are the same on any number of ranks
+    for i in dp.chunks(len(starts)):
+        faults = []
+        mine[i] = (_chunk(engine, verifier, problems[starts[i]:starts[i] + chunk], samples, temperature,
+                          max_new_tokens, seed + starts[i], None, faults), faults)
+    merged = {}
+    for part in dp.all_gather_objects(mine):
+        merged.update(part)
+    out = []
+    for i in range(len(starts)):
+        rows, faults = merged[i]
         if ledger is not None:
-            ledger.add(len(rewards), faults)
-        for i, problem in enumerate(part):
-            rows = (batch.group == i).nonzero().squeeze(-1)
-            correct = [batch.texts[r] for r in rows.tolist() if rewards[r] >= 1.0]
-            ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
-            per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
-                                ent, float(batch.mask[rows].sum())))
+            ledger.add(samples * len(rows), faults)
+        out.extend(rows)
+    return out
+
+
+def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, ledger, faults_out=None):
+    """``(source, correct count, distinct correct, entropy sum, token count)`` per problem of ``part``."""
+    per_problem = []
+    batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed)
+    rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
+    if ledger is not None:
+        ledger.add(len(rewards), faults)
+    if faults_out is not None:
+        faults_out.extend(faults)
+    for i, problem in enumerate(part):
+        rows = (batch.group == i).nonzero().squeeze(-1)
+        correct = [batch.texts[r] for r in rows.tolist() if rewards[r] >= 1.0]
+        ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
+        per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
+                            ent, float(batch.mask[rows].sum())))
     return per_problem
 
 

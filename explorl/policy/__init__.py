@@ -3,8 +3,8 @@
 
 def load_policy(cfg, log=print):
     """The policy ``cfg.model`` describes, as ``(model, tokenizer)``: a saved model directory
-    (``model.path``) or the warm-started testbed model, in ``model.dtype``, dropout off, with
-    gradient checkpointing and LoRA adapters (``model.lora``) when asked."""
+    (``model.path``) or the warm-started testbed model, on ``model.device``, in ``model.dtype``,
+    dropout off, with gradient checkpointing and LoRA adapters (``model.lora``) when asked."""
     from explorl.policy.model import load_pretrained
     if cfg.model.path:
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
@@ -22,6 +22,8 @@ def prepare(model, section, seed: int, log=print):
         enable_gradient_checkpointing,
         set_dtype,
     )
+    from explorl.train.parallel import resolve_device
+    model.to(resolve_device(section.device))
     set_dtype(model, section.dtype)
     dropped = disable_dropout(model)
     if dropped:

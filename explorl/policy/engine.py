@@ -43,40 +43,50 @@ class RolloutEngine:
 
     @torch.no_grad()
     def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
-                max_new_tokens: int | None = None) -> RolloutBatch:
+                max_new_tokens: int | None = None, noise: torch.Tensor | None = None) -> RolloutBatch:
+        """``noise`` (``(R, max_new_tokens)`` uniforms, optional) fixes each row's draws
+        independently of the others (``sample_next_token``); ``seed`` is used otherwise.
+        Sampling stays on the model's device; the batch comes back on the CPU."""
         if len(problems) != len(counts) or any(c < 1 for c in counts):
             raise ValueError(f"rollout: need one count >= 1 per problem, got {len(counts)} counts "
                              f"for {len(problems)} problems")
         max_new = max_new_tokens or len(temperatures)
         temps = [float(t) for t in temperatures[:max_new]]
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        dev = self.device
+        gen = torch.Generator(device=dev).manual_seed(seed) if noise is None else None
+        if noise is not None:
+            noise = noise.to(dev)
         prompt_ids, prompt_mask = self.encode_prompts(problems)
-        group = torch.repeat_interleave(torch.arange(len(problems)), torch.tensor(counts)).to(self.device)
+        group = torch.repeat_interleave(torch.arange(len(problems)), torch.tensor(counts)).to(dev)
         R = group.shape[0]
         was_training = self.model.training
         self.model.eval()
         logits, state = self.backend.start_decode(prompt_ids, prompt_mask, group, max_new)
-        out = {k: torch.zeros(R, max_new, dtype=d) for k, d in
+        out = {k: torch.zeros(R, max_new, dtype=d, device=dev) for k, d in
                [("ids", torch.long), ("b", torch.float32), ("o", torch.float32), ("h", torch.float32)]}
         out["ids"].fill_(self.pad)
-        lengths = torch.zeros(R, dtype=torch.long)
-        active = torch.arange(R)  # rows still in the decoding state
-        running = torch.ones(R, dtype=torch.bool)  # per active row: no stop token yet
+        stop_ids = self.stop_ids.to(dev)
+        lengths = torch.zeros(R, dtype=torch.long, device=dev)
+        active = torch.arange(R, device=dev)  # rows still in the decoding state
+        running = torch.ones(R, dtype=torch.bool, device=dev)  # per active row: no stop token yet
         for t in range(max_new):
-            tok, lp_b, lp_1, ent = sample_next_token(logits.cpu(), temps[t], top_p, gen)
+            tok, lp_b, lp_1, ent = sample_next_token(logits, temps[t], top_p, gen,
+                                                     None if noise is None else noise[active, t])
             rows = active[running]
             out["ids"][rows, t], out["b"][rows, t] = tok[running], lp_b[running]
             out["o"][rows, t], out["h"][rows, t] = lp_1[running], ent[running]
             lengths[rows] = t + 1
-            running &= ~torch.isin(tok, self.stop_ids)
+            running &= ~torch.isin(tok, stop_ids)
             if t == max_new - 1 or not running.any():
                 break
             if running.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
                 keep = running.nonzero().squeeze(-1)
                 active, tok, running = active[keep], tok[keep], running[keep]
-                self.backend.keep_rows(state, keep.to(self.device))
-            logits = self.backend.decode_step(state, tok.to(self.device), t)
+                self.backend.keep_rows(state, keep)
+            logits = self.backend.decode_step(state, tok, t)
         self.model.train(was_training)
+        out = {k: v.cpu() for k, v in out.items()}
+        lengths = lengths.cpu()
         Lc = int(lengths.max())
         mask = (torch.arange(Lc)[None] < lengths[:, None]).float()
         ids = out["ids"][:, :Lc].masked_fill(mask == 0, self.pad)

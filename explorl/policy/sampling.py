@@ -4,8 +4,15 @@ from __future__ import annotations
 import torch
 
 
-def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+                      noise: torch.Tensor | None = None):
     """Sample from softmax(logits / temperature) truncated to the top-p nucleus.
+
+    With ``noise`` (``(R,)`` uniforms in [0, 1), one per row) the token is the inverse of the
+    row's cumulative distribution at its uniform: a row's draw then depends on its own noise
+    only, not on which other rows share the batch (what data-parallel ranks need to sample
+    their share of a step exactly as one process would). Without it, ``torch.multinomial``
+    draws from ``generator``.
 
     Returns ``(tokens, behaviour_logp, logp_t1, entropy_t1)``, each ``(R,)``: the log-prob of
     the sampled token under the distribution it was drawn from, under the policy at
@@ -22,6 +29,11 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, ge
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
     logp_b = torch.log_softmax(scaled, dim=-1)
-    tokens = torch.multinomial(logp_b.exp(), 1, generator=generator).squeeze(-1)
+    if noise is None:
+        tokens = torch.multinomial(logp_b.exp(), 1, generator=generator).squeeze(-1)
+    else:
+        cum = logp_b.exp().cumsum(-1)
+        target = noise.to(cum.device, cum.dtype)[:, None] * cum[:, -1:]
+        tokens = torch.searchsorted(cum, target, right=True).squeeze(-1).clamp_max(cum.shape[-1] - 1)
     pick = tokens[:, None]
     return tokens, logp_b.gather(-1, pick).squeeze(-1), logp_t1.gather(-1, pick).squeeze(-1), entropy

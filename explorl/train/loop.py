@@ -33,6 +33,7 @@ from explorl.train import checkpoint
 from explorl.train.faults import crash_point
 from explorl.train.logging import RunLogger, StageClock
 from explorl.train.optim import build_optimizer
+from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.runlock import FolderLock
@@ -43,6 +44,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
 class Trainer:
     def __init__(self, cfg, out_dir, resume: bool = False, progress: bool = True, log=print):
+        # under torchrun, every rank runs this loop; rank 0 alone writes and speaks
+        self.dp = DataParallel(cfg.train.parallel, resolve_device(cfg.model.device))
+        if not self.dp.is_main:
+            log, progress = _quiet, False
         self.cfg, self.out, self.log, self.progress = cfg, Path(out_dir), log, progress
         # with variable rollout counts, the order of some CPU reductions follows the batch shape;
         # deterministic kernels keep "same config and seed, same run" exact across processes
@@ -51,7 +56,8 @@ class Trainer:
         self.tasks = TaskMix.from_config(cfg.tasks)
         self.plugins = Plugins.from_config(cfg)
         self.needs = self.plugins.needs()
-        self._check_folder(resume)  # before any work, again under the lock below
+        if self.dp.is_main:
+            self._check_folder(resume)  # before any work, again under the lock below
         v = cfg.verify
         self.verifier = GuardedVerifier(self.tasks, v.timeout, v.isolate)
         if v.check_at_start:
@@ -80,11 +86,14 @@ class Trainer:
         self.step, self.tokens, self._calls = 0, 0, 0
         self.teacher_tokens = 0  # tokens of teacher and reference rows (not the policy's: not in the budget)
         # every input is checked: only now is the run folder created and written
-        self.lock = FolderLock(self.out, "run").acquire()
-        self._check_folder(resume)
+        self.lock = FolderLock(self.out, "run").acquire() if self.dp.is_main else _NoLock()
+        if self.dp.is_main:
+            self._check_folder(resume)
+        self.dp.barrier()  # rank 0 has checked the folder before any rank reads from it
         if resume:
             self._resume()
-        if stored_config(self.out) != yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)):
+        if self.dp.is_main and stored_config(self.out) != yaml.safe_load(yaml.safe_dump(cfg.to_dict(),
+                                                                                         sort_keys=False)):
             checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             crash_point("config.written")
 
@@ -144,7 +153,7 @@ class Trainer:
         with clock("update"):
             ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
             m.update(optimise(batch, self.engine, P, self.optimizer, self.cfg, step, self.needs, ref,
-                              guard=self.nonfinite))
+                              guard=self.nonfinite, dp=self.dp))
         with clock("observe"):
             stats = self._stats(step, batch)
             for component in P.all():
@@ -164,15 +173,24 @@ class Trainer:
         elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
             temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
         self._calls += 1  # distinct seeds for repeated sampling in a step
+        seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self._calls
+        if self.dp.enabled:  # this rank samples and verifies its share; the whole batch comes back
+            with clock("gen"):
+                batch, faults = self.dp.rollout(self.engine, problems, counts, temperatures, decoding.top_p, seed,
+                                                self.verifier.score)
+            self._ledger.add(batch.size, faults)
+            return self._count_tokens(batch, step, m)
         with clock("gen"):
-            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p,
-                                        seed=(self.cfg.seed * 1_000_003 + step) * 1009 + self._calls)
+            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed)
         with clock("verify"):
             group_problems = [problems[g] for g in batch.group.tolist()]
             rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
                                                                                               batch.texts)])
             batch.rewards = torch.tensor(rewards)
             self._ledger.add(len(rewards), faults)
+        return self._count_tokens(batch, step, m)
+
+    def _count_tokens(self, batch, step, m):
         self._ledger.check(f"step {step}")
         # every generated token counts toward the budget, also those of rollouts later dropped
         self.tokens += batch.tokens
@@ -276,7 +294,8 @@ class Trainer:
             self._write_eval(results)
         if self.step == 0 and self.plugins.guidance:
             self._before_training()
-        logger = RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
+        logger = (RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
+                  if self.dp.is_main else _NoLogger())
         try:
             while self.step < total and not self._token_budget_spent():
                 before = self.tokens
@@ -292,8 +311,8 @@ class Trainer:
                     self.save()
         finally:
             logger.close()
-        latest = checkpoint.latest(self.out, warn=self.log)
-        if latest is None or latest.name != f"step_{self.step:06d}":  # e.g. stopped by the token budget
+        latest = checkpoint.latest(self.out, warn=self.log) if self.dp.is_main else None
+        if self.dp.is_main and (latest is None or latest.name != f"step_{self.step:06d}"):  # e.g. stopped by the token budget
             self.save()
         results["end"] = self.evaluate()
         crash_point("eval.end_computed")
@@ -311,7 +330,7 @@ class Trainer:
 
         def update(batch):
             return optimise(batch, self.engine, self.plugins, self.optimizer, self.cfg, 0, self.needs, None,
-                            guard=self.nonfinite)
+                            guard=self.nonfinite, dp=self.dp)
 
         ctx.update = update
         for method in self.plugins.guidance:
@@ -324,6 +343,7 @@ class Trainer:
         """Stop the verifier process and release the run folder."""
         self.verifier.close()
         self.lock.release()
+        self.dp.close()
 
     def _heldout(self, before: int) -> dict:
         """Held-out pass@k when this step crossed a multiple of ``eval.every_tokens``
@@ -345,12 +365,17 @@ class Trainer:
         sets = self.tasks.eval_sets(e.problems_per_source, seed=0)
         ledger = self._new_ledger()
         results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
-                           self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger)
+                           self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger,
+                           dp=self.dp)
         ledger.check("an evaluation")
         results["verify_faults"] = ledger.faults
         return results
 
     def _read_eval(self) -> dict:
+        """eval.json as rank 0 reads it (every rank must agree on which evaluations are left)."""
+        return self.dp.all_gather_objects(self._read_eval_file() if self.dp.is_main else None)[0]
+
+    def _read_eval_file(self) -> dict:
         path = self.out / "eval.json"
         if not path.exists():
             return {}
@@ -363,7 +388,8 @@ class Trainer:
             return {}
 
     def _write_eval(self, results: dict) -> None:
-        checkpoint.write_text_atomic(self.out / "eval.json", json.dumps(results, indent=2))
+        if self.dp.is_main:
+            checkpoint.write_text_atomic(self.out / "eval.json", json.dumps(results, indent=2))
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> None:
@@ -377,10 +403,13 @@ class Trainer:
                  "plugins": self.plugins.state_dict(), "nonfinite_in_a_row": self.nonfinite.in_a_row}
         if self.base_fingerprint is not None:
             state["base_model_sha256"] = self.base_fingerprint
+        if not self.dp.is_main:  # every rank holds the same state; rank 0 writes it
+            return
         checkpoint.save(self.out, self.step, self.model, self.tokenizer, state)
 
     def _resume(self) -> None:
-        path = checkpoint.latest(self.out, warn=self.log)
+        # rank 0 picks the checkpoint (and logs what it skips); every rank loads that one
+        path = self.dp.all_gather_objects(checkpoint.latest(self.out, warn=self.log) if self.dp.is_main else None)[0]
         if path is None:
             self.log(f"resume: no complete checkpoint in {self.out / 'ckpt'}; starting from step 0")
             return
@@ -398,6 +427,29 @@ class Trainer:
         self.teacher_tokens = state.get("teacher_tokens", 0)
         self.nonfinite.in_a_row = state.get("nonfinite_in_a_row", 0)
         self.log(f"resumed from {path} at step {self.step}")
+
+
+def _quiet(*args, **kwargs) -> None:
+    """What ranks other than 0 print: nothing (rank 0 speaks for the run)."""
+
+
+class _NoLock:
+    def acquire(self, wait: bool = False):
+        return self
+
+    def release(self) -> None:
+        pass
+
+
+class _NoLogger:
+    def log(self, step, metrics) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def reset_peak_memory(device: torch.device) -> None:

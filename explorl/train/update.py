@@ -116,7 +116,7 @@ def micro_batches(rows: torch.Tensor, size: int | None) -> list[torch.Tensor]:
 
 
 def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_logp=None,
-             guard: NonFiniteGuard | None = None) -> dict:
+             guard: NonFiniteGuard | None = None, dp=None) -> dict:
     """Run ``ppo_epochs`` passes over ``batch``; returns the mean of every metric. A minibatch
     whose loss or gradient norm is not finite is not applied (``loss/nonfinite_steps``).
 
@@ -125,6 +125,11 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     still sees the whole minibatch once, so statistics over its tokens (Clip-Cov/KL-Cov
     covariances, the entropy quantile, Lp-Reg's low-probability set, the aggregation's token or
     sequence count) and the state of stateful terms are those of the minibatch, not of a part.
+
+    Under data parallelism (``dp`` enabled, ``explorl.train.parallel``) every minibatch takes
+    the same two passes, each rank over its share of the rows: pass 1's log-probs are gathered
+    from all ranks, so the loss (and its normalisation) is the whole minibatch's on every rank,
+    and the ranks' pass-2 gradients are summed before clipping: the update of one process.
     """
     train = cfg.train
     guard = guard or NonFiniteGuard(train.max_nonfinite_steps)
@@ -152,8 +157,18 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 return aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask
 
             optimizer.zero_grad(set_to_none=True)
-            parts = micro_batches(rows, train.micro_batch_size)
-            if len(parts) == 1:
+            if dp is not None and dp.enabled:
+                own, offset = dp.split_rows(rows)
+                loss, mask, entropy = _micro_batched_backward(batch, engine, micro_batches(own, train.micro_batch_size),
+                                                              needs, loss_of, dp=dp, offset=offset, rows=rows)
+                if torch.isfinite(loss):
+                    dp.all_reduce_grads(params)
+                parts = None
+            else:
+                parts = micro_batches(rows, train.micro_batch_size)
+            if parts is None:
+                pass
+            elif len(parts) == 1:
                 logits = engine.response_logits(batch, rows)
                 logp, entropy = token_logp_entropy(logits, batch.response_ids[rows].to(logits.device),
                                                    "entropy" in needs)
@@ -186,7 +201,7 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     return out
 
 
-def _micro_batched_backward(batch, engine, parts, needs, loss_of):
+def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offset: int = 0, rows=None):
     """The gradient of one minibatch's loss, accumulated over its micro-batches ``parts``.
 
     Pass 1 runs every part without a graph and keeps only its per-token log-probs (entropies,
@@ -196,6 +211,9 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of):
     and logits): by the chain rule the model receives exactly the one-pass gradient. The
     price is one extra forward without a graph per minibatch. Each part's random state
     (LoRA dropout) is replayed in pass 2, so both passes compute the same values.
+    With ``dp``, ``parts`` are this rank's share of the minibatch ``rows`` (starting at
+    ``offset``): pass 1's values are gathered from every rank before the loss, and pass 2
+    back-propagates this rank's share only.
     Returns ``(loss, mask, entropy)`` as the one-pass path has them.
     """
     want_entropy, want_logits = "entropy" in needs, "logits" in needs
@@ -209,15 +227,22 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of):
             logps.append(logp)
             entropies.append(entropy)
             all_logits.append(logits if want_logits else None)
-    leaves = {"logp": torch.cat(logps).requires_grad_(True),
-              "entropy": torch.cat(entropies).requires_grad_(True) if want_entropy else None,
-              "logits": torch.cat(all_logits).requires_grad_(True) if want_logits else None}
+    def joined(values):
+        local = torch.cat(values) if values else None
+        if dp is None:
+            return local
+        sizes = [len(p) for p in torch.tensor_split(rows, dp.world)]
+        return dp.gather_rows(local, sizes)
+
+    leaves = {"logp": joined(logps).requires_grad_(True),
+              "entropy": joined(entropies).requires_grad_(True) if want_entropy else None,
+              "logits": joined(all_logits).requires_grad_(True) if want_logits else None}
     loss, mask = loss_of(leaves["logp"], leaves["entropy"], leaves["logits"])
     if not torch.isfinite(loss):
         return loss, mask, leaves["entropy"]
     loss.backward()
     grads = {k: v.grad for k, v in leaves.items() if v is not None and v.grad is not None}
-    start = 0
+    start = offset
     for part, state in zip(parts, states) if grads else ():
         span = slice(start, start + len(part))
         start += len(part)

@@ -1,0 +1,168 @@
+"""Data parallelism (``train.parallel: ddp``): a run of 2 processes under ``torchrun`` (gloo,
+CPU) writes the same metrics, evaluations and weights as a run of 1 process, for a fixed
+rollout count (GRPO) and a variable one (Knapsack), and resumes; plus the parts it is made of."""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from explorl.policy.sampling import sample_next_token
+from explorl.train.parallel import DataParallel, resolve_device
+
+ROOT = Path(__file__).resolve().parent.parent
+# a warm start long enough that some rollouts are correct: the updates are not all zero
+SETTINGS = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.parallel=ddp",
+            "--set", "model.warmup.steps=300", "--set", "model.warmup.batch_size=32", "--quiet"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _train(out: Path, processes: int, *extra: str) -> None:
+    if processes == 1:
+        cmd = [sys.executable, "-m", "explorl"]
+    else:
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+        cmd = [torchrun, "--standalone", "--nproc_per_node", str(processes), "-m", "explorl"]
+    done = subprocess.run([*cmd, "train", *SETTINGS, "--out", str(out), *extra], env=_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+    last = sorted(glob.glob(str(out / "ckpt" / "step_*" / "model" / "*.safetensors")))[-1]
+    return load_file(last)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ma, mb = _metrics(a), _metrics(b)
+    assert [m["step"] for m in ma] == [m["step"] for m in mb]
+    for x, y in zip(ma, mb):
+        keys = {k for k in set(x) | set(y) if not k.startswith(("time/", "perf/"))}
+        for k in sorted(keys):
+            vx, vy = x[k], y[k]
+            if isinstance(vx, float) and isinstance(vy, float) and not (math.isnan(vx) and math.isnan(vy)):
+                assert vx == pytest.approx(vy, rel=1e-4, abs=1e-5), (x["step"], k, vx, vy)
+            else:
+                assert vx == vy, (x["step"], k, vx, vy)
+    assert_close_values(json.loads((a / "eval.json").read_text()), json.loads((b / "eval.json").read_text()))
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def assert_close_values(x, y, where="eval.json"):
+    if isinstance(x, dict):
+        assert x.keys() == y.keys(), where
+        for k in x:
+            assert_close_values(x[k], y[k], f"{where}/{k}")
+    elif isinstance(x, float):
+        assert x == pytest.approx(y, rel=1e-5, abs=1e-6), where
+    else:
+        assert x == y, where
+
+
+@pytest.mark.parametrize("recipe", ["grpo", "knapsack"])
+def test_two_processes_make_the_run_of_one(tmp_path, recipe):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train(one, 1, "--recipe", recipe, "--steps", "4")
+    _train(two, 2, "--recipe", recipe, "--steps", "4")
+    assert_same_run(one, two)
+    metrics = _metrics(one)
+    assert any(m["loss/grad_norm"] > 0 for m in metrics), "no step had a gradient: the comparison tests nothing"
+    if recipe == "knapsack":  # the budget really moved rollouts between problems
+        assert any(len(set(m["rollouts/per_problem"])) > 1 for m in metrics)
+    assert not (two / "ckpt" / ".lock").exists()
+
+
+def test_a_two_process_run_resumes(tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    _train(whole, 1, "--steps", "5")
+    _train(parts, 2, "--steps", "3")
+    _train(parts, 2, "--steps", "5", "--resume")
+    assert_same_run(whole, parts)
+
+
+def test_torchrun_without_parallel_is_an_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="train.parallel=ddp"):
+        DataParallel("none", torch.device("cpu"))
+
+
+def test_device_settings():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="model.device"):
+            resolve_device("cuda")
+
+
+def test_shards_are_whole_groups_balanced_by_rollouts():
+    counts = [10, 2, 2, 2, 2, 6, 4, 4]
+    shares = []
+    for rank in range(2):
+        dp = DataParallel("ddp", torch.device("cpu"))
+        dp.world, dp.rank = 2, rank
+        shares.append(dp.shard(counts))
+    assert sorted(shares[0] + shares[1]) == list(range(len(counts)))
+    loads = [sum(counts[g] for g in share) for share in shares]
+    assert loads == [16, 16]
+
+
+def test_a_rows_draw_depends_on_its_own_noise_only():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 11)
+    noise = torch.rand(6)
+    alone = torch.stack([sample_next_token(logits[i:i + 1], 0.8, 0.9, None, noise[i:i + 1])[0][0] for i in range(6)])
+    together = sample_next_token(logits, 0.8, 0.9, None, noise)[0]
+    assert torch.equal(alone, together)
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -9.0]]).expand(40000, 5)
+    tokens, logp_b, _, _ = sample_next_token(logits, 1.0, 0.95, None, torch.rand(40000,
+                                             generator=torch.Generator().manual_seed(1)))
+    # the nucleus at 0.95 keeps the first three tokens; frequencies follow their renormalised probabilities
+    expected = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), -1)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert freq[3:].sum() == 0
+    assert torch.allclose(freq[:3], expected, atol=0.01)
+    assert torch.allclose(logp_b.exp(), expected[tokens], atol=1e-5)
+
+
+def test_rollout_rows_do_not_depend_on_the_other_rows(tiny_model):
+    from explorl.policy.engine import RolloutEngine
+    from explorl.tasks import TaskMix
+    model, tokenizer = tiny_model
+    engine = RolloutEngine(model, tokenizer)
+    import random
+    mix = TaskMix.from_config({"addition": {"digits": [1, 2]}, "reversal": {"length": [2, 5]}})
+    rng = random.Random(0)
+    problems = [mix.sample(rng) for _ in range(4)]
+    counts = [3, 1, 4, 2]
+    noise = torch.rand(10, 6, generator=torch.Generator().manual_seed(3))
+    full = engine.rollout(problems, counts, [1.0] * 6, noise=noise)
+    part = engine.rollout(problems[2:], counts[2:], [1.0] * 6, noise=noise[4:])
+    assert full.texts[4:] == part.texts
+    L = part.response_ids.shape[1]
+    assert torch.equal(full.response_ids[4:, :L], part.response_ids)
+    torch.testing.assert_close(full.old_logp[4:, :L], part.old_logp, rtol=1e-5, atol=1e-5)
