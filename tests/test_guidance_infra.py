@@ -98,6 +98,19 @@ def test_sft_before_training_spends_its_teacher_tokens_first(tmp_path, tiny_conf
     trainer.close()
 
 
+def test_teacher_tokens_spent_before_training_are_reported(tmp_path, tiny_config):
+    from explorl.compare.results import run_summary
+    cfg = tiny_config(teachers={"solver": {"kind": "solver"}},
+                      guidance=[{"name": "sft", "phase": "before", "teacher_tokens": 120}], train={"steps": 2})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["tokens/teacher"] == trainer.teacher_tokens >= 120  # logged with step 1
+    assert "tokens/teacher" not in rows[1] and rows[1]["tokens/teacher_total"] == trainer.teacher_tokens
+    (tmp_path / "run" / "run_info.json").write_text(json.dumps({"wall_s": 1.0}))
+    assert run_summary(tmp_path / "run", 0)["teacher_tokens"] == trainer.teacher_tokens
+
+
 def test_guidance_settings_are_checked(tiny_config):
     from explorl.train.plugins import Plugins
     with pytest.raises(ValueError, match="teacher 'nope' is not in the teachers: section"):

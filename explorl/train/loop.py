@@ -85,6 +85,7 @@ class Trainer:
             teacher.bind(self.tasks, self.engine, self._verify_texts)
         self.step, self.tokens, self._calls = 0, 0, 0
         self.teacher_tokens = 0  # tokens of teacher and reference rows (not the policy's: not in the budget)
+        self._before_training_metrics = {}
         # every input is checked: only now is the run folder created and written
         self.lock = FolderLock(self.out, "run").acquire() if self.dp.is_main else _NoLock()
         if self.dp.is_main:
@@ -161,6 +162,9 @@ class Trainer:
         m["time/step"] = time.perf_counter() - start
         self.step = step
         m.update(self._ledger.metrics())
+        for key, value in self._before_training_metrics.items():  # the first step carries that phase's counts
+            m[key] = m.get(key, 0) + value
+        self._before_training_metrics = {}
         return self._summary(m, batch)
 
     def _sample(self, problems, counts, step, m, clock=None, temperatures=None):
@@ -259,6 +263,7 @@ class Trainer:
         own = (batch.row_kind == ON_POLICY) | (batch.row_kind == PREFIX)
         if not bool((batch.row_kind == ON_POLICY).all()):
             m.update({f"rows/{kind}": n for kind, n in batch.kind_counts().items()})
+        if self.teacher_tokens:
             m["tokens/teacher_total"] = self.teacher_tokens
         m.update({
             "reward/mean": float(batch.rewards[own].mean()) if own.any() else float("nan"),
@@ -338,6 +343,8 @@ class Trainer:
             if done:
                 self.log(f"{method.registered_name} before training: "
                          + ", ".join(f"{k} {v:g}" for k, v in done.items()))
+        # its token counts (teacher tokens, what a model teacher generated) are logged with step 1
+        self._before_training_metrics = {k: v for k, v in m.items() if k.startswith("tokens/teacher")}
 
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
