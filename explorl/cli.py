@@ -183,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("bench", help="benchmarks that print their numbers")
-    p.add_argument("which", choices=["throughput", "trl", "overhead"],
+    p.add_argument("which", choices=["throughput", "trl", "overhead", "scale"],
                    help="throughput: engine vs model.generate; trl: step time vs TRL GRPOTrainer; "
-                        "overhead: step time of recipes vs GRPO")
+                        "overhead: step time of recipes vs GRPO; scale: 1 vs 2 processes, and a GPU when present")
     add_config_args(p)
-    p.add_argument("--steps", type=int, default=None, help="steps to time (trl, overhead)")
+    p.add_argument("--steps", type=int, default=None, help="steps to time (trl, overhead, scale)")
     p.add_argument("--recipes", default=None,
                    help="overhead: comma-separated recipes to time against grpo (default repr_bonus,effective_rank)")
     p.set_defaults(func=cmd_bench)

@@ -75,3 +75,27 @@ def test_bench_overhead_smoke(bench):
     text = "\n".join(lines)
     for recipe in ("grpo", "repr_bonus", "effective_rank"):
         assert recipe in text
+
+
+def test_bench_scale_smoke(bench):
+    lines = bench("scale", "--steps", "2")
+    last_number(lines, "speedup_2_vs_1_processes")
+    text = "\n".join(lines)
+    assert "processes" in text and "ms/step" in text
+    import torch
+    if not torch.cuda.is_available():
+        assert "GPU: skipped (no CUDA device visible)" in text
+
+
+def test_the_gpu_rollout_comparison_runs_on_any_device():
+    """The GPU half of ``bench scale``, on the CPU with a small shape: same code, other device."""
+    import torch
+
+    from explorl.bench.scale import QWEN_05B, rollout_comparison
+    from explorl.config import Config
+    cfg = Config()
+    cfg.train.problems_per_step, cfg.train.rollouts_per_problem, cfg.train.max_new_tokens = 2, 2, 4
+    shape = dict(QWEN_05B, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                 intermediate_size=64, vocab_size=1024)
+    lines = rollout_comparison(cfg, torch.device("cpu"), shape, torch.float32)
+    assert "RolloutEngine" in lines[1] and "model.generate" in lines[1]

@@ -81,11 +81,13 @@ def assert_close_values(x, y, where="eval.json"):
         assert x == y, where
 
 
-@pytest.mark.parametrize("recipe", ["grpo", "knapsack"])
-def test_two_processes_make_the_run_of_one(tmp_path, recipe):
+@pytest.mark.parametrize("recipe,backend", [("grpo", "fast"), ("knapsack", "fast"), ("grpo", "hf")])
+def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend):
+    """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward."""
     one, two = tmp_path / "one", tmp_path / "two"
-    _train(one, 1, "--recipe", recipe, "--steps", "4")
-    _train(two, 2, "--recipe", recipe, "--steps", "4")
+    settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}")
+    _train(one, 1, *settings)
+    _train(two, 2, *settings)
     assert_same_run(one, two)
     metrics = _metrics(one)
     assert any(m["loss/grad_norm"] > 0 for m in metrics), "no step had a gradient: the comparison tests nothing"

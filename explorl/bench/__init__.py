@@ -5,14 +5,16 @@
 - ``overhead``: step time of recipes (by default the hidden-state methods) against GRPO
   (``explorl.bench.overhead``);
 - ``trl``: time per training step of explorl against TRL's ``GRPOTrainer`` with matched
-  settings (``explorl.bench.trl_compare``; needs ``pip install -e .[bench]``).
+  settings (``explorl.bench.trl_compare``; needs ``pip install -e .[bench]``);
+- ``scale``: step time of 1 vs 2 data-parallel processes on the CPU, and on a GPU the
+  engine's rollout tokens/s on a Qwen2.5-0.5B-shaped model (``explorl.bench.scale``).
 """
 from __future__ import annotations
 
 import random
 import sys
 
-BENCHES = ("throughput", "trl", "overhead")
+BENCHES = ("throughput", "trl", "overhead", "scale")
 
 
 def run_bench(args) -> int:
@@ -23,6 +25,8 @@ def run_bench(args) -> int:
         from explorl.bench.trl_compare import run
     elif args.which == "overhead":
         from explorl.bench.overhead import run
+    elif args.which == "scale":
+        from explorl.bench.scale import run
     else:
         raise ValueError(f"unknown benchmark {args.which!r} (valid: {', '.join(BENCHES)})")
     return run(args)

@@ -43,8 +43,8 @@ def make_generate(model, tokenizer, problems, counts, max_new: int, prompt_forma
     def run(seed: int) -> int:
         enc = tokenizer([render(p) for p in problems], return_tensors="pt", padding=True, add_special_tokens=False)
         reps = torch.tensor(counts)
-        ids = enc.input_ids.repeat_interleave(reps, dim=0)
-        mask = enc.attention_mask.repeat_interleave(reps, dim=0)
+        ids = enc.input_ids.repeat_interleave(reps, dim=0).to(model.device)
+        mask = enc.attention_mask.repeat_interleave(reps, dim=0).to(model.device)
         torch.manual_seed(seed)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
