@@ -120,6 +120,11 @@ def cmd_bench(args) -> int:
 
 def cmd_compare(args) -> int:
     from explorl.compare import run_compare
+    if args.study:
+        from explorl.compare.studyfile import run_study_file
+        return run_study_file(args)
+    if args.recipes is None or args.tokens is None:
+        raise ValueError("compare needs --recipes and --tokens (or --study FILE)")
     return run_compare(args)
 
 
@@ -194,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train recipes x seeds to the same generated-token budget; "
                                        "results.json, report.html and a leaderboard")
-    p.add_argument("--recipes", required=True, help="comma-separated recipe names or YAML paths, e.g. grpo,clip_higher")
+    p.add_argument("--recipes", default=None, help="comma-separated recipe names or YAML paths, e.g. grpo,clip_higher")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 per recipe (default 1)")
-    p.add_argument("--tokens", type=int, required=True, help="generated response tokens per run (train.max_tokens)")
+    p.add_argument("--tokens", type=int, default=None, help="generated response tokens per run (train.max_tokens)")
+    p.add_argument("--study", default=None, metavar="FILE",
+                   help="a study file: recipes x regimes x seeds, one comparison per regime in OUT/<regime>")
+    p.add_argument("--regimes", default=None, help="with --study: only these regimes (comma-separated)")
     p.add_argument("--out", required=True, help="study folder (runs/<recipe>/seed<k>, results.json, report.html); "
                                                 "rerun to resume")
     p.add_argument("--config", default=None, help="YAML config (default: configs/testbed.yaml)")
@@ -204,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value in every run (repeatable)")
     p.add_argument("--eval-every-tokens", type=int, default=None, metavar="E",
                    help="also evaluate held-out pass@k every E generated tokens (costs one eval each)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at a time, each with its share of the cores (default 1)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("crashtest", help="kill a training run with SIGKILL again and again, resume it each time, "

@@ -95,6 +95,7 @@ class EvalConfig:
     temperature: float = 1.0
     seed: int = 1234
     every_tokens: int | None = None  # also evaluate whenever training crosses a multiple of this
+    share_start: bool = True         # reuse the start evaluation of an identical starting point (explorl.eval.shared)
 
 
 @dataclass

@@ -94,6 +94,62 @@ def test_compare_token_matched_report_skip_and_resume(study):
     assert code == 2 and "another configuration" in err and "train.max_tokens" in err
 
 
+def test_jobs_run_side_by_side_and_give_the_same_results(study, tmp_path):
+    run, out = study
+    code, printed, err = run("--jobs", "2")
+    assert code == 0, printed + err
+    assert "2 runs at a time" in printed and printed.count("(started)") == 2
+    assert "start evaluation (shared" in printed  # computed once, by compare, for both recipes
+    side_by_side = _runs(json.loads((out / "results.json").read_text()))
+    assert side_by_side["grpo"]["start_pass@1"] == side_by_side["wide"]["start_pass@1"]
+    for label in ("grpo", "wide"):
+        assert "start evaluation: shared" in (out / side_by_side[label]["dir"] / "train.log").read_text()
+    (out.rename(tmp_path / "side_by_side"))
+    code, printed, err = run()
+    assert code == 0, printed + err
+    one_by_one = _runs(json.loads((out / "results.json").read_text()))
+    for label in ("grpo", "wide"):
+        for key in ("tokens", "steps", "end_pass@1", "end_pass@4", "auc_pass1_vs_tokens"):
+            assert side_by_side[label][key] == one_by_one[label][key], (label, key)
+
+
+def test_a_study_file_runs_regimes_and_resumes(tmp_path, tiny_overrides, monkeypatch, capsys):
+    monkeypatch.setenv("EXPLORL_HOME", str(tmp_path / "home"))
+    sets = [o for o in tiny_overrides if not o.startswith(("recipe=", "seed=", "train.steps=", "tasks="))]
+    easy, both = tmp_path / "easy.yaml", tmp_path / "mixed.yaml"
+    easy.write_text("tasks:\n  addition: {digits: [1, 1]}\n")
+    both.write_text("tasks:\n  addition: {digits: [1, 1]}\n  reversal: {length: [2, 3]}\n")
+    study = tmp_path / "board.yaml"
+    study.write_text(f"tokens: {TOKENS}\nseeds: 1\nrecipes: [grpo]\nregimes:\n"
+                     f"  mixed: {{config: {both}}}\n  easy: {{config: {easy}, recipes: [grpo, clip_higher], "
+                     f"set: [train.rollouts_per_problem=2]}}\n")
+    out = tmp_path / "board"
+
+    def run(*extra):
+        argv = ["compare", "--study", str(study), "--out", str(out), *extra]
+        for item in sets:
+            argv += ["--set", item]
+        code = main(argv)
+        return code, capsys.readouterr()
+
+    code, printed = run()
+    assert code == 0, printed.out + printed.err
+    assert "regime 1/2: mixed" in printed.out and "regime 2/2: easy" in printed.out
+    mixed = json.loads((out / "mixed" / "results.json").read_text())
+    easy_results = json.loads((out / "easy" / "results.json").read_text())
+    assert set(mixed["runs"]) == {"grpo"} and set(easy_results["runs"]) == {"grpo", "clip_higher"}
+    assert set(easy_results["runs"]["grpo"]["seed0"]["pass@k"]["end"]["pass@1"]) == {"addition", "all"}
+    assert all(m["rollouts/per_problem"] == [2] * 4 for m in
+               map(json.loads, (out / "easy" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
+    code, printed = run("--regimes", "easy")  # again: nothing to do
+    assert code == 0 and printed.out.count("skip (done)") == 2 and "mixed" not in printed.out
+    study.write_text(study.read_text().replace("recipes: [grpo]", "recipes: [grpo]\nsteps: 3"))
+    code, printed = run()
+    assert code == 2 and "unknown key(s) steps" in printed.err
+    code, printed = run("--tokens", "5")
+    assert code == 2 and "--tokens cannot be combined with --study" in printed.err
+
+
 def test_compare_errors_name_the_problem(study):
     run, out = study
     code, _, err = run(recipes="grpo,no_such_recipe")

@@ -21,7 +21,9 @@ from explorl.train.parallel import DataParallel, resolve_device
 ROOT = Path(__file__).resolve().parent.parent
 # a warm start long enough that some rollouts are correct: the updates are not all zero
 SETTINGS = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.parallel=ddp",
-            "--set", "model.warmup.steps=300", "--set", "model.warmup.batch_size=32", "--quiet"]
+            "--set", "model.warmup.steps=300", "--set", "model.warmup.batch_size=32",
+            "--set", "eval.share_start=false",  # every run evaluates its start (sharded under 2 processes)
+            "--quiet"]
 
 
 def _env():

@@ -106,23 +106,34 @@ def _run_study(args, specs: list[tuple[str, str]], out: Path) -> int:
             _check_same_config(args, spec, seed, run_dir)
         _warm_start(args, [(spec, seed) for label, spec, seed in jobs
                            if run_state(out / "runs" / label / f"seed{seed}") != "done"])
+        todo = []
         for i, (label, spec, seed) in enumerate(jobs, 1):
             run_dir = out / "runs" / label / f"seed{seed}"
             head = f"[{i}/{len(jobs)}] {label:<{max(len(x) for x, _ in specs)}} seed {seed}"
             state = run_state(run_dir)
             if state == "done":
                 print(f"{head}: skip (done) {_run_line(run_dir)}", flush=True)
-                continue
-            print(f"{head}: {'resume' if state == 'resume' else 'train'} ... ", end="", flush=True)
-            code = _launch(args, spec, seed, run_dir, resume=state == "resume")
+            else:
+                todo.append((head, label, spec, seed, run_dir, state))
+
+        def finished(head, label, seed, run_dir, code, same_line):
+            lead = "" if same_line else f"{head}: "
             if code != 0:
                 failed.append(f"{label} seed {seed}")
                 how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
-                print(f"FAILED ({how}); log: {run_dir / 'train.log'}", flush=True)
+                print(f"{lead}FAILED ({how}); log: {run_dir / 'train.log'}", flush=True)
                 print(_tail(run_dir / "train.log"), file=sys.stderr, flush=True)
-                continue
-            print(_run_line(run_dir), flush=True)
+                return
+            print(f"{lead}{_run_line(run_dir)}", flush=True)
             write_results(out, collect(out, specs, args))
+
+        if getattr(args, "jobs", 1) <= 1:
+            for head, label, spec, seed, run_dir, state in todo:
+                print(f"{head}: {'resume' if state == 'resume' else 'train'} ... ", end="", flush=True)
+                code = _launch(args, spec, seed, run_dir, resume=state == "resume")
+                finished(head, label, seed, run_dir, code, same_line=True)
+        else:
+            _run_parallel(args, todo, finished)
     except KeyboardInterrupt:
         print("\nexplorl compare: interrupted; rerun the same command to continue "
               "(finished runs are skipped, the interrupted one resumes)", file=sys.stderr)
@@ -146,6 +157,8 @@ def _check_args(args) -> list[tuple[str, str]]:
     from explorl.config import load_config, parse_override, recipe_path
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if getattr(args, "jobs", 1) < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1 (generated tokens per run), got {args.tokens}")
     if args.eval_every_tokens is not None and args.eval_every_tokens < 1:
@@ -194,6 +207,36 @@ def _warm_start(args, pending: list[tuple[str, int]]) -> None:
             start = time.perf_counter()
             warmup(cfg, log=lambda *_: None)
             print(f"{time.perf_counter() - start:.1f} s", flush=True)
+    _shared_start_evaluations(args, pending)
+
+
+def _shared_start_evaluations(args, pending: list[tuple[str, int]]) -> None:
+    """Compute, here and once, each start evaluation the pending runs share (``eval.shared``),
+    so that no run's wall time includes it and no two runs compute it."""
+    import tempfile
+
+    from explorl.config import load_config
+    from explorl.eval.shared import load_start_eval, start_eval_path
+    from explorl.train.loop import Trainer
+    done = set()
+    for spec, seed in pending:
+        cfg = load_config(args.config, _train_sets(args, seed), spec)
+        path = start_eval_path(cfg)
+        if path is None or path in done:
+            continue
+        done.add(path)
+        if load_start_eval(cfg, _warn) is not None:
+            continue
+        print("start evaluation (shared by the runs that start from the same model, not counted in their "
+              "time) ... ", end="", flush=True)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="explorl-start-eval-") as tmp:
+            trainer = Trainer(cfg, Path(tmp) / "run", progress=False, log=lambda *_: None)
+            try:
+                trainer._start_evaluation()
+            finally:
+                trainer.close()
+        print(f"{time.perf_counter() - start:.1f} s", flush=True)
 
 
 def _check_same_config(args, spec: str, seed: int, run_dir: Path) -> None:
@@ -325,9 +368,47 @@ def _start_over(folder: Path) -> None:
             entry.unlink()
 
 
+def _run_parallel(args, todo, finished) -> None:
+    """Run the pending runs ``args.jobs`` at a time, each child with its share of the cores as
+    torch threads (unless ``OMP_NUM_THREADS`` is set); Ctrl-C stops every running child."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
+    print(f"compare: {args.jobs} runs at a time, {threads} torch thread(s) each (wall times then include "
+          f"the contention between them)", flush=True)
+    queue, running = list(todo), {}
+    try:
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                head, label, spec, seed, run_dir, state = queue.pop(0)
+                print(f"{head}: {'resume' if state == 'resume' else 'train'} (started)", flush=True)
+                proc, log = _start_child(args, spec, seed, run_dir, state == "resume", threads)
+                running[proc] = (head, label, seed, run_dir, log)
+            for proc in [p for p in running if p.poll() is not None]:
+                head, label, seed, run_dir, log = running.pop(proc)
+                log.close()
+                finished(head, label, seed, run_dir, proc.returncode, same_line=False)
+            time.sleep(0.2)
+    except BaseException:
+        for proc, (*_, log) in running.items():
+            _stop(proc)
+            log.close()
+        raise
+
+
 def _launch(args, spec: str, seed: int, run_dir: Path, resume: bool) -> int:
     """Run one child to its end and return its exit status (negative: killed by that signal).
     Ctrl-C (or any error) here stops the child before it propagates."""
+    proc, log = _start_child(args, spec, seed, run_dir, resume)
+    try:
+        return proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    finally:
+        log.close()
+
+
+def _start_child(args, spec: str, seed: int, run_dir: Path, resume: bool, threads: str | None = None):
+    """Start one run's child process; returns it and its open log file."""
     _wait_for_writer(run_dir)
     if not resume and run_dir.exists():  # a stale folder without a checkpoint: start over
         _start_over(run_dir)
@@ -343,15 +424,16 @@ def _launch(args, spec: str, seed: int, run_dir: Path, resume: bool) -> int:
     root = str(Path(__file__).resolve().parents[2])  # the checkout holding this explorl package
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env[PARENT_ENV] = str(os.getpid())
-    with (run_dir / "train.log").open("a") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            return proc.wait()
-        except BaseException:
-            _stop(proc)
-            raise
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
+    log = (run_dir / "train.log").open("a")
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    try:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
+    except BaseException:
+        log.close()
+        raise
 
 
 def _stop(proc: subprocess.Popen) -> None:

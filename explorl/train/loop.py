@@ -294,7 +294,7 @@ class Trainer:
     def _run(self, total: int) -> dict:
         results = self._read_eval()
         if "start" not in results:
-            results["start"] = self.evaluate()
+            results["start"] = self._start_evaluation()
             crash_point("eval.start_computed")
             self._write_eval(results)
         if self.step == 0 and self.plugins.guidance:
@@ -322,6 +322,19 @@ class Trainer:
         results["end"] = self.evaluate()
         crash_point("eval.end_computed")
         self._write_eval(results)
+        return results
+
+    def _start_evaluation(self) -> dict:
+        """The start evaluation: shared by runs with the same starting point (``eval.shared``),
+        or computed and shared. Rank 0 decides, so every rank evaluates or none does."""
+        from explorl.eval.shared import load_start_eval, start_eval_path, store_start_eval
+        shared = self.dp.all_gather_objects(load_start_eval(self.cfg, self.log) if self.dp.is_main else None)[0]
+        if shared is not None:
+            self.log(f"start evaluation: shared ({start_eval_path(self.cfg)})")
+            return shared
+        results = self.evaluate()
+        if self.dp.is_main:
+            store_start_eval(self.cfg, results)
         return results
 
     def _before_training(self) -> None:

@@ -24,6 +24,7 @@ RESUMABLE = {
     "verify.isolate": "whether verifiers run in a worker process",
     "train.micro_batch_size": "rollouts per forward/backward (the update is the same)",
     "model.gradient_checkpointing": "recomputing activations (the update is the same)",
+    "eval.share_start": "whether the start evaluation is shared (a cache)",
     "model.device": "where the policy runs (a run moves between CPU and GPU)",
     "logging.wandb": "the W&B tracker",
     "logging.mlflow": "the MLflow tracker",

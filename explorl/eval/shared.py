@@ -1,0 +1,80 @@
+"""The start-of-run evaluation, computed once and shared by every run that would compute the
+same thing: the same starting model, task sources, evaluation settings, prompt format, response
+length and verifier settings, and the same explorl source code. A study of 20 recipes × 3 seeds
+on one warm start evaluates the start once instead of 60 times.
+
+The key hashes all of that, the source of every ``explorl`` module included (a fix to a
+verifier or to the sampler must not reuse an evaluation made before it), and, for a model
+folder (``model.path``), the name, size and modification time of each of its files. Entries
+live in ``EXPLORL_HOME/evals/start-<key>.json``, written atomically; ``eval.share_start: false``
+turns sharing off. The recipe, the seed and the training settings are not in the key: before
+the first step they cannot change what the model answers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from explorl.policy.model import cache_home, config_key
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """SHA-256 over the explorl package's Python sources (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _folder_fingerprint(path: str) -> list:
+    folder = Path(path)
+    if not folder.is_dir():
+        return [path]
+    return [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def start_eval_path(cfg) -> Path | None:
+    """Where the start evaluation of ``cfg`` is kept (``None`` with ``eval.share_start: false``)."""
+    if not cfg.eval.share_start:
+        return None
+    from explorl.train.warmup import warm_model_dir
+    model = cfg.to_dict()["model"]
+    model.pop("device", None)  # where it runs does not change what it answers (beyond float noise)
+    start = _folder_fingerprint(cfg.model.path) if cfg.model.path else str(warm_model_dir(cfg).name)
+    evaluation = {k: v for k, v in cfg.to_dict()["eval"].items() if k not in ("every_tokens", "share_start")}
+    key = config_key(model, start, cfg.to_dict()["tasks"], evaluation, cfg.to_dict()["prompt"],
+                     cfg.train.max_new_tokens, cfg.to_dict()["verify"], source_fingerprint())
+    return cache_home() / "evals" / f"start-{key}.json"
+
+
+def load_start_eval(cfg, warn=print) -> dict | None:
+    """The shared start evaluation of ``cfg``, or ``None``; a damaged entry is reported and
+    ignored (the run evaluates and writes it again)."""
+    path = start_eval_path(cfg)
+    if path is None or not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError) as err:
+        warn(f"warning: the shared start evaluation {path} cannot be read ({err}); evaluating again")
+        return None
+    if not isinstance(results, dict) or "pass@1" not in results:
+        warn(f"warning: the shared start evaluation {path} holds no evaluation; evaluating again")
+        return None
+    return results
+
+
+def store_start_eval(cfg, results: dict) -> None:
+    from explorl.train.checkpoint import write_text_atomic
+    path = start_eval_path(cfg)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(results, indent=2))
