@@ -8,16 +8,19 @@ from .countdown import Countdown
 from .files import JsonlSource
 from .kinds import make_task_source
 from .problem import Problem, TaskSource
+from .scratchpad import AdditionSteps, MultiplicationSteps
 from .sequences import Reversal, Sorting
 
 #: Every character a built-in prompt or answer may use (the char-level tokenizer's vocabulary).
 ALPHABET = "0123456789+-*/=(),:;<>?!. abcdefghijklmnopqrstuvwxyz"
 
 SOURCES: dict[str, type[TaskSource]] = {
-    cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal)
+    cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
+                              MultiplicationSteps)
 }
 
-__all__ = ["ALPHABET", "SOURCES", "Addition", "Countdown", "JsonlSource", "Multiplication",
+__all__ = ["ALPHABET", "SOURCES", "Addition", "AdditionSteps", "Countdown", "JsonlSource", "Multiplication",
+           "MultiplicationSteps",
            "Problem", "Reversal", "Sorting", "TaskMix", "TaskSource", "make_source"]
 
 

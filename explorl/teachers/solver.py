@@ -16,7 +16,7 @@ from explorl.registry import register
 from explorl.tasks.countdown import _render, _value, parse_prompt
 from explorl.teachers import Teacher
 
-SIMPLE = ("addition", "multiplication", "sorting", "reversal")
+SIMPLE = ("addition", "multiplication", "sorting", "reversal", "addition_steps", "multiplication_steps")
 
 
 def countdown_solutions(numbers: list[int], target: int, order: str, limit: int, max_nodes: int = 200_000):
