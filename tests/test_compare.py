@@ -120,8 +120,8 @@ def test_a_study_file_runs_regimes_and_resumes(tmp_path, tiny_overrides, monkeyp
     easy.write_text("tasks:\n  addition: {digits: [1, 1]}\n")
     both.write_text("tasks:\n  addition: {digits: [1, 1]}\n  reversal: {length: [2, 3]}\n")
     study = tmp_path / "board.yaml"
-    study.write_text(f"tokens: {TOKENS}\nseeds: 1\nrecipes: [grpo]\nregimes:\n"
-                     f"  mixed: {{config: {both}}}\n  easy: {{config: {easy}, recipes: [grpo, clip_higher], "
+    study.write_text(f"tokens: {TOKENS}\nseeds: 1\nrecipes: [grpo]\nset: [train.rollouts_per_problem=3]\n"
+                     f"regimes:\n  mixed: {{config: {both}}}\n  easy: {{config: {easy}, recipes: [grpo, clip_higher], "
                      f"set: [train.rollouts_per_problem=2]}}\n")
     out = tmp_path / "board"
 
@@ -141,6 +141,8 @@ def test_a_study_file_runs_regimes_and_resumes(tmp_path, tiny_overrides, monkeyp
     assert set(easy_results["runs"]["grpo"]["seed0"]["pass@k"]["end"]["pass@1"]) == {"addition", "all"}
     assert all(m["rollouts/per_problem"] == [2] * 4 for m in
                map(json.loads, (out / "easy" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
+    assert all(m["rollouts/per_problem"] == [3] * 4 for m in  # the file's own set, under the regime's
+               map(json.loads, (out / "mixed" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
     code, printed = run("--regimes", "easy")  # again: nothing to do
     assert code == 0 and printed.out.count("skip (done)") == 2 and "mixed" not in printed.out
     study.write_text(study.read_text().replace("recipes: [grpo]", "recipes: [grpo]\nsteps: 3"))

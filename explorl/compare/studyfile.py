@@ -12,7 +12,7 @@ regimes:
 
 Each regime is one comparison in ``OUT/<regime>/`` (its ``results.json``, ``report.html`` and
 leaderboard), run in the order written; a regime may name its own ``recipes``, ``seeds``,
-``tokens`` and ``set`` (overrides added to ``--set``). Everything is checked before the first
+``tokens`` and ``set`` (overrides after the file's top-level ``set``, both after ``--set``). Everything is checked before the first
 run starts, and rerunning the same command continues where it stopped (finished runs are
 skipped, interrupted ones resume), as for a plain ``compare``.
 """
@@ -22,7 +22,7 @@ import argparse
 import copy
 from pathlib import Path
 
-TOP_KEYS = {"tokens", "seeds", "recipes", "regimes"}
+TOP_KEYS = {"tokens", "seeds", "recipes", "set", "regimes"}
 REGIME_KEYS = {"config", "tokens", "seeds", "recipes", "set"}
 
 
@@ -48,9 +48,13 @@ def load_study(path: str | Path) -> list[tuple[str, dict]]:
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
                              f"(valid: {', '.join(sorted(REGIME_KEYS))})")
+        common = data.get("set") or []
+        if not isinstance(common, list) or not all(isinstance(x, str) for x in common):
+            raise ValueError(f"{path}: set must be a list of 'key=value' strings")
         merged = {"tokens": data.get("tokens"), "seeds": data.get("seeds", 1), "recipes": data.get("recipes"),
-                  "config": None, "set": []}
-        merged.update({k: v for k, v in settings.items() if v is not None})
+                  "config": None}
+        merged.update({k: v for k, v in settings.items() if v is not None and k != "set"})
+        merged["set"] = settings.get("set") or []
         for key, kind in (("tokens", int), ("seeds", int)):
             if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
                 raise ValueError(f"{where}: {key} must be a positive integer (here or at the top), got {merged[key]!r}")
@@ -62,6 +66,7 @@ def load_study(path: str | Path) -> list[tuple[str, dict]]:
         merged["recipes"] = recipes
         if not isinstance(merged["set"], list) or not all(isinstance(s, str) for s in merged["set"]):
             raise ValueError(f"{where}: set must be a list of 'key=value' strings")
+        merged["set"] = [*common, *merged["set"]]  # the regime's own overrides win
         if merged["config"] is not None and not Path(merged["config"]).is_file():
             raise ValueError(f"{where}: config file not found: {merged['config']}")
         out.append((name, merged))
