@@ -128,6 +128,11 @@ def cmd_compare(args) -> int:
     return run_compare(args)
 
 
+def cmd_board(args) -> int:
+    from explorl.compare.board import run_board
+    return run_board(args)
+
+
 def cmd_crashtest(args) -> int:
     from explorl.train.crashtest import run_crashtest
     return run_crashtest(args)
@@ -215,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs at a time, each with its share of the cores (default 1)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("board", help="the leaderboard of a study (compare --study): per regime, every recipe "
+                                     "against GRPO paired by seed, with 95% intervals")
+    p.add_argument("--out", required=True, help="the study folder (OUT of compare --study)")
+    p.add_argument("--write", default=None, metavar="FILE", help="also write the markdown to FILE")
+    p.set_defaults(func=cmd_board)
 
     p = sub.add_parser("crashtest", help="kill a training run with SIGKILL again and again, resume it each time, "
                                          "and check it ends identical to an uninterrupted run")

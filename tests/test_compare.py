@@ -143,6 +143,11 @@ def test_a_study_file_runs_regimes_and_resumes(tmp_path, tiny_overrides, monkeyp
                map(json.loads, (out / "easy" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
     assert all(m["rollouts/per_problem"] == [3] * 4 for m in  # the file's own set, under the regime's
                map(json.loads, (out / "mixed" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
+    assert main(["board", "--out", str(out), "--write", str(tmp_path / "board.md")]) == 0
+    board = capsys.readouterr().out
+    assert "### easy" in board and "### mixed" in board and "| `clip_higher` | 1 |" in board
+    assert "Reached GRPO's final pass@1 with at most half of its tokens" in board
+    assert (tmp_path / "board.md").read_text().strip() == board.strip()
     code, printed = run("--regimes", "easy")  # again: nothing to do
     assert code == 0 and printed.out.count("skip (done)") == 2 and "mixed" not in printed.out
     study.write_text(study.read_text().replace("recipes: [grpo]", "recipes: [grpo]\nsteps: 3"))
@@ -165,6 +170,21 @@ def test_compare_errors_name_the_problem(study):
     code, _, err = run("--set", "train.steps=5")
     assert code == 2 and "train.steps is set by compare" in err
     assert not (out / "runs").exists()
+
+
+def test_board_arithmetic():
+    from explorl.compare.board import entropy_quarters, paired, tokens_to_reach
+    mean, half, significant = paired({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.4, 1: 0.5, 2: 0.6})
+    assert mean == pytest.approx(0.1) and half == pytest.approx(0.0, abs=1e-9) and significant
+    mean, half, significant = paired({0: 0.5, 1: 0.3, 2: 0.7}, {0: 0.4, 1: 0.5, 2: 0.6})
+    # deltas 0.1, -0.2, 0.1: mean 0, sd 0.173, t(0.975, 2) = 4.303
+    assert mean == pytest.approx(0.0, abs=1e-12) and half == pytest.approx(4.303 * 0.17320508 / 3 ** 0.5, rel=1e-3)
+    assert not significant
+    assert tokens_to_reach([0, 100, 200], [0.1, 0.3, 0.5], 0.4) == pytest.approx(150)
+    assert tokens_to_reach([0, 100], [0.5, 0.6], 0.4) == 0 and tokens_to_reach([0, 100], [0.1, 0.2], 0.4) is None
+    metrics = [{"tokens/total": t + 10, "tokens/step": 10, "entropy/rollout": e}
+               for t, e in [(0, 1.0), (10, 3.0), (50, 0.5), (99, 0.1)]]
+    assert entropy_quarters(metrics, 100) == [2.0, None, 0.5, 0.1]
 
 
 def test_curve_arithmetic():

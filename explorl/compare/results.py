@@ -9,7 +9,7 @@ from pathlib import Path
 from explorl.compare.child import HEARTBEAT_S
 from explorl.compare.files import CorruptFile, _read_json, _warn, _write_atomic
 
-MAX_K = 64
+MAX_K = 256  # pass@k kept in results.json up to this k (the exploration-limited regime samples 256)
 
 
 # ---- results -------------------------------------------------------------------------------

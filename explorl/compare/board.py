@@ -1,0 +1,170 @@
+"""``explorl board``: the leaderboard of a study (``compare --study``), one table per regime,
+every recipe against GRPO **paired by seed**.
+
+For a metric m and a recipe, Δ_s = m(recipe, seed s) − m(grpo, seed s) over the seeds both
+have; the table gives the mean Δ and its 95% confidence interval, mean ± t(0.975, n−1)·sd/√n,
+and marks with ``*`` the differences whose interval excludes 0 (with 3 seeds the interval is
+wide: t = 4.30). Columns:
+
+- pass@1 and pass@k_max (the largest k evaluated: 64, or 256 in the exploration-limited
+  regime), held-out, at the end, with their paired Δ;
+- ``AUC``: the area under held-out pass@1 against generated tokens (start, every
+  ``eval.every_tokens``, end), divided by the token range;
+- ``tokens to GRPO``: the generated tokens a recipe needed to reach GRPO's final held-out
+  pass@1 (the mean over GRPO's seeds), from the held-out curve with linear interpolation
+  between evaluations, as a share of GRPO's budget; mean over the seeds that reached it, with
+  the count of those seeds;
+- entropy of the training rollouts in each quarter of the token budget (entropy over
+  training), and the share of groups with a gradient (groups whose rewards vary).
+
+The last lines of each table state whether any recipe reached GRPO's final pass@1 with at
+most half of its tokens, or beat its pass@k_max by 10 points or more.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from explorl.compare.results import heldout_curve, read_metrics
+
+BASELINE = "grpo"
+
+
+def t_975(df: int) -> float:
+    from explorl.explore.budget.xrpo import t_quantile
+    return t_quantile(0.975, df)
+
+
+def paired(values: dict[int, float], base: dict[int, float]) -> tuple[float, float, bool] | None:
+    """(mean Δ, half-width of its 95% CI, whether the CI excludes 0) over the shared seeds."""
+    seeds = sorted(set(values) & set(base))
+    deltas = [values[s] - base[s] for s in seeds if values[s] is not None and base[s] is not None]
+    if not deltas:
+        return None
+    mean = sum(deltas) / len(deltas)
+    if len(deltas) < 2:
+        return mean, math.inf, False
+    sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1))
+    half = t_975(len(deltas) - 1) * sd / math.sqrt(len(deltas))
+    return mean, half, abs(mean) > half
+
+
+def tokens_to_reach(xs: list[float], ys: list[float], target: float) -> float | None:
+    """The first token count at which the curve reaches ``target`` (linear between points)."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if y >= target:
+            if i == 0:
+                return x
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return x0 + (x - x0) * (target - y0) / (y - y0) if y != y0 else x
+    return None
+
+
+def entropy_quarters(metrics: list[dict], budget: float) -> list[float | None]:
+    """Mean training-rollout entropy in each quarter of the token budget."""
+    quarters = [[] for _ in range(4)]
+    for m in metrics:
+        if "entropy/rollout" in m and "tokens/total" in m:
+            start = m["tokens/total"] - m.get("tokens/step", 0)
+            quarters[min(3, int(4 * start / max(budget, 1)))].append(m["entropy/rollout"])
+    return [sum(q) / len(q) if q else None for q in quarters]
+
+
+def regime_rows(folder: Path) -> dict:
+    """Per recipe and seed, what the board needs, from ``folder/results.json`` and the run folders."""
+    results = json.loads((folder / "results.json").read_text())
+    budget = results["settings"]["tokens"]
+    out = {}
+    for label, seeds in results["runs"].items():
+        for key, row in seeds.items():
+            run_dir = folder / "runs" / label / key
+            metrics = read_metrics(run_dir)
+            ev = json.loads((run_dir / "eval.json").read_text())
+            kmax = max(int(k[5:]) for k in ev["end"] if k.startswith("pass@"))
+            out.setdefault(label, {})[row["seed"]] = {
+                "pass@1": ev["end"]["pass@1"]["all"], "pass@kmax": ev["end"][f"pass@{kmax}"]["all"], "kmax": kmax,
+                "start_pass@kmax": ev["start"][f"pass@{kmax}"]["all"], "start_pass@1": ev["start"]["pass@1"]["all"],
+                "auc": row.get("auc_heldout_pass1_vs_tokens"), "curve": heldout_curve(metrics, ev),
+                "tokens": row["tokens"], "entropy": entropy_quarters(metrics, budget),
+                "with_gradient": None if row.get("frac_zero_std_mean") is None else 1 - row["frac_zero_std_mean"]}
+    return {"budget": budget, "runs": out}
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _fmt(x, spec=".3f"):
+    return "—" if x is None else format(x, spec)
+
+
+def _delta(d):
+    if d is None:
+        return "—"
+    mean, half, significant = d
+    ci = "" if math.isinf(half) else f" ± {half:.3f}"
+    return f"{mean:+.3f}{ci}{' *' if significant else ''}"
+
+
+def regime_table(name: str, folder: Path) -> str:
+    data = regime_rows(folder)
+    runs = data["runs"]
+    if BASELINE not in runs:
+        return f"### {name}\n\n(no {BASELINE} runs yet: nothing to compare against)\n"
+    base = runs[BASELINE]
+    kmax = max(r["kmax"] for r in base.values())
+    target = _mean([r["pass@1"] for r in base.values()])
+    base_tokens = _mean([r["tokens"] for r in base.values()])
+    start = next(iter(base.values()))
+    lines = [f"### {name}", "",
+             f"Start: pass@1 {start['start_pass@1']:.3f}, pass@{kmax} {start['start_pass@kmax']:.3f}. "
+             f"{len(runs)} recipes; GRPO's final pass@1 {target:.3f} (the level for \"tokens to GRPO\"). "
+             f"Δ: paired by seed against GRPO, 95% CI; `*`: the interval excludes 0.", "",
+             f"| recipe | seeds | pass@1 | Δ pass@1 | pass@{kmax} | Δ pass@{kmax} | AUC | tokens to GRPO "
+             f"| rollout entropy by quarter | groups with gradient |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    order = sorted(runs, key=lambda lb: -(_mean([r["pass@1"] for r in runs[lb].values()]) or 0))
+    fast, wide = [], []
+    for label in order:
+        rs = runs[label]
+        reach = [tokens_to_reach(*r["curve"], target) for r in rs.values()]
+        got = [t for t in reach if t is not None]
+        share = _mean(got) / base_tokens if got else None
+        d1 = paired({s: r["pass@1"] for s, r in rs.items()}, {s: r["pass@1"] for s, r in base.items()})
+        dk = paired({s: r["pass@kmax"] for s, r in rs.items()}, {s: r["pass@kmax"] for s, r in base.items()})
+        quarters = [_mean([r["entropy"][q] for r in rs.values()]) for q in range(4)]
+        if label != BASELINE and got and len(got) == len(rs) and share <= 0.5:
+            fast.append(label)
+        if label != BASELINE and dk is not None and dk[0] >= 0.10:
+            wide.append(label)
+        lines.append(
+            f"| `{label}` | {len(rs)} | {_fmt(_mean([r['pass@1'] for r in rs.values()]))} | "
+            f"{'—' if label == BASELINE else _delta(d1)} | {_fmt(_mean([r['pass@kmax'] for r in rs.values()]))} | "
+            f"{'—' if label == BASELINE else _delta(dk)} | {_fmt(_mean([r['auc'] for r in rs.values()]))} | "
+            f"{'—' if share is None else f'{share:.2f} ({len(got)}/{len(rs)})'} | "
+            f"{' / '.join(_fmt(q, '.2f') for q in quarters)} | {_fmt(_mean([r['with_gradient'] for r in rs.values()]))} |")
+    lines += ["",
+              f"Reached GRPO's final pass@1 with at most half of its tokens (every seed): "
+              f"{', '.join(f'`{x}`' for x in fast) or 'none'}.",
+              f"Beat GRPO's pass@{kmax} by 10 points or more (mean paired Δ): "
+              f"{', '.join(f'`{x}`' for x in wide) or 'none'}.", ""]
+    return "\n".join(lines)
+
+
+def board(out: Path) -> str:
+    """Markdown tables for every regime folder of a study (``OUT/<regime>/results.json``)."""
+    folders = sorted(p.parent for p in Path(out).glob("*/results.json"))
+    if not folders:
+        raise FileNotFoundError(f"{out}: no regime folder with a results.json (run explorl compare --study first)")
+    return "\n".join(regime_table(folder.name, folder) for folder in folders)
+
+
+def run_board(args) -> int:
+    text = board(Path(args.out))
+    if args.write:
+        from explorl.compare.files import _write_atomic
+        _write_atomic(Path(args.write), text)
+    print(text)
+    return 0
