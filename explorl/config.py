@@ -73,7 +73,7 @@ class TrainConfig:
     max_tokens: int | None = None    # stop once this many response tokens were generated
     micro_batch_size: int | None = None  # rollouts per forward/backward (gradient accumulation); None = a whole minibatch
     deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
-    parallel: str = "none"           # none | ddp (data parallel over torchrun's processes; see README "Scaling out")
+    parallel: str = "none"           # none | ddp | fsdp (data parallel over torchrun's processes; README "Scaling out")
     max_nonfinite_steps: int = 3     # optimizer steps skipped in a row for a non-finite loss/grad before the run stops
 
 
@@ -454,9 +454,10 @@ def validate(cfg: Config) -> None:
         _check_lora(m.lora)
 
     t = cfg.train
-    if t.parallel not in ("none", "ddp"):
-        raise ValueError(f"train.parallel: {t.parallel!r} is not one of none, ddp"
-                         + (" (sharded training with FSDP is not built yet)" if t.parallel == "fsdp" else ""))
+    if t.parallel not in ("none", "ddp", "fsdp"):
+        raise ValueError(f"train.parallel: {t.parallel!r} is not one of none, ddp, fsdp")
+    if t.parallel == "fsdp" and m.lora is not None:
+        raise ValueError("train.parallel: fsdp with model.lora is not supported (LoRA adapters are small): use ddp")
     if t.loss_agg_mode not in MODES:
         raise ValueError(f"train.loss_agg_mode: {t.loss_agg_mode!r} is not one of {', '.join(MODES)}")
     for key in ("steps", "problems_per_step", "rollouts_per_problem", "max_new_tokens", "ppo_epochs",

@@ -1,6 +1,7 @@
-"""Data parallelism (``train.parallel: ddp``): a run of 2 processes under ``torchrun`` (gloo,
-CPU) writes the same metrics, evaluations and weights as a run of 1 process, for a fixed
-rollout count (GRPO) and a variable one (Knapsack), and resumes; plus the parts it is made of."""
+"""Data parallelism (``train.parallel: ddp`` and ``fsdp``): a run of 2 processes under
+``torchrun`` (gloo, CPU) writes the same metrics, evaluations and weights as a run of 1
+process, for a fixed rollout count (GRPO) and a variable one (Knapsack), and resumes; plus the
+parts it is made of."""
 from __future__ import annotations
 
 import glob
@@ -20,7 +21,7 @@ from explorl.train.parallel import DataParallel, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 # a warm start long enough that some rollouts are correct: the updates are not all zero
-SETTINGS = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.parallel=ddp",
+SETTINGS = ["--config", str(ROOT / "configs" / "tiny.yaml"),
             "--set", "model.warmup.steps=300", "--set", "model.warmup.batch_size=32",
             "--set", "eval.share_start=false",  # every run evaluates its start (sharded under 2 processes)
             "--quiet"]
@@ -83,11 +84,15 @@ def assert_close_values(x, y, where="eval.json"):
         assert x == y, where
 
 
-@pytest.mark.parametrize("recipe,backend", [("grpo", "fast"), ("knapsack", "fast"), ("grpo", "hf")])
-def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend):
-    """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward."""
+@pytest.mark.parametrize("recipe,backend,parallel,micro", [
+    ("grpo", "fast", "ddp", None), ("knapsack", "fast", "ddp", None), ("grpo", "hf", "ddp", None),
+    ("knapsack", "fast", "fsdp", 3)])
+def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, micro):
+    """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward;
+    FSDP with micro-batches that leave the ranks with unequal numbers of parts."""
     one, two = tmp_path / "one", tmp_path / "two"
-    settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}")
+    settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}",
+                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()))
     _train(one, 1, *settings)
     _train(two, 2, *settings)
     assert_same_run(one, two)
@@ -98,12 +103,37 @@ def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend):
     assert not (two / "ckpt" / ".lock").exists()
 
 
-def test_a_two_process_run_resumes(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_two_process_run_resumes(tmp_path, parallel):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    _train(whole, 1, "--steps", "5")
-    _train(parts, 2, "--steps", "3")
-    _train(parts, 2, "--steps", "5", "--resume")
+    mode = ("--set", f"train.parallel={parallel}")
+    _train(whole, 1, "--steps", "5", *mode)
+    _train(parts, 2, "--steps", "3", *mode)
+    _train(parts, 2, "--steps", "5", "--resume", *mode)
     assert_same_run(whole, parts)
+
+
+def test_fsdp_shards_the_training_model_and_keeps_a_whole_rollout_copy(tiny_config, tmp_path):
+    from torch.distributed.tensor import DTensor
+
+    from explorl.train.loop import Trainer
+    trainer = Trainer(tiny_config(train={"steps": 1, "parallel": "fsdp"}), tmp_path / "run", progress=False,
+                      log=lambda *_: None)
+    try:
+        assert all(isinstance(p, DTensor) for p in trainer.sharded.model.parameters())
+        assert not any(isinstance(p, DTensor) for p in trainer.model.parameters())
+        assert trainer.train_engine.model is trainer.sharded.model and trainer.engine.model is trainer.model
+        trainer.run()
+        for name, value in trainer.sharded.full_weights().items():  # the copy holds the trained weights
+            torch.testing.assert_close(trainer.model.state_dict()[name], value)
+    finally:
+        trainer.close()
+
+
+def test_fsdp_refuses_lora(tiny_config):
+    from explorl.config import validate
+    with pytest.raises(ValueError, match="fsdp with model.lora"):
+        validate(tiny_config(train={"parallel": "fsdp"}, model={"lora": {"r": 4}}))
 
 
 def test_torchrun_without_parallel_is_an_error(monkeypatch):

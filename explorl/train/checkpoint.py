@@ -197,16 +197,17 @@ def verify(folder: Path) -> str | None:
 
 
 # ---- save / find / load -----------------------------------------------------------------------
-def save(root: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2) -> Path:
+def save(root: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2, weights=None) -> Path:
     """Write ``ckpt/step_<step>`` completely or not at all; raise ``CheckpointError`` (leaving the
-    previous checkpoints intact) when the disk refuses."""
+    previous checkpoints intact) when the disk refuses. ``weights`` (a state dict) are saved in
+    place of ``model``'s own (the full weights gathered from a sharded model)."""
     ckpt_dir = Path(root) / "ckpt"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:06d}"
     tmp = ckpt_dir / f".step_{step:06d}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp / "model")
+        model.save_pretrained(tmp / "model", **({} if weights is None else {"state_dict": weights}))
         tokenizer.save_pretrained(tmp / "model")
         crash_point("checkpoint.model_written")
         state = encode_state(dict(trainer_state, rng=rng_state()), "trainer state")

@@ -76,7 +76,15 @@ class Trainer:
                 self.ref_engine = RolloutEngine(ref, self.tokenizer, cfg.model.backend, self.prompt_format)
         # a LoRA checkpoint holds the adapters only: the base it needs is recorded by its weights' hash
         self.base_fingerprint = base_fingerprint(self.model) if is_lora(self.model) else None
-        self.optimizer = build_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
+        # the model the optimizer steps: the policy itself, or its FSDP shards (the policy then is
+        # the rollout copy that samples and serves the plug-ins; explorl.train.fsdp)
+        self.sharded, self.train_engine = None, self.engine
+        if cfg.train.parallel == "fsdp":
+            from explorl.train.fsdp import ShardedTraining
+            self.sharded = ShardedTraining(self.model, getattr(torch, cfg.model.dtype))
+            self.train_engine = RolloutEngine(self.sharded.model, self.tokenizer, "hf", self.prompt_format)
+        self.optimizer = build_optimizer(self.sharded.model if self.sharded else self.model, cfg.train.lr,
+                                         cfg.train.weight_decay)
         self.nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps, log=log)
         self._faults_logged = [0]
         self._ledger = None
@@ -153,8 +161,10 @@ class Trainer:
                 m.update(metrics)
         with clock("update"):
             ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
-            m.update(optimise(batch, self.engine, P, self.optimizer, self.cfg, step, self.needs, ref,
+            m.update(optimise(batch, self.train_engine, P, self.optimizer, self.cfg, step, self.needs, ref,
                               guard=self.nonfinite, dp=self.dp))
+            if self.sharded:
+                self.sharded.sync(self.model)
         with clock("observe"):
             stats = self._stats(step, batch)
             for component in P.all():
@@ -317,7 +327,8 @@ class Trainer:
         finally:
             logger.close()
         latest = checkpoint.latest(self.out, warn=self.log) if self.dp.is_main else None
-        if self.dp.is_main and (latest is None or latest.name != f"step_{self.step:06d}"):  # e.g. stopped by the token budget
+        missing = latest is None or latest.name != f"step_{self.step:06d}"  # e.g. stopped by the token budget
+        if self.dp.all_gather_objects(missing)[0]:  # rank 0's answer: saving is a collective under FSDP
             self.save()
         results["end"] = self.evaluate()
         crash_point("eval.end_computed")
@@ -347,8 +358,11 @@ class Trainer:
         ctx.problems_per_step = self.cfg.train.problems_per_step
 
         def update(batch):
-            return optimise(batch, self.engine, self.plugins, self.optimizer, self.cfg, 0, self.needs, None,
-                            guard=self.nonfinite, dp=self.dp)
+            out = optimise(batch, self.train_engine, self.plugins, self.optimizer, self.cfg, 0, self.needs, None,
+                           guard=self.nonfinite, dp=self.dp)
+            if self.sharded:
+                self.sharded.sync(self.model)
+            return out
 
         ctx.update = update
         for method in self.plugins.guidance:
@@ -418,14 +432,16 @@ class Trainer:
             raise NonFiniteTraining(f"step {self.step}: weights are not finite ({', '.join(bad[:3])}"
                                     f"{', ...' if len(bad) > 3 else ''}); no checkpoint is written, the last "
                                     f"complete one is kept")
+        weights = self.sharded.checkpoint_weights(self.model) if self.sharded else None  # collectives, every rank
+        optimizer = self.sharded.optimizer_state(self.optimizer) if self.sharded else self.optimizer.state_dict()
         state = {"step": self.step, "tokens": self.tokens, "teacher_tokens": self.teacher_tokens,
-                 "optimizer": self.optimizer.state_dict(),
+                 "optimizer": optimizer,
                  "plugins": self.plugins.state_dict(), "nonfinite_in_a_row": self.nonfinite.in_a_row}
         if self.base_fingerprint is not None:
             state["base_model_sha256"] = self.base_fingerprint
         if not self.dp.is_main:  # every rank holds the same state; rank 0 writes it
             return
-        checkpoint.save(self.out, self.step, self.model, self.tokenizer, state)
+        checkpoint.save(self.out, self.step, self.model, self.tokenizer, state, weights=weights)
 
     def _resume(self) -> None:
         # rank 0 picks the checkpoint (and logs what it skips); every rank loads that one
@@ -438,10 +454,15 @@ class Trainer:
             load_adapters(self.model, path / "model")
         else:
             from transformers import AutoModelForCausalLM
-            saved = AutoModelForCausalLM.from_pretrained(path / "model")
+            saved = AutoModelForCausalLM.from_pretrained(path / "model", dtype=torch.float32)
             self.model.load_state_dict(saved.state_dict())
+            if self.sharded:
+                self.sharded.load_full_weights(saved.state_dict())
         state = checkpoint.load_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            self.sharded.load_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.plugins.load_state_dict(state["plugins"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.teacher_tokens = state.get("teacher_tokens", 0)

@@ -18,6 +18,9 @@ and a step goes:
   (The ``DistributedDataParallel`` wrapper itself is not used: the fast path runs its own
   forward over the weights, which DDP's hooks would not see.)
 
+With ``train.parallel: fsdp`` the same holds, and the training model is sharded with FSDP2
+(``explorl.train.fsdp``): gradients are reduce-scattered by FSDP instead of all-reduced here.
+
 Rank 0 writes the run folder (logs, metrics, checkpoints, eval.json); evaluation is sharded by
 chunks of problems. A run with ``parallel: ddp`` gives the same metrics and weights on any
 number of ranks (within float tolerance); its sampling stream is not the one of
@@ -50,19 +53,26 @@ class DataParallel:
     """This process's place in the run: ``rank`` of ``world`` (1 and 0 without torchrun)."""
 
     def __init__(self, mode: str, device: torch.device):
-        self.enabled, self.device = mode == "ddp", device
+        self.enabled, self.device = mode in ("ddp", "fsdp"), device
+        self.sharded = mode == "fsdp"  # FSDP: every training forward is a collective (ranks in lockstep)
         world = launched_world_size()
         if world > 1 and not self.enabled:
             raise ValueError(f"launched with {world} processes (torchrun) but train.parallel is {mode!r}: set "
-                             f"train.parallel=ddp, or launch one process")
+                             f"train.parallel=ddp (or fsdp), or launch one process")
         self.world, self.rank = 1, 0
-        if self.enabled and world > 1:
+        self._own_group = False
+        if self.enabled and (world > 1 or self.sharded):
             import torch.distributed as dist
             if not dist.is_initialized():
                 backend = "nccl" if device.type == "cuda" else "gloo"
                 if device.type == "cuda":
                     torch.cuda.set_device(device)
-                dist.init_process_group(backend=backend)
+                if world > 1:
+                    dist.init_process_group(backend=backend)
+                else:  # FSDP needs a process group even for one process: a private one
+                    dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                            rank=0, world_size=1)
+                self._own_group = True
             self.world, self.rank = dist.get_world_size(), dist.get_rank()
 
     @property
@@ -146,10 +156,11 @@ class DataParallel:
             dist.barrier()
 
     def close(self) -> None:
-        if self.distributed:
+        if self._own_group:
             import torch.distributed as dist
             if dist.is_initialized():
                 dist.destroy_process_group()
+            self._own_group = False
 
     # ---- a step's rollouts ---------------------------------------------------------------
     def rollout(self, engine, problems, counts, temperatures, top_p, seed, score) -> tuple[RolloutBatch, list]:
@@ -173,6 +184,13 @@ class DataParallel:
             faults = []
         parts = self.all_gather_objects((mine, None if local is None else _portable(local), faults))
         return gather_batch(parts, problems, counts, engine), [f for _, _, fs in parts for f in fs]
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _portable(batch: RolloutBatch) -> dict:

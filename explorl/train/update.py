@@ -160,8 +160,9 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
             if dp is not None and dp.enabled:
                 own, offset = dp.split_rows(rows)
                 loss, mask, entropy = _micro_batched_backward(batch, engine, micro_batches(own, train.micro_batch_size),
-                                                              needs, loss_of, dp=dp, offset=offset, rows=rows)
-                if torch.isfinite(loss):
+                                                              needs, loss_of, dp=dp, offset=offset, rows=rows,
+                                                              micro_batch_size=train.micro_batch_size)
+                if torch.isfinite(loss) and not dp.sharded:  # FSDP reduce-scatters in the backward itself
                     dp.all_reduce_grads(params)
                 parts = None
             else:
@@ -184,6 +185,8 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 _accumulate(totals, counts, {"loss/total": loss.item()})
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor
+                grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -201,7 +204,8 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     return out
 
 
-def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offset: int = 0, rows=None):
+def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offset: int = 0, rows=None,
+                            micro_batch_size=None):
     """The gradient of one minibatch's loss, accumulated over its micro-batches ``parts``.
 
     Pass 1 runs every part without a graph and keeps only its per-token log-probs (entropies,
@@ -213,15 +217,24 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
     (LoRA dropout) is replayed in pass 2, so both passes compute the same values.
     With ``dp``, ``parts`` are this rank's share of the minibatch ``rows`` (starting at
     ``offset``): pass 1's values are gathered from every rank before the loss, and pass 2
-    back-propagates this rank's share only.
+    back-propagates this rank's share only. Under FSDP (``dp.sharded``) every forward and
+    backward is a collective: a rank with fewer parts than another runs extra parts of one row
+    whose values are dropped and whose gradient is zero, so all ranks run as many.
     Returns ``(loss, mask, entropy)`` as the one-pass path has them.
     """
     want_entropy, want_logits = "entropy" in needs, "logits" in needs
     device = engine.device
+    real = len(parts)
+    if dp is not None and dp.sharded:
+        most = max(len(micro_batches(p, micro_batch_size)) if len(p) else 0 for p in torch.tensor_split(rows, dp.world))
+        parts = list(parts) + [rows[:1]] * (most - real)  # lockstep padding (see above)
     states, logps, entropies, all_logits = [], [], [], []
     with torch.no_grad():
-        for part in parts:
+        for i, part in enumerate(parts):
             states.append(_rng_state(device))
+            if i >= real:
+                engine.response_logits(batch, part)  # the collectives only
+                continue
             logits = engine.response_logits(batch, part)
             logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), want_entropy)
             logps.append(logp)
@@ -242,6 +255,10 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
         return loss, mask, leaves["entropy"]
     loss.backward()
     grads = {k: v.grad for k, v in leaves.items() if v is not None and v.grad is not None}
+    for part in parts[real:] if grads else ():  # lockstep padding: a backward with zero gradient
+        logits = engine.response_logits(batch, part)
+        (logits.float().sum() * 0.0).backward()
+    parts = parts[:real]
     start = offset
     for part, state in zip(parts, states) if grads else ():
         span = slice(start, start + len(part))
