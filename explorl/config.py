@@ -72,6 +72,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_tokens: int | None = None    # stop once this many response tokens were generated
     micro_batch_size: int | None = None  # rollouts per forward/backward (gradient accumulation); None = a whole minibatch
+    rollout_batch_size: int | None = None  # rollouts decoded at once (bounds the KV cache); None = a whole step's
     deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
     parallel: str = "none"           # none | ddp | fsdp (data parallel over torchrun's processes; README "Scaling out")
     max_nonfinite_steps: int = 3     # optimizer steps skipped in a row for a non-finite loss/grad before the run stops
@@ -467,6 +468,8 @@ def validate(cfg: Config) -> None:
         _whole(t.max_tokens, "train.max_tokens", 1)
     if t.micro_batch_size is not None:
         _whole(t.micro_batch_size, "train.micro_batch_size", 1)
+    if t.rollout_batch_size is not None:
+        _whole(t.rollout_batch_size, "train.rollout_batch_size", 1)
     _number(t.lr, "train.lr", above=0)
     _number(t.weight_decay, "train.weight_decay", low=0)
     _number(t.max_grad_norm, "train.max_grad_norm", above=0)

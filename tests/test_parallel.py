@@ -200,3 +200,27 @@ def test_rollout_rows_do_not_depend_on_the_other_rows(tiny_model):
     L = part.response_ids.shape[1]
     assert torch.equal(full.response_ids[4:, :L], part.response_ids)
     torch.testing.assert_close(full.old_logp[4:, :L], part.old_logp, rtol=1e-5, atol=1e-5)
+
+
+def test_rollouts_in_parts_are_the_rollouts_at_once(tiny_model):
+    """``max_rows`` (``train.rollout_batch_size``) bounds the rows decoded together; with
+    per-row noise the parts give exactly the rows of one call."""
+    import random
+
+    from explorl.policy.engine import RolloutEngine
+    from explorl.tasks import TaskMix
+    model, tokenizer = tiny_model
+    engine = RolloutEngine(model, tokenizer)
+    mix = TaskMix.from_config({"addition": {"digits": [1, 2]}, "reversal": {"length": [2, 5]}})
+    rng = random.Random(1)
+    problems = [mix.sample(rng) for _ in range(5)]
+    counts = [3, 1, 4, 2, 5]
+    noise = torch.rand(15, 6, generator=torch.Generator().manual_seed(4))
+    whole = engine.rollout(problems, counts, [1.0] * 6, noise=noise)
+    parts = engine.rollout(problems, counts, [1.0] * 6, noise=noise, max_rows=4)
+    assert parts.texts == whole.texts and parts.counts == counts
+    assert torch.equal(parts.group, whole.group)
+    L = min(parts.response_ids.shape[1], whole.response_ids.shape[1])
+    assert torch.equal(parts.response_ids[:, :L], whole.response_ids[:, :L])
+    seeded = engine.rollout(problems, counts, [1.0] * 6, seed=3, max_rows=4)
+    assert seeded.size == 15 and seeded.counts == counts

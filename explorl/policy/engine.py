@@ -43,13 +43,20 @@ class RolloutEngine:
 
     @torch.no_grad()
     def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
-                max_new_tokens: int | None = None, noise: torch.Tensor | None = None) -> RolloutBatch:
+                max_new_tokens: int | None = None, noise: torch.Tensor | None = None,
+                max_rows: int | None = None) -> RolloutBatch:
         """``noise`` (``(R, max_new_tokens)`` uniforms, optional) fixes each row's draws
         independently of the others (``sample_next_token``); ``seed`` is used otherwise.
-        Sampling stays on the model's device; the batch comes back on the CPU."""
+        Sampling stays on the model's device; the batch comes back on the CPU. ``max_rows``
+        bounds the rows decoded at once (and so the KV cache): whole groups are sampled in
+        consecutive calls of at most that many rows (one group larger than it alone), the
+        k-th call with ``seed + k`` (with ``noise``, each row keeps its own)."""
         if len(problems) != len(counts) or any(c < 1 for c in counts):
             raise ValueError(f"rollout: need one count >= 1 per problem, got {len(counts)} counts "
                              f"for {len(problems)} problems")
+        if max_rows is not None and sum(counts) > max_rows:
+            return self._rollout_in_parts(problems, counts, temperatures, top_p, seed, max_new_tokens, noise,
+                                          max_rows)
         max_new = max_new_tokens or len(temperatures)
         temps = [float(t) for t in temperatures[:max_new]]
         dev = self.device
@@ -96,6 +103,21 @@ class RolloutEngine:
                             prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), response_ids=ids,
                             mask=mask, behaviour_logp=out["b"][:, :Lc] * mask, old_logp=out["o"][:, :Lc] * mask,
                             entropy=out["h"][:, :Lc] * mask, texts=texts)
+
+    def _rollout_in_parts(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise, max_rows):
+        parts = []
+        for g, c in enumerate(counts):
+            if parts and parts[-1][1] + c <= max_rows:
+                parts[-1] = (parts[-1][0] + [g], parts[-1][1] + c)
+            else:
+                parts.append(([g], c))
+        batches, row = [], 0
+        for k, (groups, rows) in enumerate(parts):
+            part_noise = None if noise is None else noise[row:row + rows]
+            batches.append(self.rollout([problems[g] for g in groups], [counts[g] for g in groups], temperatures,
+                                        top_p, seed + k, max_new_tokens, part_noise))
+            row += rows
+        return RolloutBatch.concat(batches, self.pad)
 
     @property
     def response_end_id(self) -> int:

@@ -191,11 +191,12 @@ class Trainer:
         if self.dp.enabled:  # this rank samples and verifies its share; the whole batch comes back
             with clock("gen"):
                 batch, faults = self.dp.rollout(self.engine, problems, counts, temperatures, decoding.top_p, seed,
-                                                self.verifier.score)
+                                                self.verifier.score, max_rows=self.cfg.train.rollout_batch_size)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
         with clock("gen"):
-            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed)
+            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed,
+                                        max_rows=self.cfg.train.rollout_batch_size)
         with clock("verify"):
             group_problems = [problems[g] for g in batch.group.tolist()]
             rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,

@@ -163,7 +163,8 @@ class DataParallel:
             self._own_group = False
 
     # ---- a step's rollouts ---------------------------------------------------------------
-    def rollout(self, engine, problems, counts, temperatures, top_p, seed, score) -> tuple[RolloutBatch, list]:
+    def rollout(self, engine, problems, counts, temperatures, top_p, seed, score,
+                max_rows: int | None = None) -> tuple[RolloutBatch, list]:
         """Sample ``counts[i]`` responses for each problem, this rank its share, and return the
         whole batch (every rank's rows, in the order one process makes them) with rewards, and
         every rank's verifier faults. ``score(problems, texts) -> (rewards, faults)``."""
@@ -177,7 +178,7 @@ class DataParallel:
         if mine:
             rows = torch.cat([torch.arange(starts[g], starts[g + 1]) for g in mine])
             local = engine.rollout([problems[g] for g in mine], [counts[g] for g in mine], temperatures, top_p,
-                                   noise=noise[rows])
+                                   noise=noise[rows], max_rows=max_rows)
             rewards, faults = score([problems[mine[g]] for g in local.group.tolist()], local.texts)
             local.rewards = torch.tensor(rewards, dtype=torch.float32)
         else:
