@@ -23,7 +23,7 @@ from explorl.cli import main
 from explorl.train.runlock import FolderLocked
 
 ROOT = Path(__file__).resolve().parent.parent
-LONG = 1000  # generated tokens: a run long enough (~12 tiny steps) to be caught mid-training
+LONG = 2500  # generated tokens: a run long enough (~30 tiny steps) to be caught mid-training, also on a busy machine
 SHORT = 300
 
 

@@ -75,8 +75,8 @@ def test_rollout_stops_at_each_stop_token(backend, monkeypatch):
         script = [a, b, stop if stop is not None else c] + [c] * 5
         step = iter(range(100))
 
-        def forced(logits, temperature, top_p, gen):
-            tokens, *rest = real(logits, temperature, top_p, gen)
+        def forced(logits, temperature, top_p, gen, noise=None):
+            tokens, *rest = real(logits, temperature, top_p, gen, noise)
             return (torch.full_like(tokens, script[next(step)]), *rest)
 
         monkeypatch.setattr(engine_module, "sample_next_token", forced)
