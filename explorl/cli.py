@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "against GRPO paired by seed, with 95% intervals")
     p.add_argument("--out", required=True, help="the study folder (OUT of compare --study)")
     p.add_argument("--write", default=None, metavar="FILE", help="also write the markdown to FILE")
+    p.add_argument("--figures", default=None, metavar="DIR", help="also draw one picture per regime into DIR")
     p.set_defaults(func=cmd_board)
 
     p = sub.add_parser("crashtest", help="kill a training run with SIGKILL again and again, resume it each time, "

@@ -143,8 +143,10 @@ def test_a_study_file_runs_regimes_and_resumes(tmp_path, tiny_overrides, monkeyp
                map(json.loads, (out / "easy" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
     assert all(m["rollouts/per_problem"] == [3] * 4 for m in  # the file's own set, under the regime's
                map(json.loads, (out / "mixed" / "runs" / "grpo" / "seed0" / "metrics.jsonl").read_text().splitlines()))
-    assert main(["board", "--out", str(out), "--write", str(tmp_path / "board.md")]) == 0
+    assert main(["board", "--out", str(out), "--write", str(tmp_path / "board.md"),
+                 "--figures", str(tmp_path / "figures")]) == 0
     board = capsys.readouterr().out
+    assert (tmp_path / "figures" / "easy.png").stat().st_size > 1000 and "figures/easy.png)" in board
     assert "### easy" in board and "### mixed" in board and "| `clip_higher` | 1 |" in board
     assert "Reached GRPO's final pass@1 with at most half of its tokens" in board
     assert (tmp_path / "board.md").read_text().strip() == board.strip()

@@ -162,16 +162,75 @@ def regime_table(name: str, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def board(out: Path) -> str:
-    """Markdown tables for every regime folder of a study (``OUT/<regime>/results.json``)."""
+def regime_figure(name: str, folder: Path, path: Path, shown: int = 6) -> Path:
+    """pass@k at the end and held-out pass@1 along training for GRPO, the start and the
+    ``shown`` recipes with the largest mean pass@1 or pass@k_max (the board has too many to
+    draw them all)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = regime_rows(folder)["runs"]
+    ranked = lambda key: sorted((lb for lb in runs if lb != BASELINE),  # noqa: E731
+                                key=lambda lb: -(_mean([r[key] for r in runs[lb].values()]) or 0))
+    picks = []
+    for lb in [x for pair in zip(ranked("pass@1"), ranked("pass@kmax")) for x in pair]:
+        if lb not in picks and len(picks) < shown:
+            picks.append(lb)
+    labels = ([BASELINE] if BASELINE in runs else []) + picks
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, lb in enumerate(labels):
+        color = plt.cm.tab10(i % 10)
+        first = next(iter(runs[lb].values()))
+        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= first["kmax"]]
+        evs = [json.loads((folder / "runs" / lb / f"seed{s}" / "eval.json").read_text()) for s in runs[lb]]
+        left.plot(ks, [_mean([ev["end"][f"pass@{k}"]["all"] for ev in evs]) for k in ks], marker="o", ms=3,
+                  color=color, label=lb, lw=2.2 if lb == BASELINE else 1.2)
+        if i == 0:
+            left.plot(ks, [evs[0]["start"][f"pass@{k}"]["all"] for k in ks], ls="--", color="#888", label="start")
+        grid = sorted({x for r in runs[lb].values() for x in r["curve"][0]})
+        ys = [_mean([_interp(r["curve"], x) for r in runs[lb].values()]) for x in grid]
+        right.plot(grid, ys, marker="o", ms=3, color=color, label=lb, lw=2.2 if lb == BASELINE else 1.2)
+    left.set_xscale("log", base=2)
+    left.set(xlabel="k", ylabel="pass@k (held-out, end)", title=f"{name}: pass@k after training")
+    right.set(xlabel="generated tokens", ylabel="held-out pass@1", title=f"{name}: held-out pass@1 along training")
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _interp(curve, x):
+    xs, ys = curve
+    if not xs:
+        return None
+    if x <= xs[0]:
+        return ys[0]
+    for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[-1]
+
+
+def board(out: Path, figures: Path | None = None) -> str:
+    """Markdown tables for every regime folder of a study (``OUT/<regime>/results.json``), and
+    with ``figures`` one picture per regime written there and linked below its table."""
     folders = sorted(p.parent for p in Path(out).glob("*/results.json"))
     if not folders:
         raise FileNotFoundError(f"{out}: no regime folder with a results.json (run explorl compare --study first)")
-    return "\n".join(regime_table(folder.name, folder) for folder in folders)
+    parts = []
+    for folder in folders:
+        parts.append(regime_table(folder.name, folder))
+        if figures is not None and BASELINE in regime_rows(folder)["runs"]:
+            png = regime_figure(folder.name, folder, Path(figures) / f"{folder.name}.png")
+            parts.append(f"![{folder.name}]({png.as_posix()})\n")
+    return "\n".join(parts)
 
 
 def run_board(args) -> int:
-    text = board(Path(args.out))
+    text = board(Path(args.out), Path(args.figures) if args.figures else None)
     if args.write:
         from explorl.compare.files import _write_atomic
         _write_atomic(Path(args.write), text)
