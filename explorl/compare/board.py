@@ -180,9 +180,8 @@ def regime_figure(name: str, folder: Path, path: Path, shown: int = 6) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, lb in enumerate(labels):
         color = plt.cm.tab10(i % 10)
-        first = next(iter(runs[lb].values()))
-        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= first["kmax"]]
         evs = [json.loads((folder / "runs" / lb / f"seed{s}" / "eval.json").read_text()) for s in runs[lb]]
+        ks = sorted(int(k[5:]) for k in evs[0]["end"] if k.startswith("pass@"))
         left.plot(ks, [_mean([ev["end"][f"pass@{k}"]["all"] for ev in evs]) for k in ks], marker="o", ms=3,
                   color=color, label=lb, lw=2.2 if lb == BASELINE else 1.2)
         if i == 0:
