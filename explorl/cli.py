@@ -120,12 +120,14 @@ def cmd_bench(args) -> int:
 
 def cmd_compare(args) -> int:
     from explorl.compare import run_compare
-    if args.study:
-        from explorl.compare.studyfile import run_study_file
-        return run_study_file(args)
-    if args.recipes is None or args.tokens is None:
+    from explorl.compare.study import interruptible
+    if not args.study and (args.recipes is None or args.tokens is None):
         raise ValueError("compare needs --recipes and --tokens (or --study FILE)")
-    return run_compare(args)
+    with interruptible():
+        if args.study:
+            from explorl.compare.studyfile import run_study_file
+            return run_study_file(args)
+        return run_compare(args)
 
 
 def cmd_board(args) -> int:

@@ -52,11 +52,13 @@ def compare(tmp_path, home, tiny_overrides, monkeypatch, capsys):
         printed = capsys.readouterr()
         return code, printed.out, printed.err
 
-    def spawn(tokens=LONG):
+    def spawn(tokens=LONG, ignore_sigint=False):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        # a shell's background job (cmd &) starts with SIGINT ignored
+        setup = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
         with (tmp_path / "parent.log").open("w") as log:
             return subprocess.Popen([sys.executable, "-m", "explorl.cli", *argv(tokens)], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                                    stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=setup)
 
     return run, spawn, out
 
@@ -144,14 +146,18 @@ def test_parent_killed_takes_its_child_and_the_rerun_resumes_with_one_writer(com
     assert results["runs"]["grpo"]["seed0"]["wall_s"] == info["wall_s"] and "wall_s" in results["notes"]
 
 
-def test_ctrl_c_stops_the_child_and_records_its_segment(compare):
+@pytest.mark.parametrize("sig,background", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                            (signal.SIGINT, True)])
+def test_ctrl_c_stops_the_child_and_records_its_segment(compare, sig, background):
+    """Ctrl-C (SIGINT) or SIGTERM stop compare and its child cleanly, also when compare was
+    started as a background job (SIGINT ignored on entry)."""
     run, spawn, out = compare
     run_dir = out / "runs" / "grpo" / "seed0"
-    parent = spawn()
+    parent = spawn(ignore_sigint=background)
     try:
         _wait_for(lambda: _training(run_dir), 180, "training child", parent)
         (child,) = _segments(run_dir)
-        parent.send_signal(signal.SIGINT)  # to the compare process only, not its process group
+        parent.send_signal(sig)  # to the compare process only, not its process group
         assert parent.wait(timeout=30) == 130
         _wait_for(lambda: _gone(child), 5, "exit of the child after Ctrl-C")
     finally:

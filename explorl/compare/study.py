@@ -79,6 +79,31 @@ CHILD_CODE = ("import time; _t = (time.time(), time.perf_counter()); "
 
 
 # ---- the study -----------------------------------------------------------------------------
+class interruptible:
+    """While compare runs, SIGTERM and SIGINT stop it as Ctrl-C does (the running children are
+    stopped, rerunning continues), also when it was started in the background by a shell that
+    set SIGINT to be ignored."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        import threading
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.saved[sig] = signal.signal(sig, self._stop)
+        return self
+
+    @staticmethod
+    def _stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def run_compare(args) -> int:
     """Train every recipe × seed (or skip / resume it), then write results.json, report.html and
     print the leaderboard. Returns the exit code (1 when a run failed)."""
