@@ -3,7 +3,8 @@
 **CPU, 1 vs 2 processes.** The same run (the config given, ``train.parallel: ddp``, the same
 global batch) is launched as one process and as two under ``torchrun --standalone``, each
 process with its share of the machine's cores as torch threads (2 cores: one process with 2
-threads against two with 1). Reported: the median ``time/step`` of rank 0 (the wall clock of
+threads against two with 1); and once with ``train.parallel: none``, the single-process path,
+for the cost of the rank-invariant one. Reported: the median ``time/step`` of rank 0 (the wall clock of
 the whole step, waiting for the other rank included) over the steps after the first, and
 generated tokens per second of it. The two runs make the same updates (``tests/test_parallel.py``),
 so the comparison is of time only.
@@ -42,32 +43,35 @@ def run(args) -> int:
     from explorl.config import config_from_args
     machine = machine_line()
     cfg = config_from_args(args)
-    cfg.train.parallel = "ddp"
     steps = args.steps or STEPS
     cores = os.cpu_count() or 2
     rows, times = [], {}
     with tempfile.TemporaryDirectory(prefix="explorl-scale-") as tmp:
-        config = Path(tmp) / "config.yaml"
-        config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        for procs in (1, 2):
-            note(f"bench scale: {steps} steps with {procs} process(es), {max(1, cores // procs)} thread(s) each")
-            metrics = _train(config, Path(tmp) / f"p{procs}", procs, steps, max(1, cores // procs))
+        for procs, mode in ((1, "none"), (1, "ddp"), (2, "ddp")):
+            cfg.train.parallel = mode
+            config = Path(tmp) / f"config-{mode}.yaml"
+            config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            threads = max(1, cores // procs)
+            note(f"bench scale: {steps} steps, parallel {mode}, {procs} process(es), {threads} thread(s) each")
+            metrics = _train(config, Path(tmp) / f"{mode}{procs}", procs, steps, threads)
             timed = metrics[1:] or metrics
             ms = statistics.median(m["time/step"] for m in timed) * 1e3
             tok_s = statistics.median(m["tokens/step"] / m["time/step"] for m in timed)
-            times[procs] = ms
-            rows.append([str(procs), str(max(1, cores // procs)), f"{ms:.1f}", f"{tok_s:.0f}",
-                         f"{times[1] / ms:.2f}x"])
+            times[(procs, mode)] = ms
+            rows.append([mode, str(procs), str(threads), f"{ms:.1f}", f"{tok_s:.0f}",
+                         "—" if mode == "none" else f"{times[(1, 'ddp')] / ms:.2f}x"])
     t = cfg.train
     print(machine)
     print(f"CPU, data parallel (train.parallel: ddp, gloo): {t.problems_per_step} problems x "
           f"{t.rollouts_per_problem} rollouts per step in all, max_new_tokens {t.max_new_tokens}, ppo_epochs "
           f"{t.ppo_epochs}, minibatches {t.minibatches}; median of steps 2..{steps}, rank 0's wall clock")
-    print(table(rows, ["processes", "threads each", "ms/step", "tokens/s", "speed-up"]))
+    print(table(rows, ["train.parallel", "processes", "threads each", "ms/step", "tokens/s", "vs 1 process"]))
+    print("parallel: none is the single-process path (torch.multinomial, one-pass update); ddp's rank-invariant "
+          "sampling and two-pass update cost the difference on one process")
     print()
     for line in _gpu_part(cfg):
         print(line)
-    print(f"speedup_2_vs_1_processes: {times[1] / times[2]:.2f}")
+    print(f"speedup_2_vs_1_processes: {times[(1, 'ddp')] / times[(2, 'ddp')]:.2f}")
     return 0
 
 
