@@ -224,3 +224,28 @@ def test_rollouts_in_parts_are_the_rollouts_at_once(tiny_model):
     assert torch.equal(parts.response_ids[:, :L], whole.response_ids[:, :L])
     seeded = engine.rollout(problems, counts, [1.0] * 6, seed=3, max_rows=4)
     assert seeded.size == 15 and seeded.counts == counts
+
+
+def test_rows_continuing_a_prefix_are_verified_with_it(tiny_config, tmp_path):
+    """Under ddp the verifier sees ``prefix + completion`` (Go-Explore's and REX-RAG's rows) and
+    the verify time is its own stage, as in one process."""
+    import dataclasses
+    import random
+
+    from explorl.train.loop import Trainer
+    trainer = Trainer(tiny_config(train={"parallel": "ddp"}), tmp_path / "run", progress=False, log=lambda *_: None)
+    try:
+        problem = dataclasses.replace(trainer.tasks.sample(random.Random(0), "addition"), prefix="12")
+        seen, real = [], trainer.verifier.score
+
+        def recording(problems, completions):
+            seen.extend(completions)
+            return real(problems, completions)
+
+        trainer.verifier.score = recording
+        metrics = {}
+        batch = trainer._sample([problem], [4], 1, metrics)
+        assert seen == ["12" + text for text in batch.texts]
+        assert metrics["time/verify"] > 0
+    finally:
+        trainer.close()

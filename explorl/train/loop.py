@@ -189,9 +189,13 @@ class Trainer:
         self._calls += 1  # distinct seeds for repeated sampling in a step
         seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self._calls
         if self.dp.enabled:  # this rank samples and verifies its share; the whole batch comes back
+            def score(probs, texts):
+                with clock("verify"):  # nested in gen, which excludes it
+                    return self.verifier.score(probs, [p.completed(t) for p, t in zip(probs, texts)])
+
             with clock("gen"):
                 batch, faults = self.dp.rollout(self.engine, problems, counts, temperatures, decoding.top_p, seed,
-                                                self.verifier.score, max_rows=self.cfg.train.rollout_batch_size)
+                                                score, max_rows=self.cfg.train.rollout_batch_size)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
         with clock("gen"):
