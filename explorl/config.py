@@ -73,6 +73,7 @@ class TrainConfig:
     max_tokens: int | None = None    # stop once this many response tokens were generated
     micro_batch_size: int | None = None  # rollouts per forward/backward (gradient accumulation); None = a whole minibatch
     rollout_batch_size: int | None = None  # rollouts decoded at once (bounds the KV cache); None = a whole step's
+    recompute_old_logp: bool = False  # π_old from a training forward, not the sampler (pair with ppo_clip's tis_cap)
     deterministic: bool = True       # torch deterministic algorithms: same seed, same run, bit for bit
     parallel: str = "none"           # none | ddp | fsdp (data parallel over torchrun's processes; README "Scaling out")
     max_nonfinite_steps: int = 3     # optimizer steps skipped in a row for a non-finite loss/grad before the run stops

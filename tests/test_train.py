@@ -120,3 +120,41 @@ def test_model_path_loads_any_saved_causal_lm(tmp_path, tiny_config, tiny_model)
     cfg = tiny_config(model={"path": str(tmp_path)})  # a folder without config.json
     with pytest.raises(FileNotFoundError, match="config.json"):
         Trainer(cfg, tmp_path / "run2", progress=False, log=lambda *_: None)
+
+
+def test_recompute_old_logp_takes_pi_old_from_the_training_forward(tiny_config, tmp_path, monkeypatch):
+    """``train.recompute_old_logp``: π_old is the training model's (what a separate sampler such as
+    an inference engine cannot give exactly); the sampler's log-probs stay the behaviour's."""
+    import explorl.train.loop as loop
+    from explorl.train.update import token_logp_entropy
+    seen = {}
+    real = loop.optimise
+
+    def spy(batch, engine, *args, **kwargs):
+        seen["batch"], seen["engine"] = batch, engine
+        return real(batch, engine, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "optimise", spy)
+    trainer = loop.Trainer(tiny_config(train={"recompute_old_logp": True, "micro_batch_size": 3}), tmp_path / "run",
+                           progress=False, log=lambda *_: None)
+    sampled = {}
+    real_sample = trainer._sample
+
+    def keep(*args, **kwargs):
+        batch = real_sample(*args, **kwargs)
+        sampled["old"], sampled["behaviour"] = batch.old_logp.clone(), batch.behaviour_logp.clone()
+        # a sampler whose π_old is off (as an inference engine's would be): the trainer must not use it
+        batch.old_logp = batch.old_logp - 0.5 * batch.mask
+        return batch
+
+    trainer._sample = keep
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batch = trainer.train_step() and seen["batch"]
+    trainer.model.load_state_dict(start)  # π_old is the policy before the update
+    with torch.no_grad():
+        logits = trainer.train_engine.response_logits(batch)
+        expected = token_logp_entropy(logits, batch.response_ids, False)[0] * batch.mask
+    torch.testing.assert_close(batch.old_logp, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batch.old_logp, sampled["old"], rtol=1e-4, atol=1e-4)  # not the shifted one
+    assert torch.equal(batch.behaviour_logp, sampled["behaviour"])
+    trainer.close()

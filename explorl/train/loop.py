@@ -37,7 +37,7 @@ from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.runlock import FolderLock
-from explorl.train.update import NonFiniteGuard, NonFiniteTraining, optimise, reference_logp
+from explorl.train.update import NonFiniteGuard, NonFiniteTraining, optimise, recompute_old_logp, reference_logp
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
@@ -160,6 +160,8 @@ class Trainer:
                 batch, metrics = component.augment(batch, sample)
                 m.update(metrics)
         with clock("update"):
+            if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
+                batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
             ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
             m.update(optimise(batch, self.train_engine, P, self.optimizer, self.cfg, step, self.needs, ref,
                               guard=self.nonfinite, dp=self.dp))

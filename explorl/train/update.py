@@ -27,6 +27,22 @@ def reference_logp(ref_engine, batch) -> torch.Tensor:
     return token_logp_entropy(logits, batch.response_ids.to(logits.device), False)[0].cpu()
 
 
+@torch.no_grad()
+def recompute_old_logp(engine, batch, chunk: int | None = None) -> torch.Tensor:
+    """π_old of every response token from a forward of the training model (``train.recompute_old_logp``),
+    in parts of ``chunk`` rows; every rank computes the whole batch (under FSDP each forward is
+    a collective, so all ranks run the same parts)."""
+    was_training = engine.model.training
+    engine.model.eval()
+    rows = torch.arange(batch.size)
+    out = []
+    for part in micro_batches(rows, chunk):
+        logits = engine.response_logits(batch, part)
+        out.append(token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)[0].float().cpu())
+    engine.model.train(was_training)
+    return torch.cat(out) * batch.mask
+
+
 def minibatch_rows(batch, minibatches: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Split whole groups into ``minibatches`` shuffled parts (so each prompt is encoded once)."""
     order = torch.randperm(len(batch.counts), generator=generator)
