@@ -69,3 +69,14 @@ def test_a_fresh_run_refuses_a_folder_left_by_another_run(tmp_path, tiny_config)
     resumed = Trainer(cfg, out, resume=True, progress=False, log=logged.append)  # same config: starts over
     assert resumed.step == 0 and any("starting from step 0" in line for line in logged)
     resumed.close()
+
+
+def test_a_key_added_since_the_run_was_made_is_no_change_at_its_default():
+    from explorl.config import Config
+    from explorl.train.resume import differences
+    stored = Config().to_dict()
+    del stored["train"]["rollout_batch_size"]  # as written by an explorl that did not have the key
+    wanted = Config().to_dict()
+    assert differences(stored, wanted) == []
+    wanted["train"]["rollout_batch_size"] = 64  # not the default: the older run did something else
+    assert differences(stored, wanted) == ["train.rollout_batch_size"]

@@ -270,7 +270,8 @@ def _check_same_config(args, spec: str, seed: int, run_dir: Path) -> None:
     from explorl.config import load_config
     if run_state(run_dir) == "fresh" or not (run_dir / "config.yaml").exists():
         return
-    want = _flat(json.loads(json.dumps(load_config(args.config, _train_sets(args, seed), spec).to_dict())))
+    wanted = json.loads(json.dumps(load_config(args.config, _train_sets(args, seed), spec).to_dict()))
+    want = _flat(wanted)
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     except yaml.YAMLError as err:
@@ -280,8 +281,9 @@ def _check_same_config(args, spec: str, seed: int, run_dir: Path) -> None:
     if not isinstance(saved, dict):
         raise ValueError(f"{run_dir / 'config.yaml'} does not hold a configuration; move it aside to resume "
                          f"the run anyway, or delete {run_dir} to redo it")
+    from explorl.train.resume import differences
     have = _flat(json.loads(json.dumps(saved)))
-    diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    diff = differences(saved, wanted)  # a key added to explorl since, at its default, is no difference
     if diff:
         shown = ", ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} now" for k in diff[:4])
         raise ValueError(f"{run_dir} was made with another configuration ({shown}"

@@ -43,10 +43,15 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 def differences(stored: dict, wanted: dict) -> list[str]:
-    """Keys whose values differ (compared as JSON, so tuples equal lists)."""
+    """Keys whose values differ (compared as JSON, so tuples equal lists). A key the stored
+    configuration lacks because it was added to explorl after the run was made is no
+    difference while the wanted value is its default (what the older code did)."""
+    from explorl.config import Config
     a = flat(json.loads(json.dumps(stored)))
     b = flat(json.loads(json.dumps(wanted)))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    defaults = flat(json.loads(json.dumps(Config().to_dict())))
+    newer = {k for k in b.keys() - a.keys() if k in defaults and b[k] == defaults[k]}
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in newer)
 
 
 def refuse_changes(stored: dict, wanted: dict, run_dir: Path) -> None:
