@@ -23,6 +23,9 @@ def _child(argv=None, started: tuple[float, float] | None = None) -> None:
     segments. ``started`` is (epoch, perf_counter) at the process's first line of Python."""
     import argparse
     started = started or (time.time(), time.perf_counter())
+    # compare stops a child with SIGINT: it must raise here even if this process was started with
+    # SIGINT ignored (a background job's children inherit that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parent = int(os.environ.get(PARENT_ENV) or 0) or None
     if parent is not None:
         _die_with_parent(parent)
