@@ -61,6 +61,14 @@ def test_stop_tokens():
     assert eot in stop_token_ids(tok, model)
 
 
+def test_a_template_that_cannot_render_a_turn_is_reported():
+    import copy
+    tok = copy.deepcopy(chat_tokenizer())  # the helper's tokenizer is shared
+    tok.chat_template = "{{ raise_exception('only system turns here') }}"
+    with pytest.warns(UserWarning, match="only system turns here.*responses stop at EOS"):
+        assert end_of_turn_id(tok) is None
+
+
 @pytest.mark.parametrize("backend", ["fast", "hf"])
 def test_rollout_stops_at_each_stop_token(backend, monkeypatch):
     """Every row emits ``a b <stop> c c ...``: the response ends with the stop token, included

@@ -37,23 +37,17 @@ LOSS_TYPES = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-tok
 
 
 def _quiet():
-    """Silence TRL / transformers / datasets warnings and progress bars (best effort)."""
+    """Silence TRL / transformers / datasets warnings and progress bars (both are core dependencies)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore")
     for name in ("transformers", "trl", "accelerate", "datasets", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import transformers
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - only cosmetic
-        pass
-    try:
-        import datasets
-        datasets.disable_progress_bars()
-        datasets.utils.logging.set_verbosity_error()
-    except Exception:  # pragma: no cover
-        pass
+    import datasets
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
 
 
 def _components(cfg):

@@ -13,6 +13,8 @@ end-of-turn token, and the model's ``generation_config.eos_token_id`` (an id or 
 """
 from __future__ import annotations
 
+import warnings
+
 TEMPLATES = ("raw", "chat")
 
 
@@ -76,7 +78,10 @@ def end_of_turn_id(tokenizer) -> int | None:
     turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MARK}]
     try:
         text = tokenizer.apply_chat_template(turn, tokenize=False)
-    except Exception:  # a template that cannot render this turn has no end-of-turn to find
+    except Exception as err:  # jinja2 and the template's own raise_exception: any error type
+        warnings.warn(f"the chat template cannot render a user turn followed by an assistant turn "
+                      f"({type(err).__name__}: {err}); no end-of-turn token is added to the stop tokens, "
+                      f"responses stop at EOS", stacklevel=2)
         return None
     at = text.rfind(_MARK)
     if at < 0:
