@@ -14,15 +14,11 @@ import torch
 
 from explorl.train import checkpoint
 from explorl.train.loop import Trainer
+from run_records import metrics_without_time
 
 
 def _quiet(*_):
     pass
-
-
-def _non_time(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
 def _final(run):
@@ -77,7 +73,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_run_still_ends_identical
     name_a, weights_a = _final(full)
     name_b, weights_b = _final(tmp_path / "run")
     assert name_a == name_b and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    assert _non_time(full / "metrics.jsonl") == _non_time(tmp_path / "run" / "metrics.jsonl")
+    assert metrics_without_time(full) == metrics_without_time(tmp_path / "run")
     assert json.loads((full / "eval.json").read_text()) == json.loads((tmp_path / "run" / "eval.json").read_text())
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from explorl.cli import main
+from run_records import run_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ def test_gpt2_with_a_chat_template_on_a_jsonl_of_math_word_problems(tmp_path, ca
     run = tmp_path / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["prompt"]["template"] == "chat" and saved["tasks"]["math"]["verifier"]["name"] == "math"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(run)
     assert [r["step"] for r in rows] == [1, 2] and all(r["verify/errors/math"] == 0 for r in rows)
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["end"]["pass@1"]) == {"math", "all"}

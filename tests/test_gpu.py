@@ -2,10 +2,10 @@
 and match the CPU where they should. Skipped, with the reason, where no CUDA device is visible."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
+from run_records import run_metrics
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible")]
@@ -56,7 +56,7 @@ def test_a_bfloat16_run_trains_on_the_gpu(tmp_path, tiny_config):
     assert next(trainer.model.parameters()).device.type == "cuda"
     start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 3 and all(r["perf/peak_cuda_mb"] > 0 for r in rows)
     assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
     assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())

@@ -17,6 +17,7 @@ from explorl.explore.guidance.amft import (
     update_mu,
 )
 from explorl.tasks.problem import Problem
+from run_records import unbroken_and_resumed
 
 
 def test_mu_update_by_hand():
@@ -187,21 +188,11 @@ def test_stacks_with_knapsack_and_clip_cov(tiny_config, tmp_path):
     assert (tmp_path / "run" / "eval.json").exists()
 
 
-def _non_time(path):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "perf/"))}
-            for line in path.read_text().splitlines()]
-
-
 def test_a_resumed_run_equals_an_unbroken_one(tiny_config, tmp_path):
     """μ, H* and the validation set are checkpointed: a run stopped after step 1 and resumed (no second
     before_training draw) has the same steps 2 and 3, meta step 3 included (meta_update_freq 2)."""
-    from explorl.train.loop import Trainer
     cfg = tiny_config(recipe="amft", tasks={"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}},
                       guidance=[{"name": "amft", "meta_update_freq": 2, "meta_lr": 1.0e3}], train={"steps": 3})
-    quiet = {"progress": False, "log": lambda *_: None}
-    Trainer(cfg, tmp_path / "full", **quiet).run()
-    Trainer(cfg, tmp_path / "part", **quiet).run(1)
-    Trainer(cfg, tmp_path / "part", resume=True, **quiet).run()
-    full = _non_time(tmp_path / "full" / "metrics.jsonl")
-    assert _non_time(tmp_path / "part" / "metrics.jsonl") == full
+    full, part = unbroken_and_resumed(cfg, tmp_path)
+    assert part == full
     assert "guide/amft_g_meta" in full[2]

@@ -1,6 +1,5 @@
 """AMPO (arXiv:2510.02227): on failure, up to k wrong rollouts are replaced by the teacher solutions
 the policy comprehends best, chosen from a pool across several teachers."""
-import json
 import math
 from types import SimpleNamespace
 
@@ -15,6 +14,7 @@ from explorl.explore.objective.aggregate import aggregate
 from explorl.teachers.solver import Solver
 from explorl.train.loop import Trainer
 from teacher_rows_helpers import Fixed, guide_context, rollouts, setup
+from run_records import run_metrics
 
 TASKS = {"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}}
 
@@ -169,7 +169,7 @@ def test_ampo_recipe_trains(tmp_path, tiny_config):
     cfg = tiny_config(recipe="ampo", tasks=TASKS, train={"steps": 2})
     assert set(cfg.teachers) == {"solver_asc", "solver_desc", "reference"}
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2
     for r in rows:
         assert r["rollouts"] == 16 and r["rows/off_policy"] == r["guide/ampo_teacher_rows"] > 0  # replaced
@@ -182,6 +182,6 @@ def test_ampo_stacks_with_knapsack_and_clip_cov(tmp_path, tiny_config):
                       budget={"name": "knapsack", "min_n": 2, "max_n": 8},
                       objective=[{"name": "clip_cov"}, {"name": "entropy", "coef": 0.001}])
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(math.isfinite(r["loss/total"]) for r in rows)
     assert sum(r["rows/off_policy"] for r in rows) > 0

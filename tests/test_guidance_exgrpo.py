@@ -1,7 +1,6 @@
 """ExGRPO (arXiv:2510.02245): a buffer of the policy's own correct answers, bucketed by success
 count, replayed with the recorded behaviour log-probs."""
 import io
-import json
 import math
 import random
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ from explorl.policy.engine import RolloutEngine
 from explorl.tasks import TaskMix
 from explorl.train.checkpoint import decode_state, encode_state
 from explorl.train.loop import Trainer
+from run_records import run_metrics
 
 PARITY = {"parity": {"kind": "user_sources:Parity", "length": [2, 3]}}
 
@@ -109,8 +109,8 @@ def test_no_replay_and_no_collection_below_the_start_ratio(tiny_model):
     method = ExGRPO()
     m = method.observe(_stats(batch))
     assert not method.mixing and method.buffer == {} and m["guide/exgrpo_mixing"] == 0.0
-    out, metrics = method.guide(batch, _ctx(engine))
-    assert out is batch and metrics == {}
+    out, found = method.guide(batch, _ctx(engine))
+    assert out is batch and found == {}
     batch.rewards = torch.tensor([1.0, 1, 0, 0, 1, 0, 0, 0])              # exactly 3/8 = 0.375 > 0.35: switch on
     method.observe(_stats(batch))
     assert method.mixing and method.buffer == {}                          # the code collects only after the switch
@@ -157,20 +157,16 @@ def test_the_buffer_survives_a_checkpoint(tiny_model):
     assert all(torch.equal(a, b) for a, b in zip(again["logp"], entry["logp"]))
 
 
-def _metrics(path):
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
     cfg = tiny_config(recipe="exgrpo", tasks={"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}},
                       train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    assert len(_metrics(tmp_path / "run")) == 2
+    assert len(run_metrics(tmp_path / "run")) == 2
     # on a source the tiny model solves about half the time, the buffer fills and replay happens
     cfg = tiny_config(recipe="exgrpo", tasks=PARITY, train={"steps": 3},
                       model={"warmup": {"steps": 150, "batch_size": 16}})
     Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None).run()
-    rows = _metrics(tmp_path / "parity")
+    rows = run_metrics(tmp_path / "parity")
     assert rows[0]["guide/exgrpo_mixing"] == 1.0                       # solve rate above 0.35 at step 1
     assert rows[1]["guide/exgrpo_buffer_trajectories"] > 0             # filled at step 2
     last = rows[2]
@@ -186,5 +182,5 @@ def test_exgrpo_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_config
                       objective=[{"name": "clip_cov", "clip_cov_ratio": 0.02, "clip_cov_ub": 40.0}],
                       guidance=[{"name": "exgrpo", "collect_before_start": True}], train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = _metrics(tmp_path / "run")
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and rows[-1]["rows/replayed"] > 0

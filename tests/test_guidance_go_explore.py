@@ -19,6 +19,7 @@ from explorl.explore.guidance.go_explore import (
     visit_weight,
 )
 from explorl.tasks.problem import Problem
+from run_records import unbroken_and_resumed
 
 P = [Problem(id=f"p{i}", prompt=f"{i}+1=", answer=str(i + 1), source="addition") for i in range(3)]
 
@@ -233,22 +234,12 @@ def test_stacks_with_knapsack_and_clip_cov(tiny_config, tmp_path):
     assert (tmp_path / "run" / "eval.json").exists() and len(rows) == 2
 
 
-def _non_time(path):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "perf/"))}
-            for line in path.read_text().splitlines()]
-
-
 def test_a_resumed_run_equals_an_unbroken_one(tiny_config, tmp_path):
     """The archive (cells, visits, values) is checkpointed: stopping after step 1 and resuming gives the
     same steps 2 and 3."""
-    from explorl.train.loop import Trainer
     cfg = tiny_config(recipe="go_explore", tasks={"parity": {"kind": "user_sources:Parity", "length": [2, 3]}},
                       model={"warmup": {"steps": 100}}, train={"steps": 3},
                       guidance=[{"name": "go_explore", "fr3e_scaling": True, "cells_per_step": 4}])
-    quiet = {"progress": False, "log": lambda *_: None}
-    Trainer(cfg, tmp_path / "full", **quiet).run()
-    Trainer(cfg, tmp_path / "part", **quiet).run(1)
-    Trainer(cfg, tmp_path / "part", resume=True, **quiet).run()
-    full = _non_time(tmp_path / "full" / "metrics.jsonl")
-    assert _non_time(tmp_path / "part" / "metrics.jsonl") == full
+    full, part = unbroken_and_resumed(cfg, tmp_path)
+    assert part == full
     assert full[2]["guide/gx_cells"] > 0 and full[2]["guide/gx_selected_visits"] >= 0

@@ -13,6 +13,7 @@ from explorl.tasks.countdown import Countdown, parse_expression
 from explorl.teachers.solver import Solver, countdown_solutions
 from explorl.train.loop import Trainer
 from explorl.train.update import combine_terms
+from run_records import run_metrics
 
 
 def test_the_two_countdown_solver_orders_give_different_correct_solutions():
@@ -79,7 +80,7 @@ def test_teacher_tokens_are_counted_apart_from_the_policys_budget(tmp_path, tiny
     cfg = tiny_config(teachers={"solver": {"kind": "solver"}}, guidance=[{"name": "sft", "coef": 0.5}],
                       train={"steps": 2, "max_tokens": 10**6})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert all(r["rows/demo"] == 4 and r["tokens/teacher"] > 0 for r in rows)
     assert rows[-1]["tokens/total"] == sum(r["tokens/step"] for r in rows)  # the budget: policy tokens only
     assert rows[-1]["tokens/teacher_total"] == sum(r["tokens/teacher"] for r in rows)
@@ -104,7 +105,7 @@ def test_teacher_tokens_spent_before_training_are_reported(tmp_path, tiny_config
                       guidance=[{"name": "sft", "phase": "before", "teacher_tokens": 120}], train={"steps": 2})
     trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
     trainer.run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert rows[0]["tokens/teacher"] == trainer.teacher_tokens >= 120  # logged with step 1
     assert "tokens/teacher" not in rows[1] and rows[1]["tokens/teacher_total"] == trainer.teacher_tokens
     (tmp_path / "run" / "run_info.json").write_text(json.dumps({"wall_s": 1.0}))

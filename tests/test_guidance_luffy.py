@@ -1,6 +1,5 @@
 """LUFFY (arXiv:2504.14945): a teacher row added to each group, in the group statistics, its
 tokens weighted by f(π) = π/(π+γ) and counted apart from the policy's budget."""
-import json
 import math
 
 import pytest
@@ -13,6 +12,7 @@ from explorl.explore.objective.ppo_clip import PPOClip
 from explorl.teachers.solver import Solver
 from explorl.train.loop import Trainer
 from teacher_rows_helpers import guide_context, loss_context, rollouts, setup
+from run_records import run_metrics
 
 TASKS = {"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}}
 
@@ -109,7 +109,7 @@ def test_luffy_recipe_trains(tmp_path, tiny_config):
     cfg = tiny_config(recipe="luffy", tasks=TASKS, train={"steps": 2})
     assert cfg.train.loss_agg_mode == "seq-mean-token-sum-norm"
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2
     for r in rows:
         assert r["rows/off_policy"] == 4 and r["guide/luffy_teacher_reward"] == 1.0
@@ -123,5 +123,5 @@ def test_luffy_stacks_with_a_budget_and_an_objective(tmp_path, tiny_config):
                       budget={"name": "knapsack", "min_n": 2, "max_n": 8},
                       objective=[{"name": "clip_cov"}, {"name": "entropy", "coef": 0.001}])
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(r["rows/off_policy"] == 4 for r in rows)

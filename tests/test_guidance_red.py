@@ -10,6 +10,7 @@ from explorl.batch import DEMO, ON_POLICY, RolloutBatch
 from explorl.explore.base import LossContext, StepStats
 from explorl.explore.guidance.red import RED, accuracy_factor, red_weight
 from explorl.tasks.problem import Problem
+from run_records import unbroken_and_resumed
 
 
 def make_batch(rewards_per_problem, demo_per_problem=1, length=3):
@@ -143,20 +144,10 @@ def test_stacks_with_knapsack_and_clip_cov(tiny_config, tmp_path):
     assert (tmp_path / "run" / "eval.json").exists()
 
 
-def _non_time(path):
-    import json
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "perf/"))}
-            for line in path.read_text().splitlines()]
-
-
 def test_a_resumed_run_equals_an_unbroken_one(tiny_config, tmp_path):
     """The SFT weight and its EMA state are checkpointed: stopping after step 1 and resuming gives the
     same steps 2 and 3."""
-    from explorl.train.loop import Trainer
     cfg = tiny_config(recipe="red", tasks={"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}},
                       train={"steps": 3})
-    quiet = {"progress": False, "log": lambda *_: None}
-    Trainer(cfg, tmp_path / "full", **quiet).run()
-    Trainer(cfg, tmp_path / "part", **quiet).run(1)
-    Trainer(cfg, tmp_path / "part", resume=True, **quiet).run()
-    assert _non_time(tmp_path / "part" / "metrics.jsonl") == _non_time(tmp_path / "full" / "metrics.jsonl")
+    full, part = unbroken_and_resumed(cfg, tmp_path)
+    assert part == full

@@ -1,6 +1,5 @@
 """REX-RAG (arXiv:2508.08149): wrong rollouts cloned, cut, probed and continued; kept by probe
 log-prob; the PPO anchor becomes the mixture behaviour policy."""
-import json
 import math
 import random
 from collections import Counter
@@ -15,6 +14,7 @@ from explorl.explore.objective.ppo_clip import PPOClip
 from explorl.policy.engine import RolloutEngine
 from explorl.tasks import TaskMix
 from explorl.train.loop import Trainer
+from run_records import run_metrics
 
 SOURCE = TaskMix.from_config({"addition": {"digits": [1, 1]}}).sources["addition"]
 
@@ -147,15 +147,11 @@ def test_the_mixture_behaviour_probability_and_the_corrected_ratio():
     assert math.isclose(float(out.old_logp[2, 1].exp()), 2 / 3 * 0.8 + 1 / 3, rel_tol=1e-6)
 
 
-def _metrics(path):
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_the_recipe_runs_on_the_tiny_config(tmp_path, tiny_config):
     cfg = tiny_config(recipe="rex_rag", tasks={"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}},
                       train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = _metrics(tmp_path / "run")
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2
     for r in rows:                                       # floor(16 * keep_ratio) = 1 clone kept per step
         assert r["guide/rex_kept"] == r["rows/prefix"] == 1 and r["guide/rex_alpha"] == pytest.approx(1 / 17, abs=1e-5)
@@ -169,5 +165,5 @@ def test_rex_rag_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_confi
                       guidance=[{"name": "rex_rag", "probes": [""], "clone_prob": 1.0, "keep_ratio": 0.25}],
                       train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = _metrics(tmp_path / "run")
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(r["rows/prefix"] > 0 for r in rows)

@@ -1,6 +1,5 @@
 """RL-PLUS (arXiv:2508.00222): LUFFY's layout; teacher tokens get −r_MIS·Â·(1 − sg π)^γ with the
 balance-heuristic ratio r_MIS = π_θ/(½π_old + ½ω), ω = ½(π_old + 1)."""
-import json
 import math
 
 import pytest
@@ -11,6 +10,7 @@ from explorl.explore.guidance.rl_plus import RLPlus, exploration_advantage, mis_
 from explorl.teachers.solver import Solver
 from explorl.train.loop import Trainer
 from teacher_rows_helpers import guide_context, loss_context, rollouts, setup
+from run_records import run_metrics
 
 TASKS = {"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}}
 
@@ -70,7 +70,7 @@ def test_teacher_rows_are_added_to_the_groups(tiny_model):
 def test_rl_plus_recipe_trains(tmp_path, tiny_config):
     cfg = tiny_config(recipe="rl_plus", tasks=TASKS, train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2
     for r in rows:
         assert r["rows/off_policy"] == 4 and r["tokens/teacher"] > 0 and math.isfinite(r["loss/total"])
@@ -83,5 +83,5 @@ def test_rl_plus_stacks_with_a_budget_and_an_objective(tmp_path, tiny_config):
                       budget={"name": "knapsack", "min_n": 2, "max_n": 8},
                       objective=[{"name": "clip_cov"}, {"name": "entropy", "coef": 0.001}])
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(r["rows/off_policy"] == 4 for r in rows)

@@ -1,7 +1,6 @@
 """SPEAR (arXiv:2509.22601): self-imitation replay of the policy's own positive-advantage answers,
 recalibrated against a p50 baseline, with its own Clip-Cov and a cosine ramp."""
 import io
-import json
 import math
 import random
 
@@ -17,6 +16,7 @@ from explorl.tasks import TaskMix
 from explorl.train.checkpoint import decode_state, encode_state
 from explorl.train.loop import Trainer
 from explorl.train.update import combine_terms
+from run_records import run_metrics
 
 PARITY = {"parity": {"kind": "user_sources:Parity", "length": [2, 3]}}
 
@@ -133,19 +133,15 @@ def test_clip_cov_cuts_replayed_tokens_only():
     assert m["loss/spear_clip_cov_frac"] == pytest.approx(3 / 6) and m["loss/spear_coef"] == 1.0
 
 
-def _metrics(path):
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
     cfg = tiny_config(recipe="spear", tasks={"addition": {"digits": [1, 1]}, "countdown": {"numbers": [2, 3]}},
                       train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    assert len(_metrics(tmp_path / "run")) == 2
+    assert len(run_metrics(tmp_path / "run")) == 2
     cfg = tiny_config(recipe="spear", tasks=PARITY, train={"steps": 3}, model={"warmup": {"steps": 150, "batch_size": 16}},
                       guidance=[{"name": "spear", "trajectory_buffer_size": 2}])
     Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None).run()
-    rows = _metrics(tmp_path / "parity")
+    rows = run_metrics(tmp_path / "parity")
     assert rows[0]["guide/spear_stored"] > 3 and "rows/replayed" not in rows[0]   # nothing stored before step 1
     assert rows[1]["rows/replayed"] == 2 and rows[1]["rollouts"] == 16 + 2        # 2^1 <= capacity 2, extra rows
     assert 0 < rows[1]["loss/spear_coef"] < 1e-3                                  # early on the ramp: c(2) ~ 2.5e-4
@@ -157,5 +153,5 @@ def test_spear_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_config)
                       objective=[{"name": "clip_cov", "clip_cov_ratio": 0.02}, {"name": "entropy", "coef": 0.001}],
                       guidance=[{"name": "spear", "trajectory_buffer_size": 2}], train={"steps": 2})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = _metrics(tmp_path / "run")
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and rows[-1]["rows/replayed"] > 0

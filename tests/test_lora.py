@@ -23,6 +23,7 @@ from explorl.train import checkpoint
 from explorl.train.loop import Trainer
 from explorl.train.update import reference_logp, token_logp_entropy
 from explorl.train.warmup import warmup
+from run_records import metrics_without_time
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
 PROMPTS = ["12+3=", "9=", "sort:5432=", "rev:ab="]
@@ -155,11 +156,6 @@ def _adapters(run):
     return load_file(str(checkpoint.latest(run, warn=None) / "model" / "adapter_model.safetensors"))
 
 
-def _metrics(run):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "perf/"))}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_a_lora_run_checkpoints_adapters_resumes_exactly_and_evaluates(tmp_path, capsys):
     cfg = make_tiny_config(model={"lora": {**LORA, "dropout": 0.1}}, train={"steps": 4, "checkpoint_every": 2,
                                                                           "lr": 1e-2, "micro_batch_size": 3},
@@ -169,7 +165,7 @@ def test_a_lora_run_checkpoints_adapters_resumes_exactly_and_evaluates(tmp_path,
     Trainer(cfg, tmp_path / "split", resume=True, progress=False, log=_quiet).run()
     a, b = _adapters(tmp_path / "full"), _adapters(tmp_path / "split")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "split")
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "split")
     ev = {run: json.loads((tmp_path / run / "eval.json").read_text())["end"] for run in ("full", "split")}
     assert ev["full"] == ev["split"]
 

@@ -3,7 +3,6 @@ the one-pass update (every aggregation mode, and objectives that take statistics
 minibatch's tokens); gradient checkpointing recomputes layers without changing gradients; the
 peak memory of each step is logged."""
 import copy
-import json
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from explorl.train.loop import Trainer
 from explorl.train.optim import stepped_parameters
 from explorl.train.plugins import Plugins
 from explorl.train.update import micro_batches, optimise
+from run_records import run_metrics
 
 PROMPTS = ["12+3=", "9=", "sort:5432=", "rev:ab="]
 COUNTS = [3, 2, 4, 3]  # micro-batches of 5 rows split groups: rows 0-4 | 5-9 | 10-11
@@ -128,7 +128,7 @@ def test_a_micro_batched_checkpointed_run_logs_peak_memory_and_trains_as_one_pas
         assert gradient_checkpointing(trainer.model) == bool(model)
         trainer.run()
         runs[name] = trainer
-        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        rows = run_metrics(tmp_path / name)
         assert all(r["perf/peak_rss_mb"] > 10 for r in rows)
         assert all("perf/peak_cuda_mb" not in r for r in rows)  # the policy is on the CPU
     for (name, p), q in zip(runs["one-pass"].model.named_parameters(), runs["micro"].model.parameters()):

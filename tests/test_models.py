@@ -18,6 +18,7 @@ from explorl.tasks import Problem
 from explorl.train.loop import Trainer
 from explorl.train.optim import MasterWeights
 from explorl.train.update import token_logp_entropy
+from run_records import run_metrics, metrics_without_time
 
 PROMPTS = ["12+3=", "9=", "sort:5432=", "rev:abcdefg="]  # of different token lengths: left padding
 
@@ -90,7 +91,7 @@ def test_gpt2_with_a_local_bpe_tokenizer_trains_through_model_path(tmp_path, sav
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.run()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(r["loss/total"] == r["loss/total"] for r in rows)
     # the checkpoint is a model folder of its own: explorl eval --run loads it
     assert main(["eval", "--run", str(tmp_path / "run"), "--samples", "4"]) == 0
@@ -115,11 +116,7 @@ def test_a_bfloat16_run_computes_log_probs_in_float32_and_resumes_exactly(tmp_pa
         assert p.dtype == torch.bfloat16 and torch.equal(p, q)
     for (p, a), (q, b) in zip(full.optimizer.pairs, resumed.optimizer.pairs):
         assert a.dtype == torch.float32 and torch.equal(a, b)  # the float32 master weights survive a resume
-
-    def rows(run):
-        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "perf/"))} for x in lines]
-    assert rows("full") == rows("split")
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "split")
 
 
 def test_master_weights_keep_updates_smaller_than_a_bfloat16_step():

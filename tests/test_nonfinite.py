@@ -1,6 +1,5 @@
 """A non-finite loss or gradient skips the optimizer step (counted and logged); too many in a
 row stop the run; NaN metrics are kept, never dropped; no checkpoint holds non-finite weights."""
-import json
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from explorl.registry import register
 from explorl.train import checkpoint
 from explorl.train.loop import Trainer
 from explorl.train.update import NonFiniteTraining, _accumulate
+from run_records import run_metrics
 
 
 @register("objective", "test_nan_at", paper="test only: a NaN loss at the given steps")
@@ -35,7 +35,7 @@ def test_nan_steps_are_skipped_logged_and_kept_in_metrics(tmp_path, tiny_config)
     trainer.close()
     trainer = Trainer(cfg, tmp_path / "run", resume=True, progress=False, log=logged.append)
     trainer.run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert [r["loss/nonfinite_steps"] for r in rows] == [0, 4, 0]  # 2 epochs x 2 minibatches skipped
     assert rows[1]["loss/test_nan"] != rows[1]["loss/test_nan"] and rows[1]["loss/total"] != rows[1]["loss/total"]
     assert any("skipped an optimizer step: the loss is not finite" in line for line in logged)

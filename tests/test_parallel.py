@@ -18,6 +18,7 @@ import torch
 
 from explorl.policy.sampling import sample_next_token
 from explorl.train.parallel import DataParallel, resolve_device
+from run_records import run_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 # a warm start long enough that some rollouts are correct: the updates are not all zero
@@ -45,10 +46,6 @@ def _train(out: Path, processes: int, *extra: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def _weights(out: Path) -> dict:
     from safetensors.torch import load_file
     last = sorted(glob.glob(str(out / "ckpt" / "step_*" / "model" / "*.safetensors")))[-1]
@@ -56,7 +53,7 @@ def _weights(out: Path) -> dict:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    ma, mb = _metrics(a), _metrics(b)
+    ma, mb = run_metrics(a), run_metrics(b)
     assert [m["step"] for m in ma] == [m["step"] for m in mb]
     for x, y in zip(ma, mb):
         keys = {k for k in set(x) | set(y) if not k.startswith(("time/", "perf/"))}
@@ -96,10 +93,10 @@ def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, 
     _train(one, 1, *settings)
     _train(two, 2, *settings)
     assert_same_run(one, two)
-    metrics = _metrics(one)
-    assert any(m["loss/grad_norm"] > 0 for m in metrics), "no step had a gradient: the comparison tests nothing"
+    rows = run_metrics(one)
+    assert any(m["loss/grad_norm"] > 0 for m in rows), "no step had a gradient: the comparison tests nothing"
     if recipe == "knapsack":  # the budget really moved rollouts between problems
-        assert any(len(set(m["rollouts/per_problem"])) > 1 for m in metrics)
+        assert any(len(set(m["rollouts/per_problem"])) > 1 for m in rows)
     assert not (two / "ckpt" / ".lock").exists()
 
 

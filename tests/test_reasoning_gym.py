@@ -16,6 +16,7 @@ pytest.importorskip("reasoning_gym")
 from explorl.tasks import ALPHABET, TaskMix, TaskSource  # noqa: E402
 from explorl.tasks.checker import check_task  # noqa: E402
 from explorl.tasks.kinds import make_task_source  # noqa: E402
+from run_records import run_metrics
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "examples" / "reasoning_gym_alp_gmm.yaml"
 
@@ -274,7 +275,7 @@ def test_train_from_the_cli_with_alp_gmm_over_the_attributes(tmp_path):
     for when in ("start", "end"):
         assert set(results[when]["pass@1"]) == {"arithmetic", "spelling", "all"}
     assert max(results["start"]["pass@8"][s] for s in ("arithmetic", "spelling")) > 0  # the warm start solves some
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = run_metrics(out)
     assert len(metrics) == 8
     assert any(m.get("curriculum/gmm_k", 0) >= 1 for m in metrics)  # the mixture was fitted and sampled
     assert any(m["curriculum/random_frac"] < 1 for m in metrics)

@@ -2,12 +2,12 @@
 methods of several levels) run, with each level's component the one they name."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from explorl.config import RECIPE_DIR, load_config
 from explorl.train.plugins import Plugins
+from run_records import run_metrics
 
 RECIPES = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 STACKS = [r for r in RECIPES if r.startswith("stack_")]
@@ -36,5 +36,5 @@ def test_a_stack_runs_with_every_level_it_names(recipe, tiny_config, tmp_path):
     assert [o.registered_name for o in p.objectives] == [name(o) for o in spec["objective"]]
     assert [g.registered_name for g in p.guidance or []] == [name(g) for g in spec.get("guidance", [])]
     trainer.run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2

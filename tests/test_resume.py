@@ -1,22 +1,17 @@
 """--resume continues the run it names: its config comes from the run folder; only keys that
 cannot change the past may be given again; a folder holding another run is refused."""
-import json
 
 import pytest
 import yaml
 
 from explorl.cli import main
 from explorl.train.loop import Trainer
+from run_records import metrics_without_time
 
 
 def _sets(tiny_overrides):
     return [x for o in tiny_overrides if not o.startswith(("recipe=", "seed=", "train.steps="))
             for x in ("--set", o)]
-
-
-def _non_time(path):
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "perf/"))}
-            for line in path.read_text().splitlines()]
 
 
 def test_the_readme_example_resumes_clip_higher_seed_1(tmp_path, tiny_overrides, capsys):
@@ -32,7 +27,7 @@ def test_the_readme_example_resumes_clip_higher_seed_1(tmp_path, tiny_overrides,
     assert cfg["objective"][0]["clip_ratio_high"] == 0.28
     assert main(["train", "--out", str(full), "--recipe", "clip_higher", "--set", "train.steps=3", "--seed", "1",
                  "--quiet", *base]) == 0
-    assert _non_time(out / "metrics.jsonl") == _non_time(full / "metrics.jsonl")
+    assert metrics_without_time(out) == metrics_without_time(full)
 
 
 @pytest.mark.parametrize("change, named", [

@@ -1,15 +1,15 @@
 """time/step is the wall clock of the whole step and the stage timers add up to it, hidden-state
 work in the advantage stage included."""
-import json
 
 from explorl.train.logging import STAGES
 from explorl.train.loop import Trainer
+from run_records import run_metrics
 
 
 def test_stage_times_add_up_to_the_step_and_cover_the_advantage_stage(tmp_path, tiny_config):
     cfg = tiny_config(recipe="effective_rank", train={"steps": 3})
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     for row in rows:
         stages = sum(row[f"time/{s}"] for s in STAGES if f"time/{s}" in row)
         assert abs(stages - row["time/step"]) <= 0.03 * row["time/step"] + 2e-3, (stages, row["time/step"])

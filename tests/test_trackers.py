@@ -16,6 +16,7 @@ from explorl.config import validate
 from explorl.train import trackers
 from explorl.train.logging import RunLogger
 from explorl.train.loop import Trainer
+from run_records import run_metrics
 
 KEYS = ("reward/mean", "loss/total", "entropy/rollout", "tokens/total", "adv/frac_zero_std")
 
@@ -38,7 +39,7 @@ def _mlflow(tmp_path):
 
 
 def _rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return run_metrics(run)
 
 
 def _client(tmp_path):

@@ -8,17 +8,13 @@ from explorl.explore.base import Budget
 from explorl.registry import register
 from explorl.train.loop import Trainer
 from explorl.train.update import optimise
+from run_records import metrics_without_time
 
 
 @register("budget", "test_uneven", paper="test only: 1, 2, 3, ... rollouts")
 class Uneven(Budget):
     def allocate(self, problems, total):
         return [1 + i % 3 for i in range(len(problems))], {}
-
-
-def _non_time(metrics_path):
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
 def test_resume_is_identical_to_an_unbroken_run(tmp_path, tiny_config):
@@ -32,7 +28,7 @@ def test_resume_is_identical_to_an_unbroken_run(tmp_path, tiny_config):
     a = Trainer(cfg, tmp_path / "full", resume=True, progress=False, log=lambda *_: None)
     for (name, p), q in zip(a.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(p, q), name
-    assert _non_time(tmp_path / "full" / "metrics.jsonl") == _non_time(tmp_path / "split" / "metrics.jsonl")
+    assert metrics_without_time(tmp_path / "full") == metrics_without_time(tmp_path / "split")
     assert a.tokens == resumed.tokens
     full_eval = json.loads((tmp_path / "full" / "eval.json").read_text())
     split_eval = json.loads((tmp_path / "split" / "eval.json").read_text())

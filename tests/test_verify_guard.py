@@ -10,6 +10,7 @@ import pytest
 from explorl.tasks import SOURCES, Addition, TaskMix
 from explorl.tasks.guard import FaultLedger, GuardedVerifier, VerificationFailed
 from explorl.train.loop import Trainer
+from run_records import run_metrics
 
 
 class Flaky(Addition):
@@ -117,12 +118,11 @@ def test_a_run_stops_when_a_verifier_keeps_failing(tmp_path, tiny_config, extra_
 
 
 def test_faults_under_the_budget_are_counted_in_metrics(tmp_path, tiny_config, extra_sources):
-    import json
     cfg = tiny_config(tasks={"odd_broken": {"digits": [1, 1]}, "addition": {"digits": [1, 1]}},
                       verify={"max_error_share": 1.0, "check_at_start": False}, train={"steps": 2})
     logged = []
     Trainer(cfg, tmp_path / "run", progress=False, log=logged.append).run()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_metrics(tmp_path / "run")
     assert all(r["verify/errors/addition"] == 0 for r in rows)
     assert sum(r["verify/errors/odd_broken"] for r in rows) > 0
     assert any(line.startswith("verify: error in source 'odd_broken'") and "IndexError" in line for line in logged)
