@@ -77,6 +77,13 @@ class RolloutBatch:
         return self.kind if self.kind is not None else torch.zeros(self.size, dtype=torch.long)
 
     @property
+    def own_rows(self) -> torch.Tensor:
+        """``(R,)`` bool: the rows the policy sampled in this step (on-policy, and continuations of
+        a stored prefix), not teacher, replayed or demonstration rows."""
+        kind = self.row_kind
+        return (kind == ON_POLICY) | (kind == PREFIX)
+
+    @property
     def grad_mask(self) -> torch.Tensor:
         return self.loss_mask if self.loss_mask is not None else self.mask
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from explorl.compare.files import CorruptFile, _read_json, _warn, _write_atomic
+from explorl.train.logging import peak_rss_mb
 
 HEARTBEAT_S = 1.0  # a segment's heartbeat (and parent watch) interval in the child
 PARENT_ENV = "EXPLORL_COMPARE_PARENT"  # the compare process's pid, for the child's parent watch
@@ -149,9 +150,3 @@ def read_segments(run_dir: Path, log=None) -> list[dict]:
         segments.append(record)
     return segments
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024

@@ -123,3 +123,10 @@ class RunLogger:
             tracker.close(failed)
         self.tb.close()
         self.bar.close()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024

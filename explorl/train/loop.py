@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
-from explorl.batch import DEMO, OFF_POLICY, ON_POLICY, PREFIX
+from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import GuideContext, StepStats
 from explorl.policy import load_policy
@@ -31,7 +30,7 @@ from explorl.tasks.encoding import check_encodable
 from explorl.tasks.guard import FaultLedger, GuardedVerifier
 from explorl.train import checkpoint
 from explorl.train.faults import crash_point
-from explorl.train.logging import RunLogger, StageClock
+from explorl.train.logging import RunLogger, StageClock, peak_rss_mb
 from explorl.train.optim import build_optimizer
 from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
@@ -265,7 +264,7 @@ class Trainer:
         demonstration rows would bias success rates); the whole batch is in ``extras``."""
         rewards = [[] for _ in batch.problems]
         advs = [[] for _ in batch.problems]
-        own = ((batch.row_kind == ON_POLICY) | (batch.row_kind == PREFIX)).tolist()
+        own = batch.own_rows.tolist()
         for g, r, a, mine in zip(batch.group.tolist(), batch.rewards.tolist(), batch.advantages.tolist(), own):
             if mine:
                 rewards[g].append(r)
@@ -277,7 +276,7 @@ class Trainer:
     def _summary(self, m, batch) -> dict:
         groups = batch.groups()
         solved = (groups.rewards * groups.mask).sum(1) / groups.counts.clamp_min(1)
-        own = (batch.row_kind == ON_POLICY) | (batch.row_kind == PREFIX)
+        own = batch.own_rows
         if not bool((batch.row_kind == ON_POLICY).all()):
             m.update({f"rows/{kind}": n for kind, n in batch.kind_counts().items()})
         if self.teacher_tokens:
@@ -333,9 +332,11 @@ class Trainer:
                     self.save()
         finally:
             logger.close()
-        latest = checkpoint.latest(self.out, warn=self.log) if self.dp.is_main else None
-        missing = latest is None or latest.name != f"step_{self.step:06d}"  # e.g. stopped by the token budget
-        if self.dp.all_gather_objects(missing)[0]:  # rank 0's answer: saving is a collective under FSDP
+        def unsaved() -> bool:  # e.g. stopped by the token budget
+            latest = checkpoint.latest(self.out, warn=self.log)
+            return latest is None or latest.name != f"step_{self.step:06d}"
+
+        if self.dp.from_main(unsaved):  # rank 0's answer: saving is a collective under FSDP
             self.save()
         results["end"] = self.evaluate()
         crash_point("eval.end_computed")
@@ -346,7 +347,7 @@ class Trainer:
         """The start evaluation: shared by runs with the same starting point (``eval.shared``),
         or computed and shared. Rank 0 decides, so every rank evaluates or none does."""
         from explorl.eval.shared import load_start_eval, start_eval_path, store_start_eval
-        shared = self.dp.all_gather_objects(load_start_eval(self.cfg, self.log) if self.dp.is_main else None)[0]
+        shared = self.dp.from_main(lambda: load_start_eval(self.cfg, self.log))
         if shared is not None:
             self.log(f"start evaluation: shared ({start_eval_path(self.cfg)})")
             return shared
@@ -414,7 +415,7 @@ class Trainer:
 
     def _read_eval(self) -> dict:
         """eval.json as rank 0 reads it (every rank must agree on which evaluations are left)."""
-        return self.dp.all_gather_objects(self._read_eval_file() if self.dp.is_main else None)[0]
+        return self.dp.from_main(self._read_eval_file)
 
     def _read_eval_file(self) -> dict:
         path = self.out / "eval.json"
@@ -452,7 +453,7 @@ class Trainer:
 
     def _resume(self) -> None:
         # rank 0 picks the checkpoint (and logs what it skips); every rank loads that one
-        path = self.dp.all_gather_objects(checkpoint.latest(self.out, warn=self.log) if self.dp.is_main else None)[0]
+        path = self.dp.from_main(lambda: checkpoint.latest(self.out, warn=self.log))
         if path is None:
             self.log(f"resume: no complete checkpoint in {self.out / 'ckpt'}; starting from step 0")
             return
@@ -508,9 +509,7 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory(device: torch.device) -> dict:
     """``perf/peak_rss_mb``: the process's peak resident memory so far (it never decreases over a
     process); ``perf/peak_cuda_mb``: the step's peak CUDA allocation, when the policy is on a GPU."""
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    out = {"perf/peak_rss_mb": rss / (2**20 if sys.platform == "darwin" else 2**10)}
+    out = {"perf/peak_rss_mb": peak_rss_mb()}
     if device.type == "cuda":
         out["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

@@ -114,6 +114,16 @@ class DataParallel:
         dist.all_gather_object(out, value)
         return out
 
+    def from_main(self, compute):
+        """``compute()`` run on rank 0 only, its value given to every rank (a decision all must
+        share: what a file on disk says, whether to save)."""
+        if not self.distributed:
+            return compute()
+        import torch.distributed as dist
+        box = [compute() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather_rows(self, local: torch.Tensor | None, sizes: list[int]) -> torch.Tensor:
         """Concatenate every rank's ``local`` ``(n_r, ...)`` in rank order (``sizes[r]`` rows
         each; a rank with no rows passes ``None``)."""

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import torch
 
-from explorl.batch import DEMO, ON_POLICY, PREFIX
+from explorl.batch import DEMO
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import teacher_solutions
 from explorl.explore.guidance.sft import demonstrations, nll
@@ -104,7 +104,7 @@ def token_mean_loss(engine, batch, rows: torch.Tensor, per_token, chunk: int = 6
 
     def part_loss(part):
         def loss():
-            from explorl.train.update import token_logp_entropy
+            from explorl.policy.sampling import token_logp_entropy
             logits = engine.response_logits(batch, part)
             logp, _ = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)
             mask = batch.grad_mask[part].to(logp.device)
@@ -171,7 +171,7 @@ class AMFT(Guidance):
 
     def augment(self, batch, sampler):
         kinds = batch.row_kind
-        own = ((kinds == ON_POLICY) | (kinds == PREFIX)).nonzero().squeeze(-1)
+        own = batch.own_rows.nonzero().squeeze(-1)
         demo = (kinds == DEMO).nonzero().squeeze(-1)
         if self.target is None and len(demo):
             self.target = _mean(batch.entropy[demo], batch.mask[demo])

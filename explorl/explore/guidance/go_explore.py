@@ -162,9 +162,9 @@ class GoExplore(Guidance):
         """Cells from the partially solved groups of ``batch`` named in ``group_cells``
         (group index → the cell the group explored, ``None`` for a problem's own group)."""
         added = 0
-        kinds, rewards = batch.row_kind, batch.rewards.float()
+        own, rewards = batch.own_rows, batch.rewards.float()
         for g, parent_key in group_cells.items():
-            rows = ((batch.group == g) & ((kinds == ON_POLICY) | (kinds == PREFIX))).nonzero().squeeze(-1).tolist()
+            rows = ((batch.group == g) & own).nonzero().squeeze(-1).tolist()
             rs = [float(rewards[r]) for r in rows]
             correct = [r for r, x in zip(rows, rs) if x >= 1.0]
             wrong = [r for r, x in zip(rows, rs) if x < 1.0]

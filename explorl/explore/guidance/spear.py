@@ -74,7 +74,7 @@ import math
 import numpy as np
 import torch
 
-from explorl.batch import ON_POLICY, PREFIX, REPLAYED
+from explorl.batch import REPLAYED
 from explorl.explore.base import Guidance, LossContext
 from explorl.explore.budget.merge import join
 from explorl.explore.objective.clip_cov import ClipCov
@@ -150,7 +150,7 @@ class SPEAR(Guidance):
         batch = stats.extras.get("batch")
         if batch is None:
             return {}
-        own = (batch.row_kind == ON_POLICY) | (batch.row_kind == PREFIX)
+        own = batch.own_rows
         means, stds = [], []
         for g in range(len(batch.problems)):
             rows = ((batch.group == g) & own).nonzero().squeeze(-1)
