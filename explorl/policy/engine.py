@@ -17,7 +17,7 @@ import torch
 
 from explorl.policy import fastlm
 from explorl.policy.prompts import RAW, stop_token_ids
-from explorl.policy.sampling import sample_next_token
+from explorl.policy.sampling import sample_next_token, token_logp_entropy
 from explorl.batch import OFF_POLICY, RolloutBatch
 
 
@@ -161,9 +161,8 @@ class RolloutEngine:
         self.model.eval()
         logits = self.backend.response_logits(prompt_ids, prompt_mask, group.to(self.device), ids.to(self.device))
         self.model.train(was_training)
-        logp_all = torch.log_softmax(logits.float(), -1)
-        old = logp_all.gather(-1, ids.to(logits.device)[..., None]).squeeze(-1).cpu() * mask
-        entropy = -(logp_all.exp() * logp_all).sum(-1).cpu() * mask
+        old, entropy = token_logp_entropy(logits, ids.to(logits.device), True)
+        old, entropy = old.cpu() * mask, entropy.cpu() * mask
         if texts is None:
             texts = self.tokenizer.batch_decode(ids.masked_fill(torch.isin(ids, self.stop_ids), self.pad),
                                                 skip_special_tokens=True)

@@ -1,7 +1,16 @@
-"""Sampling one token per row, recording the log-probs the losses need."""
+"""Sampling one token per row, recording the log-probs the losses need; the per-token log-prob
+and entropy of given tokens (``token_logp_entropy``), shared with the training forward."""
 from __future__ import annotations
 
 import torch
+
+
+def token_logp_entropy(logits: torch.Tensor, ids: torch.Tensor, want_entropy: bool):
+    """Per-token log-prob of ``ids`` under ``logits`` (float32), and the entropy when asked."""
+    logp_all = torch.log_softmax(logits.float(), dim=-1)
+    logp = logp_all.gather(-1, ids[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if want_entropy else None
+    return logp, entropy
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
@@ -19,8 +28,6 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, ge
     temperature 1 (π_old for the PPO ratio), and the temperature-1 entropy.
     """
     logits = logits.float()
-    logp_t1 = torch.log_softmax(logits, dim=-1)
-    entropy = -(logp_t1.exp() * logp_t1).sum(-1)
     scaled = logits / temperature
     if top_p < 1.0:
         sorted_logits, order = scaled.sort(dim=-1, descending=True)
@@ -35,5 +42,5 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, ge
         cum = logp_b.exp().cumsum(-1)
         target = noise.to(cum.device, cum.dtype)[:, None] * cum[:, -1:]
         tokens = torch.searchsorted(cum, target, right=True).squeeze(-1).clamp_max(cum.shape[-1] - 1)
-    pick = tokens[:, None]
-    return tokens, logp_b.gather(-1, pick).squeeze(-1), logp_t1.gather(-1, pick).squeeze(-1), entropy
+    logp_t1, entropy = token_logp_entropy(logits, tokens, True)
+    return tokens, logp_b.gather(-1, tokens[:, None]).squeeze(-1), logp_t1, entropy

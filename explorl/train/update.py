@@ -11,14 +11,8 @@ from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
+from explorl.policy.sampling import token_logp_entropy
 from explorl.train.optim import stepped_parameters
-
-
-def token_logp_entropy(logits: torch.Tensor, ids: torch.Tensor, want_entropy: bool):
-    logp_all = torch.log_softmax(logits.float(), dim=-1)
-    logp = logp_all.gather(-1, ids[..., None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1) if want_entropy else None
-    return logp, entropy
 
 
 @torch.no_grad()
@@ -180,20 +174,15 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                                                               micro_batch_size=train.micro_batch_size)
                 if torch.isfinite(loss) and not dp.sharded:  # FSDP reduce-scatters in the backward itself
                     dp.all_reduce_grads(params)
-                parts = None
+            elif len(parts := micro_batches(rows, train.micro_batch_size)) > 1:
+                loss, mask, entropy = _micro_batched_backward(batch, engine, parts, needs, loss_of)
             else:
-                parts = micro_batches(rows, train.micro_batch_size)
-            if parts is None:
-                pass
-            elif len(parts) == 1:
                 logits = engine.response_logits(batch, rows)
                 logp, entropy = token_logp_entropy(logits, batch.response_ids[rows].to(logits.device),
                                                    "entropy" in needs)
                 loss, mask = loss_of(logp, entropy, logits)
                 if torch.isfinite(loss):
                     loss.backward()
-            else:
-                loss, mask, entropy = _micro_batched_backward(batch, engine, parts, needs, loss_of)
             if not torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
@@ -241,8 +230,9 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
     want_entropy, want_logits = "entropy" in needs, "logits" in needs
     device = engine.device
     real = len(parts)
+    shares = torch.tensor_split(rows, dp.world) if dp is not None else None  # as dp.split_rows cuts them
     if dp is not None and dp.sharded:
-        most = max(len(micro_batches(p, micro_batch_size)) if len(p) else 0 for p in torch.tensor_split(rows, dp.world))
+        most = max(len(micro_batches(p, micro_batch_size)) if len(p) else 0 for p in shares)
         parts = list(parts) + [rows[:1]] * (most - real)  # lockstep padding (see above)
     states, logps, entropies, all_logits = [], [], [], []
     with torch.no_grad():
@@ -258,10 +248,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
             all_logits.append(logits if want_logits else None)
     def joined(values):
         local = torch.cat(values) if values else None
-        if dp is None:
-            return local
-        sizes = [len(p) for p in torch.tensor_split(rows, dp.world)]
-        return dp.gather_rows(local, sizes)
+        return local if dp is None else dp.gather_rows(local, [len(p) for p in shares])
 
     leaves = {"logp": joined(logps).requires_grad_(True),
               "entropy": joined(entropies).requires_grad_(True) if want_entropy else None,

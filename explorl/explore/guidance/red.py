@@ -76,7 +76,7 @@ def accuracy_factor(accuracy: float, bound: float = 5.0) -> float:
 
 def mean_entropy(engine, batch, rows: torch.Tensor, chunk: int = 128) -> float:
     """The current policy's mean token entropy (temperature 1) over the response tokens of ``rows``."""
-    from explorl.train.update import token_logp_entropy
+    from explorl.policy.sampling import token_logp_entropy
     total, count = 0.0, 0.0
     with torch.no_grad():
         for part in torch.split(rows, chunk):
