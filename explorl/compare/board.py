@@ -74,20 +74,21 @@ def entropy_quarters(metrics: list[dict], budget: float) -> list[float | None]:
 
 
 def regime_rows(folder: Path) -> dict:
-    """Per recipe and seed, what the board needs, from ``folder/results.json`` and the run folders."""
+    """Per recipe and seed, what the board needs, from ``folder/results.json`` (its pass@k per
+    run) and each run's metrics.jsonl (curves, entropy, clipping)."""
     results = json.loads((folder / "results.json").read_text())
     budget = results["settings"]["tokens"]
     out = {}
     for label, seeds in results["runs"].items():
         for key, row in seeds.items():
-            run_dir = folder / "runs" / label / key
-            metrics = read_metrics(run_dir)
-            ev = json.loads((run_dir / "eval.json").read_text())
-            kmax = max(int(k[5:]) for k in ev["end"] if k.startswith("pass@"))
+            metrics = read_metrics(folder / "runs" / label / key)
+            passk = row["pass@k"]  # {"start"|"end": {"pass@k": {source: value}}}, as eval.json has it
+            kmax = max(int(k[5:]) for k in passk["end"])
             out.setdefault(label, {})[row["seed"]] = {
-                "pass@1": ev["end"]["pass@1"]["all"], "pass@kmax": ev["end"][f"pass@{kmax}"]["all"], "kmax": kmax,
-                "start_pass@kmax": ev["start"][f"pass@{kmax}"]["all"], "start_pass@1": ev["start"]["pass@1"]["all"],
-                "auc": row.get("auc_heldout_pass1_vs_tokens"), "curve": heldout_curve(metrics, ev),
+                "pass@1": passk["end"]["pass@1"]["all"], "pass@kmax": passk["end"][f"pass@{kmax}"]["all"],
+                "kmax": kmax, "start_pass@kmax": passk["start"][f"pass@{kmax}"]["all"],
+                "start_pass@1": passk["start"]["pass@1"]["all"], "passk": passk,
+                "auc": row.get("auc_heldout_pass1_vs_tokens"), "curve": heldout_curve(metrics, passk),
                 "tokens": row["tokens"], "entropy": entropy_quarters(metrics, budget),
                 "with_gradient": None if row.get("frac_zero_std_mean") is None else 1 - row["frac_zero_std_mean"],
                 "clipped": _mean([m["loss/clip_frac_low"] + m["loss/clip_frac_high"] for m in metrics
@@ -112,8 +113,8 @@ def _delta(d):
     return f"{mean:+.3f}{ci}{' *' if significant else ''}"
 
 
-def regime_table(name: str, folder: Path) -> str:
-    data = regime_rows(folder)
+def regime_table(name: str, data: dict) -> str:
+    """The markdown table of one regime (``data``: ``regime_rows``)."""
     runs = data["runs"]
     if BASELINE not in runs:
         return f"### {name}\n\n(no {BASELINE} runs yet: nothing to compare against)\n"
@@ -162,14 +163,14 @@ def regime_table(name: str, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def regime_figure(name: str, folder: Path, path: Path, shown: int = 6) -> Path:
+def regime_figure(name: str, data: dict, path: Path, shown: int = 6) -> Path:
     """pass@k at the end and held-out pass@1 along training for GRPO, the start and the
     ``shown`` recipes with the largest mean pass@1 or pass@k_max (the board has too many to
     draw them all)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = regime_rows(folder)["runs"]
+    runs = data["runs"]
     ranked = lambda key: sorted((lb for lb in runs if lb != BASELINE),  # noqa: E731
                                 key=lambda lb: -(_mean([r[key] for r in runs[lb].values()]) or 0))
     picks = []
@@ -180,8 +181,8 @@ def regime_figure(name: str, folder: Path, path: Path, shown: int = 6) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, lb in enumerate(labels):
         color = plt.cm.tab10(i % 10)
-        evs = [json.loads((folder / "runs" / lb / f"seed{s}" / "eval.json").read_text()) for s in runs[lb]]
-        ks = sorted(int(k[5:]) for k in evs[0]["end"] if k.startswith("pass@"))
+        evs = [r["passk"] for r in runs[lb].values()]
+        ks = sorted(int(k[5:]) for k in evs[0]["end"])
         left.plot(ks, [_mean([ev["end"][f"pass@{k}"]["all"] for ev in evs]) for k in ks], marker="o", ms=3,
                   color=color, label=lb, lw=2.2 if lb == BASELINE else 1.2)
         if i == 0:
@@ -221,9 +222,10 @@ def board(out: Path, figures: Path | None = None) -> str:
         raise FileNotFoundError(f"{out}: no regime folder with a results.json (run explorl compare --study first)")
     parts = []
     for folder in folders:
-        parts.append(regime_table(folder.name, folder))
-        if figures is not None and BASELINE in regime_rows(folder)["runs"]:
-            png = regime_figure(folder.name, folder, Path(figures) / f"{folder.name}.png")
+        data = regime_rows(folder)
+        parts.append(regime_table(folder.name, data))
+        if figures is not None and BASELINE in data["runs"]:
+            png = regime_figure(folder.name, data, Path(figures) / f"{folder.name}.png")
             parts.append(f"![{folder.name}]({png.as_posix()})\n")
     return "\n".join(parts)
 

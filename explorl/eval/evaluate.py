@@ -36,42 +36,36 @@ def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new
     problems = [p for src in eval_sets for p in eval_sets[src]]
     chunk = max(1, rows_per_batch // samples)
     starts = list(range(0, len(problems), chunk))
-    if dp is None or not dp.distributed:
-        return [row for start in starts for row in _chunk(engine, verifier, problems[start:start + chunk], samples,
-                                                          temperature, max_new_tokens, seed + start, ledger)]
-    mine = {}  # chunk -> (rows, faults): chunks are the same on any number of ranks
-    for i in dp.chunks(len(starts)):
-        faults = []
-        mine[i] = (_chunk(engine, verifier, problems[starts[i]:starts[i] + chunk], samples, temperature,
-                          max_new_tokens, seed + starts[i], None, faults), faults)
-    merged = {}
-    for part in dp.all_gather_objects(mine):
-        merged.update(part)
+    # chunk i -> (rows, faults); the chunks are the same on any number of ranks, each rank runs its share
+    distributed = dp is not None and dp.distributed
+    done = {i: _chunk(engine, verifier, problems[starts[i]:starts[i] + chunk], samples, temperature,
+                      max_new_tokens, seed + starts[i])
+            for i in (dp.chunks(len(starts)) if distributed else range(len(starts)))}
+    if distributed:
+        for part in dp.all_gather_objects(done):
+            done.update(part)
     out = []
     for i in range(len(starts)):
-        rows, faults = merged[i]
+        rows, faults = done[i]
         if ledger is not None:
             ledger.add(samples * len(rows), faults)
         out.extend(rows)
     return out
 
 
-def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, ledger, faults_out=None):
-    """``(source, correct count, distinct correct, entropy sum, token count)`` per problem of ``part``."""
+def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed) -> tuple[list, list]:
+    """``(source, correct count, distinct correct, entropy sum, token count)`` per problem of
+    ``part``, and the verifier's faults."""
     per_problem = []
     batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed)
     rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
-    if ledger is not None:
-        ledger.add(len(rewards), faults)
-    if faults_out is not None:
-        faults_out.extend(faults)
     for i, problem in enumerate(part):
         rows = (batch.group == i).nonzero().squeeze(-1)
         correct = [batch.texts[r] for r in rows.tolist() if rewards[r] >= 1.0]
         ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
         per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
                             ent, float(batch.mask[rows].sum())))
-    return per_problem
+    return per_problem, faults
 
 
 def summarize(per_problem, samples, ks) -> dict:

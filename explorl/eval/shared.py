@@ -45,12 +45,12 @@ def start_eval_path(cfg) -> Path | None:
     if not cfg.eval.share_start:
         return None
     from explorl.train.warmup import warm_model_dir
-    model = cfg.to_dict()["model"]
-    model.pop("device", None)  # where it runs does not change what it answers (beyond float noise)
+    d = cfg.to_dict()
+    model = {k: v for k, v in d["model"].items() if k != "device"}  # where it runs does not change its answers
     start = _folder_fingerprint(cfg.model.path) if cfg.model.path else str(warm_model_dir(cfg).name)
-    evaluation = {k: v for k, v in cfg.to_dict()["eval"].items() if k not in ("every_tokens", "share_start")}
-    key = config_key(model, start, cfg.to_dict()["tasks"], evaluation, cfg.to_dict()["prompt"],
-                     cfg.train.max_new_tokens, cfg.to_dict()["verify"], source_fingerprint())
+    evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "share_start")}
+    key = config_key(model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
+                     source_fingerprint())
     return cache_home() / "evals" / f"start-{key}.json"
 
 
