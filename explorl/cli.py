@@ -29,7 +29,7 @@ def cmd_train(args) -> int:
 
 def cmd_warmup(args) -> int:
     from explorl.eval.evaluate import evaluate, format_table
-    from explorl.policy.engine import RolloutEngine
+    from explorl.policy import make_engine
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
     from explorl.train.warmup import warmup
@@ -37,9 +37,12 @@ def cmd_warmup(args) -> int:
     model, tokenizer = warmup(cfg, force=args.force)
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
-    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend, for_config(cfg, tokenizer)), tasks,
-                       tasks.eval_sets(e.problems_per_source), e.samples, e.ks, e.temperature,
-                       cfg.train.max_new_tokens, seed=e.seed)
+    engine = make_engine(cfg, model, tokenizer, for_config(cfg, tokenizer))
+    try:
+        results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), e.samples, e.ks, e.temperature,
+                           cfg.train.max_new_tokens, seed=e.seed)
+    finally:
+        engine.close()
     print(format_table(results, [k for k in (1, 16) if k in e.ks]))
     return 0
 
@@ -48,9 +51,10 @@ def cmd_eval(args) -> int:
     import yaml
     from explorl.config import Config, _from_dict
     from explorl.eval.evaluate import evaluate, format_table
-    from explorl.policy.engine import RolloutEngine
+    from explorl.policy import make_engine
     from explorl.policy.prompts import for_config
     from explorl.policy.model import load_pretrained
+    from explorl.train.parallel import resolve_device
     from explorl.tasks import TaskMix
     from explorl.train import checkpoint
     run = Path(args.run)
@@ -72,9 +76,12 @@ def cmd_eval(args) -> int:
     e = cfg.eval
     samples = args.samples or e.samples
     ks = [k for k in e.ks if k <= samples]
-    results = evaluate(RolloutEngine(model, tokenizer, cfg.model.backend, for_config(cfg, tokenizer)), tasks,
-                       tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
-                       cfg.train.max_new_tokens, seed=e.seed)
+    engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
+    try:
+        results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
+                           cfg.train.max_new_tokens, seed=e.seed)
+    finally:
+        engine.close()
     out = run / f"eval_{ckpt.name}.json"
     checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")

@@ -46,11 +46,20 @@ class Warmup:
 
 
 @dataclass
+class VLLMOptions:
+    """The colocated vLLM engine of ``model.backend: vllm`` (``explorl.policy.vllm_engine``)."""
+    gpu_memory_utilization: float = 0.3  # vLLM's share of each GPU (weights and KV cache), beside training
+    enable_sleep_mode: bool = False  # free vLLM's weights and KV cache between rollouts (pushed again after)
+    max_model_len: int | None = None  # prompt + response tokens vLLM plans for; None = the model's own
+
+
+@dataclass
 class ModelConfig:
     path: str | None = None          # a saved AutoModelForCausalLM folder or hub id; None = testbed model
     tiny: TinyModel = field(default_factory=TinyModel)
     warmup: Warmup = field(default_factory=Warmup)
-    backend: str = "auto"            # auto | fast | hf
+    backend: str = "auto"            # auto | fast | hf | vllm (rollouts on GPU through vLLM, README "Scaling out")
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
     dtype: str = "float32"           # float32 | bfloat16 | float16
     device: str = "auto"             # auto (CUDA when present, else CPU) | cpu | cuda; one device per process
     lora: dict | None = None         # {r, alpha, dropout, target_modules} trains LoRA adapters; None = full fine-tuning
@@ -420,6 +429,24 @@ def _check_testbed_tasks(cfg: Config) -> None:
             raise ValueError(f"{where}: {err}") from None
 
 
+def _check_vllm(m: ModelConfig) -> None:
+    import importlib.util
+    v = m.vllm
+    if not (isinstance(v.gpu_memory_utilization, (int, float)) and 0 < v.gpu_memory_utilization <= 1):
+        raise ValueError(f"model.vllm.gpu_memory_utilization: {v.gpu_memory_utilization!r} is not in (0, 1]")
+    if v.max_model_len is not None:
+        _whole(v.max_model_len, "model.vllm.max_model_len", 1)
+    if m.device == "cpu":
+        raise ValueError("model.backend: vllm samples on a GPU; model.device: cpu cannot use it (use auto or cuda)")
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("model.backend: vllm needs the vLLM package (pip install -e .[vllm], on Linux with a "
+                         "CUDA GPU); use model.backend: auto on this machine")
+    import torch
+    if not torch.cuda.is_available():
+        raise ValueError("model.backend: vllm samples on a GPU and no CUDA device is visible here; use "
+                         "model.backend: auto on this machine")
+
+
 def validate(cfg: Config) -> None:
     """Range and cross-field checks; every message names the key and says what is allowed."""
     from explorl.explore.objective.aggregate import MODES
@@ -427,8 +454,10 @@ def validate(cfg: Config) -> None:
     _whole(cfg.seed, "seed", 0, SEED_LIMIT)
 
     m = cfg.model
-    if m.backend not in ("auto", "fast", "hf"):
-        raise ValueError(f"model.backend: {m.backend!r} is not one of auto, fast, hf")
+    if m.backend not in ("auto", "fast", "hf", "vllm"):
+        raise ValueError(f"model.backend: {m.backend!r} is not one of auto, fast, hf, vllm")
+    if m.backend == "vllm":
+        _check_vllm(m)
     if m.device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"model.device: {m.device!r} is not one of cpu, cuda, auto")
     if m.dtype not in DTYPES:

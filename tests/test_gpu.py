@@ -60,3 +60,61 @@ def test_a_bfloat16_run_trains_on_the_gpu(tmp_path, tiny_config):
     assert len(rows) == 3 and all(r["perf/peak_cuda_mb"] > 0 for r in rows)
     assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
     assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
+
+
+# ---- vLLM (model.backend: vllm), where it is installed ------------------------------------------
+needs_vllm = pytest.mark.skipif(__import__("importlib.util").util.find_spec("vllm") is None,
+                                reason="vLLM is not installed (pip install -e .[vllm])")
+
+
+def _vllm_sized_model():
+    """A testbed model whose head size vLLM's attention kernels take (64; the CPU tests' is 16)."""
+    from explorl.policy.model import build_tiny
+    from explorl.tasks import ALPHABET
+    model, tokenizer = build_tiny("qwen2", ALPHABET, 128, 2, 2, 1, 256, 128, seed=0)
+    return model.to("cuda", torch.bfloat16), tokenizer
+
+
+@needs_vllm
+def test_vllm_log_probs_match_the_trainers_on_the_same_tokens():
+    import random
+
+    from explorl.config import VLLMOptions
+    from explorl.policy.vllm_engine import VLLMEngine
+    from explorl.tasks import TaskMix
+    model, tokenizer = _vllm_sized_model()
+    mix = TaskMix.from_config({"addition": {"digits": [1, 3]}, "reversal": {"length": [2, 5]}})
+    problems = [mix.sample(random.Random(i)) for i in range(8)]
+    engine = VLLMEngine(model, tokenizer, options=VLLMOptions(gpu_memory_utilization=0.2))
+    try:
+        batch = engine.rollout(problems, [4] * 8, [1.0] * 10, seed=0)
+    finally:
+        engine.close()
+    assert batch.size == 32 and batch.counts == [4] * 8
+    stop = set(engine.stop_ids.tolist())
+    ended = [row[int(n) - 1] in stop for row, n in zip(batch.response_ids.tolist(), batch.lengths.tolist())]
+    assert any(ended)  # a stopped response keeps its stop token
+    # at temperature 1: vLLM's log-prob of each sampled token against the trainer's forward (bfloat16 both)
+    diff = (batch.behaviour_logp - batch.old_logp).abs()[batch.mask > 0]
+    assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.5, (float(diff.mean()), float(diff.max()))
+
+
+@needs_vllm
+@pytest.mark.parametrize("sleep", [False, True])
+def test_a_vllm_run_learns(tmp_path, tiny_config, sleep):
+    import json
+    from explorl.train.loop import Trainer
+    cfg = tiny_config(model={"backend": "vllm", "device": "cuda", "dtype": "bfloat16",
+                             "tiny": {"hidden_size": 128, "layers": 2, "heads": 2, "kv_heads": 1,
+                                      "intermediate_size": 256},
+                             "warmup": {"steps": 300, "batch_size": 32},
+                             "vllm": {"gpu_memory_utilization": 0.2, "enable_sleep_mode": sleep}},
+                     tasks={"addition": {"digits": [1, 2]}},
+                     train={"steps": 40, "problems_per_step": 16, "rollouts_per_problem": 8, "lr": 3e-4,
+                            "max_new_tokens": 6, "checkpoint_every": 40},
+                     eval={"problems_per_source": 32, "samples": 8, "ks": [1, 8]})
+    Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
+    rows = run_metrics(tmp_path / "run")
+    assert len(rows) == 40 and all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
+    evals = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert evals["end"]["pass@1"]["all"] > evals["start"]["pass@1"]["all"]

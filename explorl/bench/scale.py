@@ -9,15 +9,18 @@ the whole step, waiting for the other rank included) over the steps after the fi
 generated tokens per second of it. The two runs make the same updates (``tests/test_parallel.py``),
 so the comparison is of time only.
 
-**GPU** (when CUDA is visible): rollout tokens/s of the engine against ``model.generate`` on a
-random-init model with the shape of Qwen2.5-0.5B (no download), in bfloat16. Without CUDA
-this part prints that it was skipped. The vLLM rollout backend is not built yet, so neither
-is its comparison.
+**GPU** (when CUDA is visible): rollout tokens/s of the engine against ``model.generate`` and,
+where vLLM is installed, against the vLLM backend (``model.backend: vllm``; its time includes
+the trainer's forward that gives π_old, as in training), on a random-init model with the shape
+of Qwen2.5-0.5B (no download), in bfloat16. Without CUDA this part prints that it was skipped.
+The step time of TRL's GRPOTrainer with vLLM is not compared (TRL's vLLM mode loads the
+tokenizer through vLLM, which the benchmark's tokenizer, learned on the spot, does not have).
 
 The last line is the 2-process speed-up (1-process ms/step over 2-process ms/step).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -94,11 +97,11 @@ def _train(config: Path, out: Path, procs: int, steps: int, threads: int) -> lis
 
 def _gpu_part(cfg) -> list[str]:
     if not torch.cuda.is_available():
-        return ["GPU: skipped (no CUDA device visible); the vLLM backend is not built yet"]
+        return ["GPU: skipped (no CUDA device visible)"]
     device = torch.device("cuda")
     lines = rollout_comparison(cfg, device, QWEN_05B, torch.bfloat16)
     lines[0] = f"GPU: {torch.cuda.get_device_name(device)}; " + lines[0]
-    return lines + ["vLLM: not compared (the vLLM backend is not built yet)"]
+    return lines
 
 
 def rollout_comparison(cfg, device: torch.device, shape: dict, dtype: torch.dtype) -> list[str]:
@@ -124,13 +127,25 @@ def rollout_comparison(cfg, device: torch.device, shape: dict, dtype: torch.dtyp
     problems = fixed_problems(TaskMix.from_config(cfg.tasks), t.problems_per_step, cfg.seed)
     counts = [t.rollouts_per_problem] * len(problems)
     engine = RolloutEngine(model, tokenizer)
-    results = measure({f"RolloutEngine ({type(engine.backend).__name__})": make_engine(engine, problems, counts,
-                                                                                       t.max_new_tokens),
-                       "model.generate": make_generate(model, tokenizer, problems, counts, t.max_new_tokens)})
+    runners = {f"RolloutEngine ({type(engine.backend).__name__})": make_engine(engine, problems, counts,
+                                                                               t.max_new_tokens),
+               "model.generate": make_generate(model, tokenizer, problems, counts, t.max_new_tokens)}
+    vllm = None
+    if importlib.util.find_spec("vllm") is not None:
+        from explorl.config import VLLMOptions
+        from explorl.policy.vllm_engine import VLLMEngine
+        vllm = VLLMEngine(model, tokenizer, options=VLLMOptions(gpu_memory_utilization=0.4))
+        runners["vLLM (+ trainer forward for π_old)"] = make_engine(vllm, problems, counts, t.max_new_tokens)
+    try:
+        results = measure(runners)
+    finally:
+        if vllm is not None:
+            vllm.close()
     gen = results["model.generate"]["tok_s"]
     rows = [[name, f"{r['tokens']:.0f}", f"{r['seconds'] * 1e3:.1f}", f"{r['tok_s']:.0f}", f"{r['tok_s'] / gen:.2f}x"]
             for name, r in results.items()]
     params = sum(p.numel() for p in model.parameters())
+    missing = [] if vllm is not None else ["vLLM: not installed here (pip install -e .[vllm]), not compared"]
     return [f"random-init Qwen2 ({params / 1e6:.0f}M parameters), {str(dtype).replace('torch.', '')}, "
             f"{sum(counts)} sequences, max_new_tokens {t.max_new_tokens}",
-            table(rows, ["rollout", "tokens", "ms", "tokens/s", "vs generate"])]
+            table(rows, ["rollout", "tokens", "ms", "tokens/s", "vs generate"])] + missing

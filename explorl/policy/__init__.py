@@ -14,6 +14,16 @@ def load_policy(cfg, log=print):
     return prepare(model, cfg.model, cfg.seed, log), tokenizer
 
 
+def make_engine(cfg, model, tokenizer, prompt_format):
+    """The rollout engine ``model.backend`` names: the built-in one (``auto``, ``fast``, ``hf``) or
+    vLLM's (``vllm``; ``explorl.policy.vllm_engine``)."""
+    if cfg.model.backend == "vllm":
+        from explorl.policy.vllm_engine import VLLMEngine
+        return VLLMEngine(model, tokenizer, prompt_format, cfg.model.vllm)
+    from explorl.policy.engine import RolloutEngine
+    return RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format)
+
+
 def prepare(model, section, seed: int, log=print):
     """``model`` set up as the config's ``model`` ``section`` says (see ``load_policy``); LoRA
     adapters are drawn from ``seed``."""

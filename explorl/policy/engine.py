@@ -26,6 +26,7 @@ class RolloutEngine:
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"engine backend must be auto, fast or hf, got {backend!r}")
         self.model, self.tokenizer = model, tokenizer
+        self.forward_backend = backend  # what a second engine over another copy of the model takes
         use_fast = backend == "fast" or (backend == "auto" and fastlm.supports(model))
         self.backend = fastlm.FastLM(model) if use_fast else HFBackend(model)
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -35,6 +36,13 @@ class RolloutEngine:
     @property
     def device(self):
         return next(self.model.parameters()).device
+
+    def weights_updated(self) -> None:
+        """Called after each optimizer step. This engine samples from the live model: nothing to
+        do (the vLLM engine pushes the new weights to its own copy)."""
+
+    def close(self) -> None:
+        """Release what the engine holds beside the model (nothing here)."""
 
     def encode_prompts(self, problems):
         enc = self.tokenizer([self.prompt_format.render(p) + p.prefix for p in problems], return_tensors="pt",

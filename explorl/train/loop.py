@@ -21,7 +21,7 @@ import yaml
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import GuideContext, StepStats
-from explorl.policy import load_policy
+from explorl.policy import load_policy, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
 from explorl.policy.lora import AdaptersOff, base_fingerprint, is_lora, load_adapters
@@ -65,14 +65,14 @@ class Trainer:
         self.prompt_format = prompts.for_config(cfg, self.tokenizer)
         check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
                         cfg.train.max_new_tokens, prompt_format=self.prompt_format)
-        self.engine = RolloutEngine(self.model, self.tokenizer, cfg.model.backend, self.prompt_format)
+        self.engine = make_engine(cfg, self.model, self.tokenizer, self.prompt_format)
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
             if is_lora(self.model):  # the base is the same model with its adapters off: no second copy
                 self.ref_engine = AdaptersOff(self.engine)
             else:
                 ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-                self.ref_engine = RolloutEngine(ref, self.tokenizer, cfg.model.backend, self.prompt_format)
+                self.ref_engine = RolloutEngine(ref, self.tokenizer, self.engine.forward_backend, self.prompt_format)
         # a LoRA checkpoint holds the adapters only: the base it needs is recorded by its weights' hash
         self.base_fingerprint = base_fingerprint(self.model) if is_lora(self.model) else None
         # the model the optimizer steps: the policy itself, or its FSDP shards (the policy then is
@@ -166,6 +166,7 @@ class Trainer:
                               guard=self.nonfinite, dp=self.dp))
             if self.sharded:
                 self.sharded.sync(self.model)
+            self.engine.weights_updated()
         with clock("observe"):
             stats = self._stats(step, batch)
             for component in P.all():
@@ -370,6 +371,7 @@ class Trainer:
                            guard=self.nonfinite, dp=self.dp)
             if self.sharded:
                 self.sharded.sync(self.model)
+            self.engine.weights_updated()
             return out
 
         ctx.update = update
@@ -384,6 +386,7 @@ class Trainer:
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
         self.verifier.close()
+        self.engine.close()
         self.lock.release()
         self.dp.close()
 
