@@ -35,10 +35,11 @@ def problems():
 
 
 class _Loader:
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, llm):
+        self.model, self.llm = model, llm
 
     def load_weights(self, weights):
+        assert "weights" in self.llm.awake, "weights pushed into a sleeping vLLM"
         params = dict(self.model.named_parameters())
         for name, tensor in weights:
             params[name].data.copy_(tensor)  # a name the checkpoint does not use is a KeyError
@@ -52,7 +53,8 @@ class FakeLLM:
         self.copy = copy.deepcopy(model).eval()
         for p in self.copy.parameters():
             p.data.zero_()  # it holds nothing of the policy until the engine pushes weights
-        runner = types.SimpleNamespace(model=_Loader(self.copy))
+        runner = types.SimpleNamespace(model=_Loader(self.copy, self))
+        self.awake, self.events = {"weights", "kv_cache"}, []
         self.llm_engine = types.SimpleNamespace(
             model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(model_runner=runner)))
         self.source, self.drop_stop_token = source, drop_stop_token
@@ -61,8 +63,19 @@ class FakeLLM:
     def reset_prefix_cache(self):
         pass
 
+    def sleep(self, level):
+        assert level == 2
+        self.awake.clear()
+        self.events.append("sleep")
+
+    def wake_up(self, tags):
+        self.awake.update(tags)
+        self.events.append("wake " + "+".join(tags))
+
     @torch.no_grad()
     def generate(self, prompts, sampling_params, use_tqdm=False):
+        assert self.awake == {"weights", "kv_cache"}, "generate on a sleeping vLLM"
+        self.events.append("generate")
         if self.source is not None:  # how far its weights are from the trainer's when it samples
             own = dict(self.copy.named_parameters())
             self.stale_at_generate.append(max(float((p - own[n]).abs().max())
@@ -147,6 +160,21 @@ def test_weights_are_pushed_after_every_optimizer_step_of_a_run(tmp_path, tiny_c
     moved = max(float((p.detach() - start[n]).abs().max()) for n, p in trainer.model.named_parameters())
     assert moved > 0 and len(llm.stale_at_generate) >= 3
     assert max(llm.stale_at_generate) == 0.0  # every rollout sampled the weights of the latest update
+
+
+def test_sleep_mode_frees_vllm_between_rollouts_and_pushes_the_weights_again(tiny_model):
+    from explorl.config import VLLMOptions
+    model, tok = tiny_model
+    llm = FakeLLM(model)
+    engine = VLLMEngine(model, tok, options=VLLMOptions(enable_sleep_mode=True), llm=llm,
+                        sampling_params=types.SimpleNamespace)
+    llm.sleep(2)
+    engine.asleep, llm.events = True, []  # as started: asleep, holding no weights
+    for seed in range(2):
+        batch = engine.rollout(problems(), [2, 2, 2, 2], [1.0] * 8, seed=seed)
+        assert torch.allclose(batch.behaviour_logp, batch.old_logp, atol=1e-5)
+    assert llm.events == ["wake weights", "wake kv_cache", "generate", "sleep"] * 2
+    assert engine.asleep and engine.stale
 
 
 def test_lora_weights_are_merged_under_the_base_models_names(tiny_model):

@@ -100,11 +100,11 @@ class VLLMEngine(RolloutEngine):
         self.options = options
         self._folder = None
         self.sleep = bool(options and options.enable_sleep_mode)
+        self.asleep = False  # vLLM's weights and KV cache freed (sleep level 2)
+        self.stale = True  # vLLM holds the weights it was started with; a resume may have loaded others
         if llm is None:
             llm, sampling_params = self._start(options)
         self.llm, self.sampling_params = llm, sampling_params
-        self.stale = True  # vLLM holds the weights it was started with; a resume may have loaded others
-        self.asleep = False
 
     def _start(self, options):
         try:
@@ -134,6 +134,7 @@ class VLLMEngine(RolloutEngine):
 
     def _push_weights(self) -> None:
         if self.asleep:
+            torch.cuda.empty_cache()  # what the update freed, for vLLM's weights
             self.llm.wake_up(tags=["weights"])
         model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         for name, tensor in vllm_weights(self.model):
@@ -172,6 +173,7 @@ class VLLMEngine(RolloutEngine):
             self._push_weights()
         if self.asleep:
             self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         prompts, params = self.requests(problems, counts, temperatures, top_p, seed, max_new_tokens, noise)
         try:
             outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
