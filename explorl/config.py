@@ -430,12 +430,8 @@ def _check_testbed_tasks(cfg: Config) -> None:
 
 
 def _check_vllm(m: ModelConfig) -> None:
+    """Where ``model.backend: vllm`` can run: a CUDA device and the vLLM package."""
     import importlib.util
-    v = m.vllm
-    if not (isinstance(v.gpu_memory_utilization, (int, float)) and 0 < v.gpu_memory_utilization <= 1):
-        raise ValueError(f"model.vllm.gpu_memory_utilization: {v.gpu_memory_utilization!r} is not in (0, 1]")
-    if v.max_model_len is not None:
-        _whole(v.max_model_len, "model.vllm.max_model_len", 1)
     if m.device == "cpu":
         raise ValueError("model.backend: vllm samples on a GPU; model.device: cpu cannot use it (use auto or cuda)")
     if importlib.util.find_spec("vllm") is None:
@@ -456,6 +452,10 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.backend not in ("auto", "fast", "hf", "vllm"):
         raise ValueError(f"model.backend: {m.backend!r} is not one of auto, fast, hf, vllm")
+    v = m.vllm
+    _number(v.gpu_memory_utilization, "model.vllm.gpu_memory_utilization", above=0, high=1)
+    if v.max_model_len is not None:
+        _whole(v.max_model_len, "model.vllm.max_model_len", 1)
     if m.backend == "vllm":
         _check_vllm(m)
     if m.device not in ("cpu", "cuda", "auto"):

@@ -77,7 +77,8 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 1, "model.tiny.layers": 1, "mode
            "train.max_new_tokens": 1, "train.ppo_epochs": 1, "train.minibatches": 1,
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
-           "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1}
+           "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1,
+           "model.vllm.max_model_len": 1}
 SEEDS = {"seed", "model.tiny.seed", "eval.seed"}
 #: the keys the optional mappings accept
 OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
@@ -86,8 +87,9 @@ OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
 #: float keys: (">", 0) means > 0, (">=", 0) means >= 0, ("in", (0, 1)) a closed interval
 FLOAT_RULE = {"model.warmup.lr": (">", 0), "train.lr": (">", 0), "train.weight_decay": (">=", 0),
               "train.max_grad_norm": (">", 0), "verify.timeout": (">", 0),
-              "verify.max_error_share": ("in", (0, 1)), "eval.temperature": (">", 0)}
-CHOICES = {"model.tiny.family": {"qwen2", "llama"}, "model.backend": {"auto", "fast", "hf"},
+              "verify.max_error_share": ("in", (0, 1)), "eval.temperature": (">", 0),
+              "model.vllm.gpu_memory_utilization": ("in", (0, 1))}
+CHOICES = {"model.tiny.family": {"qwen2", "llama"}, "model.backend": {"auto", "fast", "hf", "vllm"},
            "model.dtype": {"float32", "bfloat16", "float16"}, "model.device": {"auto", "cpu", "cuda"},
            "train.parallel": {"none", "ddp", "fsdp"},
            "train.loss_agg_mode": {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"}}

@@ -232,7 +232,7 @@ def test_the_vllm_backend_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="model.backend: vllm"):
         validate(cfg)
     cfg = make_tiny_config(model={"backend": "vllm", "vllm": {"gpu_memory_utilization": 1.5}})
-    with pytest.raises(ValueError, match="model.vllm.gpu_memory_utilization"):
+    with pytest.raises(ValueError, match="model.vllm.gpu_memory_utilization: must be <= 1"):
         validate(cfg)
     cfg = make_tiny_config(model={"backend": "vllm", "device": "cpu"})
     with pytest.raises(ValueError, match="model.device: cpu"):
