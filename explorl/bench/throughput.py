@@ -90,12 +90,9 @@ def time_train_step(cfg) -> tuple[dict, dict]:
 
 
 def _quiet():
-    try:
-        import transformers
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - only cosmetic
-        pass
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def run(args) -> int:

@@ -44,9 +44,13 @@ class RolloutEngine:
     def close(self) -> None:
         """Release what the engine holds beside the model (nothing here)."""
 
+    def prompt_texts(self, problems) -> list[str]:
+        """What the model reads for each problem: its rendered prompt and any stored prefix."""
+        return [self.prompt_format.render(p) + p.prefix for p in problems]
+
     def encode_prompts(self, problems):
-        enc = self.tokenizer([self.prompt_format.render(p) + p.prefix for p in problems], return_tensors="pt",
-                             padding=True, add_special_tokens=False)
+        enc = self.tokenizer(self.prompt_texts(problems), return_tensors="pt", padding=True,
+                             add_special_tokens=False)
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 
     @torch.no_grad()
@@ -59,9 +63,7 @@ class RolloutEngine:
         bounds the rows decoded at once (and so the KV cache): whole groups are sampled in
         consecutive calls of at most that many rows (one group larger than it alone), the
         k-th call with ``seed + k`` (with ``noise``, each row keeps its own)."""
-        if len(problems) != len(counts) or any(c < 1 for c in counts):
-            raise ValueError(f"rollout: need one count >= 1 per problem, got {len(counts)} counts "
-                             f"for {len(problems)} problems")
+        check_counts(problems, counts)
         if max_rows is not None and sum(counts) > max_rows:
             return self._rollout_in_parts(problems, counts, temperatures, top_p, seed, max_new_tokens, noise,
                                           max_rows)
@@ -113,14 +115,8 @@ class RolloutEngine:
                             entropy=out["h"][:, :Lc] * mask, texts=texts)
 
     def _rollout_in_parts(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise, max_rows):
-        parts = []
-        for g, c in enumerate(counts):
-            if parts and parts[-1][1] + c <= max_rows:
-                parts[-1] = (parts[-1][0] + [g], parts[-1][1] + c)
-            else:
-                parts.append(([g], c))
         batches, row = [], 0
-        for k, (groups, rows) in enumerate(parts):
+        for k, (groups, rows) in enumerate(group_parts(counts, max_rows)):
             part_noise = None if noise is None else noise[row:row + rows]
             batches.append(self.rollout([problems[g] for g in groups], [counts[g] for g in groups], temperatures,
                                         top_p, seed + k, max_new_tokens, part_noise))
@@ -186,6 +182,24 @@ class RolloutEngine:
         dev = self.device
         return self.backend.response_logits(batch.prompt_ids[prompts].to(dev), batch.prompt_mask[prompts].to(dev),
                                             group.to(dev), batch.response_ids[rows].to(dev), return_hidden)
+
+
+def check_counts(problems, counts) -> None:
+    if len(problems) != len(counts) or any(c < 1 for c in counts):
+        raise ValueError(f"rollout: need one count >= 1 per problem, got {len(counts)} counts "
+                         f"for {len(problems)} problems")
+
+
+def group_parts(counts, max_rows: int) -> list[tuple[list[int], int]]:
+    """Consecutive whole groups packed into parts of at most ``max_rows`` rows (a group larger
+    than that alone): ``(group indices, rows)`` per part."""
+    parts = []
+    for g, c in enumerate(counts):
+        if parts and parts[-1][1] + c <= max_rows:
+            parts[-1] = (parts[-1][0] + [g], parts[-1][1] + c)
+        else:
+            parts.append(([g], c))
+    return parts
 
 
 class HFBackend:

@@ -37,7 +37,7 @@ from functools import partial
 import torch
 
 from explorl.batch import ON_POLICY, RolloutBatch
-from explorl.policy.engine import RolloutEngine
+from explorl.policy.engine import RolloutEngine, check_counts, group_parts
 
 #: the ``SamplingParams.extra_args`` key the position-temperature processor reads
 TEMPERATURES_KEY = "explorl_temperatures"
@@ -157,8 +157,7 @@ class VLLMEngine(RolloutEngine):
         return prompts, params
 
     def _prompt_token_ids(self, problems):
-        texts = [self.prompt_format.render(p) + p.prefix for p in problems]
-        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in self.prompt_texts(problems)]
 
     @torch.no_grad()
     def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
@@ -166,9 +165,7 @@ class VLLMEngine(RolloutEngine):
                 max_rows: int | None = None) -> RolloutBatch:
         """As ``RolloutEngine.rollout``; ``max_rows`` bounds the rows of each training forward
         that scores the responses (vLLM schedules its own decoding batches)."""
-        if len(problems) != len(counts) or any(c < 1 for c in counts):
-            raise ValueError(f"rollout: need one count >= 1 per problem, got {len(counts)} counts "
-                             f"for {len(problems)} problems")
+        check_counts(problems, counts)
         if self.stale:
             self._push_weights()
         if self.asleep:
@@ -203,20 +200,13 @@ class VLLMEngine(RolloutEngine):
         return token_ids, behaviour
 
     def _score_in_parts(self, problems, counts, token_ids, behaviour, max_rows):
-        if max_rows is None or sum(counts) <= max_rows:
-            return self.score_responses(problems, counts, token_ids=token_ids, behaviour_logp=behaviour,
-                                        kind=ON_POLICY)
-        batches, row, part = [], 0, []
-        for g, c in enumerate(counts + [None]):
-            if c is None or (part and sum(counts[i] for i in part) + c > max_rows):
-                rows = sum(counts[i] for i in part)
-                batches.append(self.score_responses([problems[i] for i in part], [counts[i] for i in part],
-                                                    token_ids=token_ids[row:row + rows],
-                                                    behaviour_logp=behaviour[row:row + rows], kind=ON_POLICY))
-                row, part = row + rows, []
-            if c is not None:
-                part.append(g)
-        return RolloutBatch.concat(batches, self.pad)
+        batches, row = [], 0
+        for groups, rows in group_parts(counts, max_rows or sum(counts)):
+            batches.append(self.score_responses([problems[g] for g in groups], [counts[g] for g in groups],
+                                                token_ids=token_ids[row:row + rows],
+                                                behaviour_logp=behaviour[row:row + rows], kind=ON_POLICY))
+            row += rows
+        return batches[0] if len(batches) == 1 else RolloutBatch.concat(batches, self.pad)
 
     def close(self) -> None:
         if self._folder is not None:
