@@ -51,7 +51,10 @@ def test_the_same_noise_samples_the_same_tokens_on_cpu_and_gpu(tiny_model):
 
 def test_a_bfloat16_run_trains_on_the_gpu(tmp_path, tiny_config):
     from explorl.train.loop import Trainer
-    cfg = tiny_config(model={"device": "cuda", "dtype": "bfloat16"}, train={"steps": 3})
+    # a warm start long enough that some groups have both right and wrong answers (a gradient)
+    cfg = tiny_config(model={"device": "cuda", "dtype": "bfloat16", "warmup": {"steps": 300, "batch_size": 32}},
+                      tasks={"addition": {"digits": [1, 1]}},
+                      train={"steps": 3, "problems_per_step": 8, "rollouts_per_problem": 8})
     trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
     assert next(trainer.model.parameters()).device.type == "cuda"
     start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -59,7 +62,37 @@ def test_a_bfloat16_run_trains_on_the_gpu(tmp_path, tiny_config):
     rows = run_metrics(tmp_path / "run")
     assert len(rows) == 3 and all(r["perf/peak_cuda_mb"] > 0 for r in rows)
     assert all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
+    assert any(r["loss/grad_norm"] > 0 for r in rows), "no step had a gradient: the test checks nothing"
     assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in start.items())
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_data_parallel_run_on_the_gpu(tmp_path, parallel):
+    """torchrun with one process per GPU (as many as are visible, at most 2): finite losses and a
+    checkpoint written by rank 0. NCCL carries the collectives of 2 processes, and FSDP's even
+    for one (its private process group)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    procs = min(2, torch.cuda.device_count())
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    out = tmp_path / "run"
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(procs), "-m", "explorl", "train",
+                           "--config", str(root / "configs" / "tiny.yaml"), "--steps", "3", "--quiet",
+                           "--set", "model.device=cuda", "--set", f"train.parallel={parallel}",
+                           "--set", "train.checkpoint_every=3", "--out", str(out)],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = run_metrics(out)
+    assert len(rows) == 3 and all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
+    assert all(r["perf/peak_cuda_mb"] > 0 for r in rows)
+    assert list((out / "ckpt").glob("step_*"))
 
 
 # ---- vLLM (model.backend: vllm), where it is installed ------------------------------------------

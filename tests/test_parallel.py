@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # a warm start long enough that some rollouts are correct: the updates are not all zero
 SETTINGS = ["--config", str(ROOT / "configs" / "tiny.yaml"),
             "--set", "model.warmup.steps=300", "--set", "model.warmup.batch_size=32",
+            "--set", "model.device=cpu",  # gloo on the CPU, also where a GPU is visible
             "--set", "eval.share_start=false",  # every run evaluates its start (sharded under 2 processes)
             "--quiet"]
 
@@ -35,14 +36,14 @@ def _env():
     return env
 
 
-def _train(out: Path, processes: int, *extra: str) -> None:
-    if processes == 1:
+def _train(out: Path, processes: int, *extra: str, torchrun_one: bool = False) -> None:
+    if processes == 1 and not torchrun_one:
         cmd = [sys.executable, "-m", "explorl"]
     else:
         torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(processes), "-m", "explorl"]
     done = subprocess.run([*cmd, "train", *SETTINGS, "--out", str(out), *extra], env=_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -100,6 +101,16 @@ def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, 
     assert not (two / "ckpt" / ".lock").exists()
 
 
+def test_fsdp_under_torchrun_with_one_process_joins_torchruns_rendezvous(tmp_path):
+    """torchrun --nproc_per_node 1 (one GPU): FSDP's process group is torchrun's, not a private
+    one whose store torchrun's agent would be waited on for (a hang, before the fix)."""
+    one, run = tmp_path / "one", tmp_path / "torchrun"
+    settings = ("--steps", "2", "--set", "train.parallel=fsdp")
+    _train(one, 1, *settings)
+    _train(run, 1, *settings, torchrun_one=True)
+    assert_same_run(one, run)
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_a_two_process_run_resumes(tmp_path, parallel):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
@@ -145,6 +156,16 @@ def test_device_settings():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="model.device"):
             resolve_device("cuda")
+
+
+def test_a_local_rank_without_its_own_gpu_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match="local rank 1 and only 1 CUDA device"):
+        resolve_device("cuda")
 
 
 def test_shards_are_whole_groups_balanced_by_rollouts():

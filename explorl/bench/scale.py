@@ -49,6 +49,7 @@ def run(args) -> int:
     steps = args.steps or STEPS
     cores = os.cpu_count() or 2
     rows, times = [], {}
+    cfg.model.device = "cpu"  # this half compares processes on the CPU, also where a GPU is visible
     with tempfile.TemporaryDirectory(prefix="explorl-scale-") as tmp:
         for procs, mode in ((1, "none"), (1, "ddp"), (2, "ddp")):
             cfg.train.parallel = mode

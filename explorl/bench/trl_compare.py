@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
+from explorl.train.parallel import resolve_device
 
 INSTALL_HINT = "explorl bench trl needs TRL: pip install -e .[bench]"
 
@@ -115,12 +116,13 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
             self.start = time.perf_counter()
 
     timer = Interleave()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    on_cpu = resolve_device(cfg.model.device).type == "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.model.dtype))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     dataset = Dataset.from_dict({"prompt": [prompt_text(p) for p in problems]})
     args = GRPOConfig(
-        output_dir=str(out_dir), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        output_dir=str(out_dir), use_cpu=on_cpu, bf16=False, fp16=False, gradient_checkpointing=False,
         report_to="none", use_vllm=False, save_strategy="no", logging_strategy="no", disable_tqdm=True,
         log_level="error", seed=cfg.seed, data_seed=cfg.seed, shuffle_dataset=False,
         max_steps=steps + 1, num_generations=t.rollouts_per_problem,
@@ -223,7 +225,8 @@ def run(args) -> int:
             f"clip eps {eps_low}/{eps_high}",
             f"token aggregation {t.loss_agg_mode} (TRL loss_type={LOSS_TYPES[t.loss_agg_mode]})",
             f"advantage {'(r - mean) / std' if scale_by_std else 'r - mean'} per group "
-            f"(TRL scale_rewards={'group' if scale_by_std else 'none'})", "float32, CPU"]
+            f"(TRL scale_rewards={'group' if scale_by_std else 'none'})",
+            f"weights in {cfg.model.dtype} on {resolve_device(cfg.model.device).type} (model.dtype, model.device)"]
     needs_ref = bool(plugins.needs() & {"ref_logp", "ref_model"})
     if not needs_ref:
         same.append("no KL / reference model (beta 0)")

@@ -42,7 +42,12 @@ def resolve_device(setting: str) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError("model.device: cuda, but no CUDA device is visible to this process; use auto or cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local >= torch.cuda.device_count():
+        raise ValueError(f"model.device: {setting}, but this process is local rank {local} and only "
+                         f"{torch.cuda.device_count()} CUDA device(s) are visible: launch at most one process per "
+                         "GPU (torchrun --nproc_per_node), or set model.device: cpu")
+    return torch.device("cuda", local)
 
 
 def launched_world_size() -> int:
@@ -67,7 +72,7 @@ class DataParallel:
                 backend = "nccl" if device.type == "cuda" else "gloo"
                 if device.type == "cuda":
                     torch.cuda.set_device(device)
-                if world > 1:
+                if "WORLD_SIZE" in os.environ:  # launched by torchrun (one process too): its rendezvous
                     dist.init_process_group(backend=backend)
                 else:  # FSDP needs a process group even for one process: a private one
                     dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
