@@ -189,6 +189,27 @@ def test_board_arithmetic():
     assert entropy_quarters(metrics, 100) == [2.0, None, 0.5, 0.1]
 
 
+def _board_run(start, end, kmax_end):
+    return {"pass@1": end, "pass@kmax": kmax_end, "kmax": 64, "tokens": 100.0, "curve": ([0.0, 50.0, 100.0],
+            [start, (start + end) / 2, end]), "start_pass@1": start, "start_pass@kmax": 0.8, "auc": end,
+            "entropy": [0.5, 0.4, 0.3, 0.2], "with_gradient": 0.3, "clipped": 0.0}
+
+
+def test_board_tokens_to_grpo_only_where_grpo_ends_above_its_start():
+    from explorl.compare.board import regime_table
+    rising = {"runs": {"grpo": {s: _board_run(0.4, 0.5, 0.7) for s in range(3)},
+                       "fast": {s: dict(_board_run(0.4, 0.6, 0.7), curve=([0.0, 40.0, 100.0], [0.4, 0.5, 0.6]))
+                                for s in range(3)}}}
+    table = regime_table("r", rising)
+    assert "| `fast` | 3 | 0.600 |" in table and "0.40 (3/3)" in table
+    assert "at most half of its tokens (every seed): `fast`" in table
+    falling = {"runs": {"grpo": {s: _board_run(0.47, 0.44, 0.66) for s in range(3)},
+                        "other": {s: _board_run(0.47, 0.46, 0.70) for s in range(3)}}}
+    table = regime_table("r", falling)
+    assert "does not apply" in table and "0.00 (" not in table
+    assert "| `other` | 3 | 0.460 | +0.020 ± 0.000 * | 0.700 | +0.040 ± 0.000 * | 0.460 | — |" in table
+
+
 def test_curve_arithmetic():
     assert auc([0, 10], [0.0, 1.0]) == pytest.approx(0.5)
     assert auc([0, 1, 3], [1.0, 1.0, 0.0]) == pytest.approx((1 + 1) / 3)

@@ -13,7 +13,8 @@ wide: t = 4.30). Columns:
 - ``tokens to GRPO``: the generated tokens a recipe needed to reach GRPO's final held-out
   pass@1 (the mean over GRPO's seeds), from the held-out curve with linear interpolation
   between evaluations, as a share of GRPO's budget; mean over the seeds that reached it, with
-  the count of those seeds;
+  the count of those seeds ("—" throughout where GRPO ends at or below the start's pass@1:
+  every run starts at that level, so the measure does not apply);
 - entropy of the training rollouts in each quarter of the token budget (entropy over
   training), the share of groups with a gradient (groups whose rewards vary), and the share
   of tokens the PPO clip held back (low + high side, mean over steps; "—" for objectives
@@ -123,9 +124,12 @@ def regime_table(name: str, data: dict) -> str:
     target = _mean([r["pass@1"] for r in base.values()])
     base_tokens = _mean([r["tokens"] for r in base.values()])
     start = next(iter(base.values()))
+    # where GRPO ends at or below the start, every run "reaches" its level at token 0: no measure
+    applies = target > start["start_pass@1"]
     lines = [f"### {name}", "",
              f"Start: pass@1 {start['start_pass@1']:.3f}, pass@{kmax} {start['start_pass@kmax']:.3f}. "
-             f"{len(runs)} recipes; GRPO's final pass@1 {target:.3f} (the level for \"tokens to GRPO\"). "
+             f"{len(runs)} recipes; GRPO's final pass@1 {target:.3f} "
+             f"({'the level for' if applies else 'not above the start: no'} \"tokens to GRPO\"). "
              f"Δ: paired by seed against GRPO, 95% CI; `*`: the interval excludes 0.", "",
              f"| recipe | seeds | pass@1 | Δ pass@1 | pass@{kmax} | Δ pass@{kmax} | AUC | tokens to GRPO "
              f"| rollout entropy by quarter | groups with gradient | clipped |",
@@ -134,7 +138,7 @@ def regime_table(name: str, data: dict) -> str:
     fast, wide = [], []
     for label in order:
         rs = runs[label]
-        reach = [tokens_to_reach(*r["curve"], target) for r in rs.values()]
+        reach = [tokens_to_reach(*r["curve"], target) if applies else None for r in rs.values()]
         got = [t for t in reach if t is not None]
         share = _mean(got) / base_tokens if got else None
         d1 = paired({s: r["pass@1"] for s, r in rs.items()}, {s: r["pass@1"] for s, r in base.items()})
@@ -151,13 +155,17 @@ def regime_table(name: str, data: dict) -> str:
             f"{'—' if share is None else f'{share:.2f} ({len(got)}/{len(rs)})'} | "
             f"{' / '.join(_fmt(q, '.2f') for q in quarters)} | {_fmt(_mean([r['with_gradient'] for r in rs.values()]))} | "
             f"{_fmt(_mean([r['clipped'] for r in rs.values()]), '.4f')} |")
-    own = [tokens_to_reach(*r["curve"], target) for r in base.values()]
+    own = [tokens_to_reach(*r["curve"], target) for r in base.values()] if applies else []
     own = [t / base_tokens for t in own if t is not None]
-    lines += ["",
-              f"Reached GRPO's final pass@1 with at most half of its tokens (every seed): "
-              f"{', '.join(f'`{x}`' for x in fast) or 'none'}"
-              + (f" (GRPO's own runs first reached that mean level at {sum(own) / len(own):.2f} of the budget, in "
-                 f"{len(own)} of {len(base)} seeds: the held-out curve is noisy)." if own else "."),
+    reached = (f"Reached GRPO's final pass@1 with at most half of its tokens (every seed): "
+               f"{', '.join(f'`{x}`' for x in fast) or 'none'}"
+               + (f" (GRPO's own runs first reached that mean level at {sum(own) / len(own):.2f} of the budget, in "
+                  f"{len(own)} of {len(base)} seeds: the held-out curve is noisy)." if own else "."))
+    if not applies:
+        reached = (f"Reached GRPO's final pass@1 with at most half of its tokens: does not apply — GRPO ended at "
+                   f"{target:.3f}, not above the start's {start['start_pass@1']:.3f}, so every run starts at that "
+                   f"level (\"tokens to GRPO\" shows —); compare the final values and the AUC instead.")
+    lines += ["", reached,
               f"Beat GRPO's pass@{kmax} by 10 points or more (mean paired Δ): "
               f"{', '.join(f'`{x}`' for x in wide) or 'none'}.", ""]
     return "\n".join(lines)
