@@ -155,13 +155,14 @@ def regime_table(name: str, data: dict) -> str:
             f"{'—' if share is None else f'{share:.2f} ({len(got)}/{len(rs)})'} | "
             f"{' / '.join(_fmt(q, '.2f') for q in quarters)} | {_fmt(_mean([r['with_gradient'] for r in rs.values()]))} | "
             f"{_fmt(_mean([r['clipped'] for r in rs.values()]), '.4f')} |")
-    own = [tokens_to_reach(*r["curve"], target) for r in base.values()] if applies else []
-    own = [t / base_tokens for t in own if t is not None]
-    reached = (f"Reached GRPO's final pass@1 with at most half of its tokens (every seed): "
-               f"{', '.join(f'`{x}`' for x in fast) or 'none'}"
-               + (f" (GRPO's own runs first reached that mean level at {sum(own) / len(own):.2f} of the budget, in "
-                  f"{len(own)} of {len(base)} seeds: the held-out curve is noisy)." if own else "."))
-    if not applies:
+    if applies:
+        own = [t / base_tokens for t in (tokens_to_reach(*r["curve"], target) for r in base.values())
+               if t is not None]
+        reached = (f"Reached GRPO's final pass@1 with at most half of its tokens (every seed): "
+                   f"{', '.join(f'`{x}`' for x in fast) or 'none'}"
+                   + (f" (GRPO's own runs first reached that mean level at {sum(own) / len(own):.2f} of the budget, "
+                      f"in {len(own)} of {len(base)} seeds: the held-out curve is noisy)." if own else "."))
+    else:
         reached = (f"Reached GRPO's final pass@1 with at most half of its tokens: does not apply — GRPO ended at "
                    f"{target:.3f}, not above the start's {start['start_pass@1']:.3f}, so every run starts at that "
                    f"level (\"tokens to GRPO\" shows —); compare the final values and the AUC instead.")
