@@ -40,17 +40,22 @@ class ShardedTraining:
     """The sharded training model made from ``policy`` (left whole, as the rollout copy)."""
 
     def __init__(self, policy, dtype: torch.dtype):
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
         from explorl.policy.lora import is_lora
         if is_lora(policy):
             raise ValueError("train.parallel: fsdp with model.lora is not supported; LoRA adapters are small: "
                              "use train.parallel: ddp")
         model = copy.deepcopy(policy).float()
+        # the mesh on the policy's device: left to itself, fully_shard builds it on any visible
+        # accelerator, so CPU ranks (gloo, model.device: cpu) on a GPU machine would all land on one GPU
+        mesh = init_device_mesh(next(policy.parameters()).device.type, (dist.get_world_size(),))
         mixed = (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
                  if dtype != torch.float32 else MixedPrecisionPolicy())
         for layer in decoder_layers(model):
-            fully_shard(layer, mp_policy=mixed)
-        fully_shard(model, mp_policy=mixed)
+            fully_shard(layer, mesh=mesh, mp_policy=mixed)
+        fully_shard(model, mesh=mesh, mp_policy=mixed)
         self.modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
         for module in self.modules:
             module.set_gradient_divide_factor(1.0)  # a sum: each rank's loss is its share of the whole
