@@ -1,8 +1,8 @@
 """The start-of-run evaluation, computed once and shared by every run that would compute the
 same thing: the same starting model, task sources, evaluation settings, prompt format, response
-length and verifier settings, and the same explorl source code (and, where ``reference:`` starts the policy at a soup or one of
-its members, those members). A study of 20 recipes × 3 seeds
-on one warm start evaluates the start once instead of 60 times.
+length and verifier settings, and the same explorl source code (and, where ``reference:``
+starts the policy at a soup or one of its members, those members). A study of 20 recipes × 3
+seeds on one warm start evaluates the start once instead of 60 times.
 
 The key hashes all of that, the source of every ``explorl`` module included (a fix to a
 verifier or to the sampler must not reuse an evaluation made before it), and, for a model

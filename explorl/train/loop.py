@@ -19,9 +19,9 @@ import torch
 import yaml
 
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
+from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import GuideContext, StepStats
-from explorl.config import reference_component
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
