@@ -78,8 +78,8 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 1, "model.tiny.layers": 1, "mode
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
            "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1,
-           "model.vllm.max_model_len": 1}
-SEEDS = {"seed", "model.tiny.seed", "eval.seed"}
+           "model.vllm.max_model_len": 1, "model.warmup.seed": 0}
+SEEDS = {"seed", "model.tiny.seed", "eval.seed", "model.warmup.seed"}
 #: the keys the optional mappings accept
 OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
                "logging.wandb": {"project", "entity", "name", "mode", "dir"},
@@ -361,6 +361,19 @@ SCALAR_KEYS = [k for k, h in CONFIG_KEYS if h != "section" and not _options(h) &
 def test_fuzz_set_inside_a_non_section(key, sub, value, fuzz_cases):
     fuzz_cases.tick()
     raises_naming(lambda: load_config(overrides=[f"{key}.{sub}={literal(value)}"]), key)
+
+
+@settings(FUZZ, max_examples=60)
+@given(value=st.one_of(PLAIN[bool], PLAIN[int], PLAIN[float], PLAIN[list], PLAIN[dict], WORDS,
+                       st.fixed_dictionaries({"kind": st.sampled_from(["soup", "initial"])}, optional={
+                           "models": st.one_of(PLAIN[list], st.lists(WORDS, max_size=2)),
+                           "weights": st.lists(st.floats(-2, 2), max_size=3),
+                           "policy_init": WORDS}).filter(lambda d: d != {"kind": "initial"})))
+def test_fuzz_the_reference_section(value, fuzz_cases):
+    """``reference``: anything but a valid ``{kind: ...}`` section is refused naming the key."""
+    assume(value != "initial")
+    fuzz_cases.tick()
+    raises_naming(lambda: load_config(overrides=[f"reference={literal(value)}"]), "reference")
 
 
 # ---- property-based: every component parameter ---------------------------------------------------

@@ -82,15 +82,23 @@ def assert_close_values(x, y, where="eval.json"):
         assert x == y, where
 
 
+RECIPE_SETTINGS = {"submodular": ("--set", "advantage=[{name: submodular, set_function: facility_location, "
+                                          "credit: shapley, permutations: 5, verifier_coef: 1.0, gain_coef: 0.5}]")}
+
+
 @pytest.mark.parametrize("recipe,backend,parallel,micro", [
     ("grpo", "fast", "ddp", None), ("knapsack", "fast", "ddp", None), ("grpo", "hf", "ddp", None),
-    ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None)])
+    ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None), ("salsa", "fast", "ddp", None),
+    ("submodular", "fast", "ddp", None)])
 def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, micro):
     """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward;
-    FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows."""
+    FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows; a
+    soup reference built on every rank; SubPO's Shapley orders drawn from its seeded generator
+    and facility location on the policy's hidden states."""
     one, two = tmp_path / "one", tmp_path / "two"
     settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}",
-                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()))
+                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()),
+                *RECIPE_SETTINGS.get(recipe, ()))
     _train(one, 1, *settings)
     _train(two, 2, *settings)
     assert_same_run(one, two)
