@@ -1,10 +1,14 @@
 """Verifiers under guard: errors, time-outs and invalid rewards are counted per source, a hung
 verifier is abandoned, the error budget stops a run with a message that shows the fault, and a
 source that fails its checks is refused before anything is written."""
+import json
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,8 @@ from explorl.tasks import SOURCES, Addition, TaskMix
 from explorl.tasks.guard import FaultLedger, GuardedVerifier, VerificationFailed
 from explorl.train.loop import Trainer
 from run_records import run_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Flaky(Addition):
@@ -162,3 +168,24 @@ def test_a_source_that_fails_its_checks_is_refused_before_the_run_folder_exists(
     with pytest.raises(ValueError, match=r"task source 'broken_on_empty' fails its checks: .*verify raised ValueError"):
         Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_run_abandons_hung_verifications_and_finishes(tmp_path):
+    """A source whose verifier hangs in C code on some completions: the run counts the time-outs
+    in its metrics and finishes. Run as a command with a time limit, because a verifier run in
+    the trainer's own process could not be interrupted there: without the guard's worker the run
+    would never end, and the limit turns that into a failure."""
+    out = tmp_path / "run"
+    tasks = '{hangs: {kind: "user_sources:HangsSometimes", digits: [1, 1]}, addition: {digits: [1, 1]}}'
+    command = [sys.executable, "-m", "explorl", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
+               "--steps", "2", "--out", str(out), "--quiet", "--set", f"tasks={tasks}",
+               "--set", "verify.timeout=0.5", "--set", "verify.max_error_share=1.0",
+               "--set", "verify.check_at_start=false", "--set", "eval.problems_per_source=1"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = run_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert sum(r["verify/timeouts/hangs"] for r in rows) > 0
+    assert all(r["verify/timeouts/addition"] == 0 for r in rows)
+    assert "end" in json.loads((out / "eval.json").read_text())

@@ -1,7 +1,8 @@
-"""A task source of a user's own, named in a config by import path (``kind: user_sources:Parity``)."""
+"""Task sources of a user's own, named in a config by import path (``kind: user_sources:Parity``)."""
 import random
+import zlib
 
-from explorl.tasks import TaskSource
+from explorl.tasks import Addition, TaskSource
 
 
 class Parity(TaskSource):
@@ -16,3 +17,15 @@ class Parity(TaskSource):
 
     def score(self, problem, completion: str) -> float:
         return float(completion.strip() == problem.answer)
+
+
+class HangsSometimes(Addition):
+    """Addition whose verifier hangs on about a fifth of the completions (picked by a hash of the
+    text), in a loop in C that no alarm interrupts: only killing its process stops it."""
+
+    name = "hangs_sometimes"
+
+    def score(self, problem, completion: str) -> float:
+        if zlib.crc32(completion.encode()) % 5 == 0:
+            sum(range(10**13))
+        return super().score(problem, completion)
