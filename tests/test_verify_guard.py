@@ -180,7 +180,8 @@ def test_a_training_run_abandons_hung_verifications_and_finishes(tmp_path):
     command = [sys.executable, "-m", "explorl", "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
                "--steps", "2", "--out", str(out), "--quiet", "--set", f"tasks={tasks}",
                "--set", "verify.timeout=0.5", "--set", "verify.max_error_share=1.0",
-               "--set", "verify.check_at_start=false", "--set", "eval.problems_per_source=1"]
+               "--set", "verify.check_at_start=false", "--set", "eval.problems_per_source=1",
+               "--set", "model.warmup.tasks={addition: {digits: [1, 1]}, reversal: {length: [2, 3]}}"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
