@@ -171,6 +171,20 @@ def test_the_error_budget_stops_both_ranks_with_its_message(tmp_path):
     assert "verifications in step 1 failed (over verify.max_error_share=0.1); most in source 'faulty'" in message
 
 
+@pytest.mark.slow  # five runs: a few minutes on a 2-core machine
+def test_an_fsdp_checkpoint_resumes_on_another_number_of_processes(tmp_path):
+    """FSDP checkpoints hold the full weights and optimizer state: saved by 2 processes and resumed
+    by 1, or the reverse, the run goes on as the unbroken one."""
+    mode = ("--set", "train.parallel=fsdp")
+    whole = tmp_path / "whole"
+    _train(whole, 1, "--steps", "4", *mode)
+    for before, after in ((2, 1), (1, 2)):
+        parts = tmp_path / f"{before}_then_{after}"
+        _train(parts, before, "--steps", "2", *mode)
+        _train(parts, after, "--steps", "4", "--resume", *mode)
+        assert_same_run(whole, parts)
+
+
 def test_fsdp_shards_the_training_model_and_keeps_a_whole_rollout_copy(tiny_config, tmp_path):
     from torch.distributed.tensor import DTensor
 
