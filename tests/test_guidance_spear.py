@@ -114,23 +114,38 @@ def test_entries_are_evicted_after_the_tolerance(tiny_model):
                for a, b in zip(restored.buffer, method.buffer))
 
 
-def test_clip_cov_cuts_replayed_tokens_only():
-    # row 0 on-policy; rows 1 and 2 replayed with A = 4 and 0 (the covariance is over replayed tokens only)
+def test_clip_cov_on_replayed_tokens_is_anchored_at_the_recorded_pi_old():
+    """Row 0 on-policy (A = 10); rows 1 and 2 replayed with A = 4 and −2, recorded π_old set so that
+    their ratios π_θ/π_old are [1.5, 1.1, 0.9] and [0.7, 1.2, 1.1]; π_old recomputed now (old_logp =
+    −5) is not the anchor. Clip 0.2/0.28, Clip-Cov r = 1, band (1, 6), step 100 of a 200-step ramp."""
     logp = torch.tensor([[-0.2, -2.5, -0.1], [-0.1, -2.0, -0.5], [-0.3, -1.0, -3.0]], requires_grad=True)
+    ratios = torch.tensor([[1.0, 1.0, 1.0], [1.5, 1.1, 0.9], [0.7, 1.2, 1.1]])
+    recorded = logp.detach() - ratios.log()
     kind = torch.tensor([ON_POLICY, REPLAYED, REPLAYED])
-    adv = torch.tensor([10.0, 4.0, 0.0])[:, None].expand(3, 3)
+    adv = torch.tensor([10.0, 4.0, -2.0])[:, None].expand(3, 3)
     old = logp.detach().clone()
-    old[1:] = -5.0                                        # pi_old now: not the anchor of replayed rows
-    ctx = LossContext(logp=logp, old_logp=old, behaviour_logp=logp.detach().clone(), advantages=adv,
-                      mask=torch.ones(3, 3), step=300, kind=kind, extras={"generator": torch.Generator().manual_seed(0)})
-    method = SPEAR(clip_cov_ratio_replay=1.0, clip_cov_lb_replay=1.0, clip_cov_ub_replay=5.0, max_replay_loss_steps=200)
+    old[1:] = -5.0
+    ctx = LossContext(logp=logp, old_logp=old, behaviour_logp=recorded, advantages=adv, mask=torch.ones(3, 3),
+                      step=100, kind=kind, extras={"generator": torch.Generator().manual_seed(0)})
+    method = SPEAR(clip_cov_ratio_replay=1.0, clip_cov_lb_replay=1.0, clip_cov_ub_replay=6.0, max_replay_loss_steps=200)
     loss, m = combine_terms([PPOClip()], ctx, [method])
-    # replayed: mean A = 2, mean log pi = -1.15; Cov = [[2.1, -1.7, 1.3], [-1.7, -0.3, 3.7]]: band (1, 5) = 3 tokens
-    cut = torch.tensor([[True, False, True], [False, False, True]])
-    assert torch.equal(loss[1:] == 0, cut | (adv[1:] == 0))
-    assert torch.allclose(loss[1], torch.tensor([0.0, -4.0, 0.0]))   # ratio 1 against the recorded anchor, c = 1
-    assert torch.allclose(loss[0], -adv[0])                            # the on-policy row: plain PPO, nothing cut
-    assert m["loss/spear_clip_cov_frac"] == pytest.approx(3 / 6) and m["loss/spear_coef"] == 1.0
+    # over the replayed tokens: mean A = 1, mean log π = −1.15, so Cov = 3(log π + 1.15) on row 1 and
+    # −3(log π + 1.15) on row 2: [[3.15, −2.55, 1.95], [−2.55, 0.45, 5.55]]; in the band (1, 6): (1,0),
+    # (1,2), (2,2). (1,0) has ratio 1.5 > 1.28 with A > 0: PPO already clips it, so it is not cut;
+    # (2,0) has ratio 0.7 < 0.8 with A < 0: clipped, loss −A·0.8. ⌊1·6⌋ ≥ 2: both candidates are cut.
+    # c(100) = (1 − cos(π/2))/2 = 0.5
+    c = 0.5
+    expected = torch.tensor([[-10.0, -10.0, -10.0],
+                             [-c * 4 * 1.28, -c * 4 * 1.1, 0.0],
+                             [c * 2 * 0.8, c * 2 * 1.2, 0.0]])
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert m["loss/spear_coef"] == pytest.approx(c)
+    assert m["loss/spear_clip_cov_frac"] == pytest.approx(2 / 6)
+    assert m["loss/spear_ratio_mean"] == pytest.approx((1.5 + 1.1 + 0.9 + 0.7 + 1.2 + 1.1) / 6, rel=1e-5)
+    loss.sum().backward()
+    # gradient −c·A·ratio where the token is neither clipped nor cut; the on-policy row's is −A
+    grad = torch.tensor([[-10.0, -10.0, -10.0], [0.0, -c * 4 * 1.1, 0.0], [0.0, c * 2 * 1.2, 0.0]])
+    assert torch.allclose(logp.grad, grad, atol=1e-5)
 
 
 def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
