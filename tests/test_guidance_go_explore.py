@@ -155,10 +155,10 @@ def test_returning_puts_the_prefix_in_the_prompt(tiny_model):
     assert out.rewards[rows].tolist() == [source.score(returned, "1" + t) for _, t in seen]
 
 
-def test_fr3e_scaling_by_hand(tok):
+def test_fr3e_deltas_along_a_chain(tok):
     """Chain root → c1 ("1") → c2 ("12") → c3 ("123"); the root group's V was 0.5.
     Explored: c1 with rewards [1, 1, 1, 0] (V = 0.75), c2 with [1, 0, 0, 0] (V = 0.25).
-    Δ(c1) = 0.75 − 0.5 = 0.25, Δ(c2) = 0.25 − 0.75 = −0.5; advantages are divided by exp(Δ).
+    Δ(c1) = 0.75 − 0.5 = 0.25, Δ(c2) = 0.25 − 0.75 = −0.5.
     c3's parent c2 now has a value; a cell whose ancestors were never explored falls back to the
     root group's V."""
     q = Problem(id="q", prompt="12+7=", answer="19", source="addition")
@@ -172,17 +172,46 @@ def test_fr3e_scaling_by_hand(tok):
     deltas = gx.record_values({("q", "1"): [1, 1, 1, 0], ("q", "12"): [1, 0, 0, 0]})
     assert deltas[("q", "1")] == pytest.approx(0.25) and deltas[("q", "12")] == pytest.approx(-0.5)
     assert gx.parent_value(("q", "123")) == 0.25
-    # augment divides each explored group's advantages by exp(Δ); on-policy rows are untouched
-    p1, p2 = returned_problem(q, "1"), returned_problem(q, "12")
-    batch = scored_batch(tok, [q, p1, p2], [["9", "1"], ["9", "9"], ["9", "9"]], [[1, 0], [1, 0], [1, 0]])
-    batch.kind = torch.tensor([ON_POLICY, ON_POLICY, PREFIX, PREFIX, PREFIX, PREFIX])
-    batch.advantages = torch.tensor([0.5, -0.5, 0.5, -0.5, 0.5, -0.5])
-    gx._scale = {p1.id: math.exp(-0.25), p2.id: math.exp(0.5)}
+
+
+def test_fr3e_scaling_from_rollouts(tok):
+    """One step through ``guide`` and ``augment``: the problem's group [1, 0, 0, 0] has V(S_0) = 0.25;
+    its correct response "12" gives the chain S_0 → S_1 ("1") → S_2 ("12") (K = 2 anchors at its two
+    least probable positions). Exploring S_1 gives [1, 1, 1, 0] (V = 0.75), S_2 gives [1, 0, 0, 0]
+    (V = 0.25): Δ_1 = 0.75 − 0.25 = 0.5, Δ_2 = 0.25 − 0.75 = −0.5, and each explored group's
+    mean-centred advantages are divided by exp(Δ_j). The problem's own group keeps its advantages (the
+    root's exp(1 − V(S_0)) is not applied: see the module docstring)."""
+    q = Problem(id="q", prompt="12+7=", answer="19", source="addition")
+    base = scored_batch(tok, [q], [["12", "34", "56", "78"]], [[1, 0, 0, 0]],
+                        old_logp=[[-0.1, -5, -4]] + [[-0.1, -0.1, -0.1]] * 3)
+    explored_rewards = {"1": [1, 1, 1, 0], "12": [1, 0, 0, 0]}
+
+    def sample(problems, counts, temperatures=None):
+        assert counts == [4] * len(problems)
+        return scored_batch(tok, problems, [["9"] * 4] * len(problems), [explored_rewards[p.prefix] for p in problems])
+
+    gx = GoExplore(anchors=2, correct_per_problem=1, wrong_per_problem=0, cells_per_step=2, rollouts_per_cell=4,
+                   deepen=False, fr3e_scaling=True)
+    ctx = SimpleNamespace(engine=SimpleNamespace(tokenizer=tok, pad=tok.pad_token_id), rng=random.Random(0), step=1,
+                          sample=sample, extras={"teacher_context": SimpleNamespace(max_new_tokens=6)})
+    batch, m = gx.guide(base, ctx)
+    assert m["guide/gx_new_cells"] == 2 and m["guide/gx_explored"] == 2
+    assert gx.archive[("q", "12")]["parent"] == ("q", "1") and gx.archive[("q", "1")]["parent_value"] == 0.25
+    prefixes = [p.prefix for p in batch.problems]
+    assert prefixes[0] == "" and sorted(prefixes[1:]) == ["1", "12"]
+    # the estimator's mean-centred advantages (adv_no_use_std), then augment
+    grid, _ = batch.to_groups(batch.rewards)
+    batch.advantages = batch.rewards - batch.from_groups(grid.sum(1, keepdim=True).expand_as(grid) / 4)
     out, m = gx.augment(batch, None)
     e = math.exp
-    assert out.advantages.tolist() == pytest.approx([0.5, -0.5, 0.5 / e(0.25), -0.5 / e(0.25),
-                                                     0.5 * e(0.5), -0.5 * e(0.5)])
-    assert m["guide/gx_fr3e_scale"] == pytest.approx((e(-0.25) + e(0.5)) / 2)
+    expected = {"": [0.75, -0.25, -0.25, -0.25],
+                "1": [a / e(0.5) for a in (0.25, 0.25, 0.25, -0.75)],
+                "12": [a / e(-0.5) for a in (0.75, -0.25, -0.25, -0.25)]}
+    for g, prefix in enumerate(prefixes):
+        rows = (out.group == g).nonzero().squeeze(-1)
+        assert out.advantages[rows].tolist() == pytest.approx(expected[prefix], rel=1e-6), prefix
+    assert m["guide/gx_fr3e_scale"] == pytest.approx((e(-0.5) + e(0.5)) / 2)
+    assert gx.augment(out, None) == (out, {})        # the factors are used once
 
 
 def run(tiny_config, tmp_path, steps=3, **sections):
