@@ -125,7 +125,7 @@ def test_luffy_recipe_trains(tmp_path, tiny_config):
         p = c["logp"].exp()
         assert torch.allclose(c["loss"] * off, -c["advantages"] * p / (p + 0.1) * off, atol=1e-6)
     weights = per_step_mean(calls, lambda c: masked_mean(c["logp"].exp() / (c["logp"].exp() + 0.1), kind_mask(c, OFF_POLICY)))
-    assert [r["loss/luffy_off_weight"] for r in rows] == pytest.approx([weights[1], weights[2]], rel=1e-5)
+    assert [r["loss/luffy_off_weight"] for r in rows] == pytest.approx([weights[1], weights[2]], abs=1e-6)
     assert rows[-1]["tokens/total"] == sum(r["tokens/step"] for r in rows)
     assert rows[-1]["tokens/teacher_total"] == sum(r["tokens/teacher"] for r in rows)
 

@@ -4,6 +4,7 @@ import io
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from explorl.tasks import TaskMix
 from explorl.train.checkpoint import decode_state, encode_state
 from explorl.train.loop import Trainer
 from explorl.train.update import combine_terms
+from loss_records import kind_mask, record_batches, record_row_loss
 from run_records import run_metrics
 
 PARITY = {"parity": {"kind": "user_sources:Parity", "length": [2, 3]}}
@@ -155,11 +157,55 @@ def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
     assert len(run_metrics(tmp_path / "run")) == 2
     cfg = tiny_config(recipe="spear", tasks=PARITY, train={"steps": 3}, model={"warmup": {"steps": 150, "batch_size": 16}},
                       guidance=[{"name": "spear", "trajectory_buffer_size": 2}])
-    Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None).run()
+    trainer = Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None)
+    method = trainer.plugins.guidance[0]
+    calls, batches = record_row_loss(method), record_batches(method)
+    trainer.run()
     rows = run_metrics(tmp_path / "parity")
     assert rows[0]["guide/spear_stored"] > 3 and "rows/replayed" not in rows[0]   # nothing stored before step 1
     assert rows[1]["rows/replayed"] == 2 and rows[1]["rollouts"] == 16 + 2        # 2^1 <= capacity 2, extra rows
-    assert 0 < rows[1]["loss/spear_coef"] < 1e-3                                  # early on the ramp: c(2) ~ 2.5e-4
+    ramp = lambda step: (1 - math.cos(math.pi * step / 200)) / 2                  # c(s), coef 1, S = 200
+    assert all(call["metrics"]["loss/spear_coef"] == pytest.approx(ramp(call["step"]), rel=1e-12) for call in calls)
+    assert rows[1]["loss/spear_coef"] == pytest.approx(ramp(2), abs=5e-7)          # metrics.jsonl keeps 6 decimals
+    # recomputed from the run: the baseline is the median of step 1's group means; each replayed row is an
+    # answer of step 1 with Â' = r − baseline and its π_old recorded then
+    first, second = batches[0], batches[1]
+    own = first.row_kind == ON_POLICY
+    means = [float(first.rewards[(first.group == g) & own].mean()) for g in range(len(first.problems))]
+    baseline = float(np.percentile(means, 50))
+    assert rows[1]["guide/spear_baseline_mean"] == pytest.approx(baseline, abs=5e-7)
+    replayed = (second.row_kind == REPLAYED).nonzero().squeeze(-1).tolist()
+    assert len(replayed) == 2
+    for r in replayed:
+        n = int(second.mask[r].sum())
+        assert float(second.advantages[r]) == pytest.approx(float(second.rewards[r]) - baseline, abs=1e-6)
+        assert float(second.advantages[r]) > 0
+        pid = second.problems[int(second.group[r])].id
+        source = [q for q in own.nonzero().squeeze(-1).tolist() if first.problems[int(first.group[q])].id == pid
+                  and int(first.mask[q].sum()) == n and torch.equal(first.response_ids[q, :n], second.response_ids[r, :n])]
+        assert source and torch.equal(second.behaviour_logp[r, :n], first.old_logp[source[0], :n])
+    # the loss on replayed tokens: c(s)·PPO(0.2/0.28) with ratio π_θ/π_old(recorded), zero on the Clip-Cov cut
+    # (max(⌊0.02·N⌋, 1) tokens, or all candidates if fewer: unclipped, 1 < Cov < 40 over the replayed tokens)
+    assert 2 in {call["step"] for call in calls}
+    fractions, ratio_means = {}, {}
+    for call in calls:
+        replay = kind_mask(call, REPLAYED) > 0
+        adv, logp = call["advantages"], call["logp"]
+        ratio = (logp - call["behaviour_logp"]).exp()
+        ppo = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
+        clipped = (ppo != -adv * ratio) & replay
+        cut = replay & (call["loss"] == 0) & (ppo != 0)
+        c = ramp(call["step"])
+        assert torch.allclose(call["loss"][replay & ~cut], c * ppo[replay & ~cut], rtol=1e-5, atol=1e-9)
+        n = int(replay.sum())
+        cov = (adv - adv[replay].mean()) * (logp - logp[replay].mean())
+        candidates = replay & ~clipped & (cov > 1.0) & (cov < 40.0)
+        assert not (cut & ~candidates).any() and int(cut.sum()) == min(int(candidates.sum()), max(int(0.02 * n), 1))
+        fractions.setdefault(call["step"], []).append(int(cut.sum()) / n)
+        ratio_means.setdefault(call["step"], []).append(float(ratio[replay].mean()))
+    for step, values in fractions.items():
+        assert rows[step - 1]["loss/spear_clip_cov_frac"] == pytest.approx(sum(values) / len(values), abs=5e-7)
+        assert rows[step - 1]["loss/spear_ratio_mean"] == pytest.approx(sum(ratio_means[step]) / len(values), abs=1e-6)
 
 
 def test_spear_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_config):
