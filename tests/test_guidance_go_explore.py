@@ -19,6 +19,7 @@ from explorl.explore.guidance.go_explore import (
     visit_weight,
 )
 from explorl.tasks.problem import Problem
+from loss_records import mean_centred, record_batches
 from run_records import unbroken_and_resumed
 
 P = [Problem(id=f"p{i}", prompt=f"{i}+1=", answer=str(i + 1), source="addition") for i in range(3)]
@@ -222,25 +223,35 @@ def run(tiny_config, tmp_path, steps=3, **sections):
     cfg = tiny_config(recipe="go_explore", tasks={"parity": {"kind": "user_sources:Parity", "length": [2, 3]},
                                                   "addition": {"digits": [1, 1]}},
                       model={"warmup": {"steps": 100}}, train={"steps": steps}, **sections)
-    batches = []
-    observe = go_explore.GoExplore.observe
-
-    def spy(self, stats):
-        batches.append(stats.extras["batch"])
-        return observe(self, stats)
-    go_explore.GoExplore.observe = spy
-    try:
-        Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    finally:
-        go_explore.GoExplore.observe = observe
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    method = next(g for g in trainer.plugins.guidance if isinstance(g, go_explore.GoExplore))
+    batches = record_batches(method)
+    trainer.run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    return cfg, batches, rows
+    return cfg, batches, rows, method
+
+
+def explored_groups(batch):
+    """{group index: rewards} of the groups of prefix rows."""
+    groups = {}
+    for r in (batch.row_kind == PREFIX).nonzero().squeeze(-1).tolist():
+        groups.setdefault(int(batch.group[r]), []).append(float(batch.rewards[r]))
+    return groups
 
 
 def test_recipe_runs_end_to_end(tiny_config, tmp_path):
     from explorl.tasks import TaskMix
-    cfg, batches, rows = run(tiny_config, tmp_path)
+    cfg, batches, rows, _ = run(tiny_config, tmp_path)
     assert rows[-1]["guide/gx_cells"] > 0 and any(r.get("rows/prefix", 0) > 0 for r in rows)
+    # the logged counts and pass rate recomputed from each step's batch; without fr3e_scaling every group
+    # (explored ones included, each on its own) keeps the mean-centred advantage of the recipe's grpo
+    for r, batch in zip(rows, batches):
+        prefix = batch.row_kind == PREFIX
+        if "guide/gx_explored" in r:
+            assert r["guide/gx_prefix_rows"] == r["rows/prefix"] == int(prefix.sum()) == 8 * r["guide/gx_explored"]
+            assert r["guide/gx_prefix_pass_rate"] == pytest.approx(float((batch.rewards[prefix] >= 1).float().mean()),
+                                                                   abs=5e-7)
+        assert torch.allclose(batch.advantages, mean_centred(batch), atol=1e-6)
     tasks = TaskMix.from_config(cfg.tasks)
     prefix_rows, needs_prefix = 0, 0
     for batch in batches:
@@ -257,10 +268,27 @@ def test_recipe_runs_end_to_end(tiny_config, tmp_path):
 
 
 def test_stacks_with_knapsack_and_clip_cov(tiny_config, tmp_path):
-    _, _, rows = run(tiny_config, tmp_path, steps=2, budget={"name": "knapsack"},
-                           objective=[{"name": "clip_cov"}],
-                           guidance=[{"name": "go_explore", "fr3e_scaling": True, "anchor": "entropy"}])
+    _, batches, rows, gx = run(tiny_config, tmp_path, steps=2, budget={"name": "knapsack"},
+                               objective=[{"name": "clip_cov"}],
+                               guidance=[{"name": "go_explore", "fr3e_scaling": True, "anchor": "entropy"}])
     assert (tmp_path / "run" / "eval.json").exists() and len(rows) == 2
+    # FR3E's scale recomputed from the last step's rollouts: each explored group's mean-centred advantages
+    # divided by exp(V(cell) − V(parent)), V the share of rewards above the group mean
+    batch, factors = batches[-1], []
+    centred, groups = mean_centred(batch), explored_groups(batch)
+    assert groups and rows[-1]["guide/gx_explored"] == len(groups)
+    for g, rewards in groups.items():
+        problem = batch.problems[g]
+        key = (problem.id.split("|go_explore:")[0], problem.prefix)
+        mean = sum(rewards) / len(rewards)
+        value = sum(x > mean for x in rewards) / len(rewards)
+        factor = math.exp(-(value - gx.parent_value(key)))
+        rows_g = (batch.group == g).nonzero().squeeze(-1)
+        assert batch.advantages[rows_g].tolist() == pytest.approx((centred[rows_g] * factor).tolist(), abs=1e-6)
+        factors += [factor] * len(rewards)
+    own = batch.row_kind != PREFIX
+    assert torch.allclose(batch.advantages[own], centred[own], atol=1e-6)
+    assert rows[-1]["guide/gx_fr3e_scale"] == pytest.approx(sum(factors) / len(factors), abs=5e-7)
 
 
 def test_a_resumed_run_equals_an_unbroken_one(tiny_config, tmp_path):
