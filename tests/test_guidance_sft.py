@@ -9,6 +9,7 @@ from explorl.batch import DEMO, ON_POLICY
 from explorl.explore.guidance.sft import SFT
 from explorl.policy.sampling import token_logp_entropy
 from explorl.train.loop import Trainer
+from loss_records import kind_mask, record_row_loss
 from teacher_rows_helpers import loss_context
 from run_records import run_metrics
 
@@ -41,10 +42,18 @@ def test_a_run_logs_the_scheduled_coefficient(tmp_path, tiny_config):
     cfg = tiny_config(recipe="sft", teachers={"solver": {"kind": "solver"}}, tasks={"addition": {"digits": [1, 1]}},
                       guidance=[{"name": "sft", "coef": 0.5, "schedule": "linear", "decay_steps": 4}],
                       train={"steps": 3})
-    Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    calls = record_row_loss(trainer.plugins.guidance[0])
+    trainer.run()
     rows = run_metrics(tmp_path / "run")
     assert [r["guide/sft_coef"] for r in rows] == pytest.approx([0.375, 0.25, 0.125])   # 0.5·(1 − s/4)
     assert all(r["rows/demo"] == 4 for r in rows)
+    # the demonstration tokens' loss in the run: that step's coefficient times their NLL
+    assert {c["step"] for c in calls} == {1, 2, 3}
+    for c in calls:
+        demo = kind_mask(c, DEMO)
+        assert demo.sum() > 0
+        assert torch.allclose(c["loss"] * demo, 0.5 * (1 - c["step"] / 4) * -c["logp"] * demo, atol=1e-6)
 
 
 def test_sft_then_grpo_trains_on_the_demos_at_coef_one_and_lowers_their_nll(tmp_path, tiny_config):
