@@ -17,7 +17,9 @@ recomputes the same log-probs:
   (Σ_k log softmax(z / K)[i_k] over the K ids with weight > 0; with ``mts_scale_logits`` off,
   (1/K) Σ_k log softmax(z)[i_k]), ``DIRICHLET`` (log Dir(w; α) with α built from softmax(z) on
   the support w > 0, ``dirichlet_log_density``) or ``UNSCORED`` (the position has no log-prob
-  under the policy, e.g. a deterministic latent step: it is left out of the loss).
+  under the policy, e.g. a deterministic latent step: it is left out of the loss);
+- ``tag`` ``(R, L)``: what the method that decided the step chose there, for its own use
+  (CTRLS: the latent action; −1: nothing).
 
 The embedding of a soft input calls the model's embedding module on the ids (so a LoRA
 adapter on it takes part) and weights the rows: with one id of weight 1 it is the embedding of
@@ -45,6 +47,11 @@ class SoftInputs:
     weights: torch.Tensor              # (R, L, S) float
     ids: torch.Tensor | None = None    # (R, L, S) long; None: dense over the vocabulary
     params: dict = field(default_factory=dict)  # what the log-prob rules need (dirichlet_scale, ...)
+    tag: torch.Tensor | None = None    # (R, L) long, -1 where unused
+
+    def __post_init__(self):
+        if self.tag is None:
+            self.tag = torch.full(self.fed.shape, -1, dtype=torch.long)
 
     @property
     def size(self) -> int:
@@ -57,14 +64,14 @@ class SoftInputs:
     def rows(self, rows: torch.Tensor) -> "SoftInputs":
         rows = torch.as_tensor(rows, dtype=torch.long)
         return SoftInputs(self.fed[rows], self.rule[rows], self.weights[rows],
-                          None if self.ids is None else self.ids[rows], dict(self.params))
+                          None if self.ids is None else self.ids[rows], dict(self.params), self.tag[rows])
 
     def to_dense(self, vocab: int) -> "SoftInputs":
         if self.ids is None:
             return self
         dense = torch.zeros(*self.fed.shape, vocab, dtype=self.weights.dtype)
         dense.scatter_add_(-1, self.ids, self.weights)
-        return SoftInputs(self.fed, self.rule, dense, None, dict(self.params))
+        return SoftInputs(self.fed, self.rule, dense, None, dict(self.params), self.tag)
 
     @staticmethod
     def plain(size: int, width: int, like: "SoftInputs") -> "SoftInputs":
@@ -100,7 +107,8 @@ class SoftInputs:
                  for p, n, w in zip(parts, sizes, widths)]
         return SoftInputs(torch.cat([p.fed for p in parts]), torch.cat([p.rule for p in parts]),
                           torch.cat([p.weights for p in parts]),
-                          None if like.ids is None else torch.cat([p.ids for p in parts]), dict(params))
+                          None if like.ids is None else torch.cat([p.ids for p in parts]), dict(params),
+                          torch.cat([p.tag for p in parts]))
 
     def _pad_width(self, width: int) -> "SoftInputs":
         extra = width - self.width
@@ -109,14 +117,15 @@ class SoftInputs:
         pad2 = lambda x: torch.nn.functional.pad(x, (0, extra))  # noqa: E731
         pad3 = lambda x: torch.nn.functional.pad(x, (0, 0, 0, extra))  # noqa: E731
         return SoftInputs(pad2(self.fed), pad2(self.rule), pad3(self.weights),
-                          None if self.ids is None else pad3(self.ids), dict(self.params))
+                          None if self.ids is None else pad3(self.ids), dict(self.params),
+                          torch.nn.functional.pad(self.tag, (0, extra), value=-1))
 
     def _pad_support(self, S: int) -> "SoftInputs":
         extra = S - self.weights.shape[-1]
         if extra == 0:
             return self
         pad = lambda x: torch.nn.functional.pad(x, (0, extra))  # noqa: E731
-        return SoftInputs(self.fed, self.rule, pad(self.weights), pad(self.ids), dict(self.params))
+        return SoftInputs(self.fed, self.rule, pad(self.weights), pad(self.ids), dict(self.params), self.tag)
 
     # ---- what the training forward needs -------------------------------------------------------
     def input_embeddings(self, embed, inputs: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ class Choice:
     weights: torch.Tensor | None = None   # (Ra, S) float
     hidden_text: torch.Tensor | None = None  # (Ra,) bool: not part of the completion's text
     stop: torch.Tensor | None = None      # (Ra,) bool: the rule ends these rows after this position
+    tag: torch.Tensor | None = None       # (Ra,) long: what the rule chose, for the method's own use (-1: none)
 
 
 def token_choice(logits, temperature, top_p, generator, noise) -> Choice:
@@ -46,7 +47,8 @@ def token_choice(logits, temperature, top_p, generator, noise) -> Choice:
 
 class ThinkingRule:
     """Decides each decoding step of a rollout. A rule may keep per-row state (``start`` resets
-    it for ``R`` rows; ``keep`` drops finished rows, ``rows`` indexing the active ones).
+    it for ``rows`` rows of a rollout of at most ``max_new_tokens`` positions; ``keep`` drops
+    finished rows, ``rows`` indexing the active ones).
 
     ``support``: entries stored per position (``None``: dense over the vocabulary).
     ``needs_hidden``: ``step`` receives the final hidden state ``(Ra, d)`` of the position whose
@@ -59,7 +61,7 @@ class ThinkingRule:
     record: bool = True
     params: dict = {}
 
-    def start(self, rows: int, engine, device) -> None:
+    def start(self, rows: int, engine, device, max_new_tokens: int) -> None:
         pass
 
     def step(self, t: int, logits: torch.Tensor, temperature: float, top_p: float, generator,
@@ -88,11 +90,12 @@ def rollout_with_rule(engine, problems, counts, temperatures, top_p, seed, max_n
     logits, state = engine.backend.start_decode(prompt_ids, prompt_mask, group, max_new, want_hidden=rule.needs_hidden)
     V = logits.shape[-1]
     S = V if rule.support is None else rule.support
-    rule.start(R, engine, dev)
+    rule.start(R, engine, dev, max_new)
     out = {k: torch.zeros(R, max_new, dtype=d, device=dev) for k, d in
            [("ids", torch.long), ("b", torch.float32), ("o", torch.float32), ("h", torch.float32),
-            ("rule", torch.int8), ("fed", torch.bool), ("hidden_text", torch.bool)]}
+            ("rule", torch.int8), ("fed", torch.bool), ("hidden_text", torch.bool), ("tag", torch.long)]}
     out["ids"].fill_(engine.pad)
+    out["tag"].fill_(-1)
     if rule.record:
         out["w"] = torch.zeros(R, max_new, S, device=dev)
         if rule.support is not None:
@@ -111,6 +114,8 @@ def rollout_with_rule(engine, problems, counts, temperatures, top_p, seed, max_n
         out["fed"][rows, t] = fed[on]
         if c.hidden_text is not None:
             out["hidden_text"][rows, t] = c.hidden_text[on]
+        if c.tag is not None:
+            out["tag"][rows, t] = c.tag[on]
         if rule.record and bool(fed.any()):
             out["w"][rows, t] = torch.where(fed[:, None], c.weights, 0.0)[on].to(out["w"].dtype)
             if "wid" in out:
@@ -143,7 +148,8 @@ def rollout_with_rule(engine, problems, counts, temperatures, top_p, seed, max_n
     soft = None
     if rule.record:
         soft = SoftInputs(out["fed"][:, :Lc] & (mask > 0), rule_codes.masked_fill(mask == 0, TOKEN),
-                          out["w"][:, :Lc], out["wid"][:, :Lc] if "wid" in out else None, dict(rule.params))
+                          out["w"][:, :Lc], out["wid"][:, :Lc] if "wid" in out else None, dict(rule.params),
+                          out["tag"][:, :Lc].masked_fill(mask == 0, -1))
     scored = (rule_codes != UNSCORED).float() * mask
     return RolloutBatch(problems=list(problems), counts=list(counts), group=group.cpu(),
                          prompt_ids=prompt_ids.cpu(), prompt_mask=prompt_mask.cpu(), response_ids=ids, mask=mask,
