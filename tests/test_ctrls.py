@@ -46,14 +46,20 @@ def test_entropy_term_spreads_the_policy():
 
 
 def test_loss_value_with_epsilon_greedy_behaviour():
-    phi = {"w1": torch.zeros(2, 2), "b1": torch.zeros(2), "w2": torch.zeros(2, 4), "b2": torch.zeros(4)}  # uniform
+    # pi = softmax(1, 0, 0, -1) in every state (the states do not matter with w2 = 0)
+    phi = {"w1": torch.zeros(2, 2), "b1": torch.zeros(2), "w2": torch.zeros(2, 4),
+           "b2": torch.tensor([1.0, 0.0, 0.0, -1.0])}
     states, actions = torch.randn(3, 2), torch.tensor([0, 1, 3])
     advantages = torch.tensor([1.0, -2.0, 4.0])
     eps, beta = 0.5, 0.2
     loss, m = transition_loss(phi, states, actions, advantages, eps, beta)
-    ratio = 0.25 / ((1 - eps) * 0.25 + eps / 4)  # pi / behaviour = 1 for a uniform pi
-    assert loss.item() == pytest.approx(-ratio * advantages.mean().item() - beta * math.log(4), abs=1e-6)
-    assert m["decode/ctrls_entropy"] == pytest.approx(math.log(4), abs=1e-6)
+    z = math.e + 1 + 1 + 1 / math.e
+    pi = [math.e / z, 1 / z, 1 / z, 1 / (math.e * z)]
+    ratios = [pi[a] / ((1 - eps) * pi[a] + eps / 4) for a in (0, 1, 3)]  # pi / epsilon-greedy behaviour
+    entropy = -sum(p * math.log(p) for p in pi)
+    expected = -sum(r * a for r, a in zip(ratios, advantages.tolist())) / 3 - beta * entropy
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m["decode/ctrls_entropy"] == pytest.approx(entropy, abs=1e-6)
 
 
 def test_ctrls_names_no_objective(tiny_config):
