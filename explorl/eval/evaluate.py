@@ -21,6 +21,9 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     ``thinking`` (a decoding's ``ThinkingRule``: soft tokens) decides each step of the samples.
     """
     from explorl.tasks.guard import GuardedVerifier
+    if thinking is not None and not getattr(engine, "soft_tokens", False):
+        raise ValueError(f"evaluating with soft tokens needs the built-in engine (model.backend auto, fast or hf), "
+                         f"not {type(engine).__name__}")
     own = verifier is None
     verifier = verifier or GuardedVerifier(tasks)
     try:

@@ -22,6 +22,9 @@ from explorl.batch import OFF_POLICY, RolloutBatch
 
 
 class RolloutEngine:
+    #: whether ``rollout`` takes a ``thinking`` rule (soft tokens, ``explorl.policy.soft_decode``)
+    soft_tokens = True
+
     def __init__(self, model, tokenizer, backend: str = "auto", prompt_format=None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"engine backend must be auto, fast or hf, got {backend!r}")

@@ -111,7 +111,7 @@ class Trainer:
         if self.plugins.decoding.thinking(0) is None:
             return
         name = self.plugins.decoding.registered_name
-        if not isinstance(self.engine, RolloutEngine):
+        if not self.engine.soft_tokens:
             raise ValueError(f"decoding {name} feeds soft tokens, which only the built-in engine does: set "
                              f"model.backend to auto, fast or hf (got {self.cfg.model.backend})")
         if self.dp.enabled:
