@@ -11,6 +11,7 @@ from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
+from explorl.policy.sampling import token_logp_entropy  # noqa: F401  (read from here by callers and tests)
 from explorl.policy.soft import response_logp_entropy
 from explorl.train.optim import stepped_parameters
 
