@@ -165,6 +165,39 @@ class Guidance(Component):
         return {}
 
 
+class Reference(Component):
+    """The model that KL-type terms measure against (the ``reference:`` config section), and
+    where the policy starts.
+
+    ``weights(load, with_reference)`` returns ``(start, reference)`` state dicts: ``start``
+    replaces the policy's initial weights (``None``: keep those ``model.path`` or the warm start
+    gave); ``reference`` holds the reference's weights when it is not the policy's start
+    (``None``: the reference is the start, held as a frozen copy of the initial policy, or as
+    the LoRA base with the adapters off). ``load(i)`` returns the float32 state dict of
+    ``members[i]``, checked against the policy's architecture; with ``with_reference`` false only
+    the start is asked for. ``needs`` is added to the recipe's (``{"ref_logp"}``: compute the
+    reference's log-probs every step, also when no term reads them, for ``ref/kl``).
+    """
+
+    members: tuple = ()
+    policy_init: str = "initial"
+    needs: frozenset[str] = frozenset()
+
+    def weights(self, load, with_reference: bool = True) -> tuple[dict | None, dict | None]:
+        return None, None
+
+    def spec(self) -> dict:
+        """The config section this component stands for, every parameter written out."""
+        return {"kind": self.registered_name}
+
+    def describe(self) -> str:
+        return f"reference: {self.registered_name}"
+
+    def warnings(self, needs: set[str]) -> list[str]:
+        """What to tell the user about this reference given what the recipe's terms read."""
+        return []
+
+
 @dataclass
 class GuideContext:
     """What a guidance method may use in ``guide``: no component reaches into another."""

@@ -19,9 +19,10 @@ import torch
 import yaml
 
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
+from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import GuideContext, StepStats
-from explorl.policy import load_policy, make_engine
+from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
 from explorl.policy.lora import AdaptersOff, base_fingerprint, is_lora, load_adapters
@@ -36,7 +37,8 @@ from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.runlock import FolderLock
-from explorl.train.update import NonFiniteGuard, NonFiniteTraining, optimise, recompute_old_logp, reference_logp
+from explorl.train.update import (NonFiniteGuard, NonFiniteTraining, optimise, recompute_old_logp, reference_kl,
+                                  reference_logp)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
@@ -54,14 +56,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # dropout (LoRA's) draws from the global generator; a resume restores it
         self.tasks = TaskMix.from_config(cfg.tasks)
         self.plugins = Plugins.from_config(cfg)
-        self.needs = self.plugins.needs()
+        self.reference = reference_component(cfg)  # what KL-type terms measure against, where the policy starts
+        self.needs = self.plugins.needs() | self.reference.needs
         if self.dp.is_main:
             self._check_folder(resume)  # before any work, again under the lock below
         v = cfg.verify
         self.verifier = GuardedVerifier(self.tasks, v.timeout, v.isolate)
         if v.check_at_start:
             self.verifier.check_sources()
-        self.model, self.tokenizer = load_policy(cfg, log=log)
+        self.model, self.tokenizer, reference_model = load_policy_and_reference(
+            cfg, log, self.reference, with_reference=bool(self.needs & {"ref_logp", "ref_model"}))
+        if self.reference.members:  # a reference made of other models: say what it is and where the policy starts
+            for line in [self.reference.describe(), *self.reference.warnings(self.plugins.needs())]:
+                log(line)
         self.prompt_format = prompts.for_config(cfg, self.tokenizer)
         check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
                         cfg.train.max_new_tokens, prompt_format=self.prompt_format)
@@ -69,7 +76,10 @@ class Trainer:
         self._check_thinking()
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
-            if is_lora(self.model):  # the base is the same model with its adapters off: no second copy
+            if reference_model is not None:  # a reference other than the start (a soup): its own frozen model
+                self.ref_engine = RolloutEngine(reference_model, self.tokenizer, self.engine.forward_backend,
+                                                self.prompt_format)
+            elif is_lora(self.model):  # the base is the same model with its adapters off: no second copy
                 self.ref_engine = AdaptersOff(self.engine)
             else:
                 ref = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -193,6 +203,8 @@ class Trainer:
         if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
             batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
         ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
+        if ref is not None:
+            m["ref/kl"] = reference_kl(batch, ref)
         m.update(optimise(batch, self.train_engine, self.plugins, self.optimizer, self.cfg, step, self.needs, ref,
                           guard=self.nonfinite, dp=self.dp))
         if self.sharded:

@@ -22,6 +22,14 @@ def reference_logp(ref_engine, batch) -> torch.Tensor:
     return response_logp_entropy(logits, batch, None, False)[0].cpu()
 
 
+def reference_kl(batch, ref_logp: torch.Tensor) -> float:
+    """``ref/kl``: the mean k3 estimate of KL(π_old ‖ π_ref) over the response tokens the policy
+    sampled this step (its own rows), before the update."""
+    from explorl.explore.objective.kl import k3
+    mask = batch.mask * batch.own_rows.unsqueeze(1)
+    return masked_mean(k3(batch.old_logp, ref_logp), mask)
+
+
 @torch.no_grad()
 def recompute_old_logp(engine, batch, chunk: int | None = None) -> torch.Tensor:
     """π_old of every response token from a forward of the training model (``train.recompute_old_logp``),
