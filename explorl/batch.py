@@ -53,6 +53,8 @@ class RolloutBatch:
     under the distribution the token came from, ``old_logp`` under π_old at temperature 1.
     ``kind`` ``(R,)`` says what each row is (``ROW_KINDS``; ``None``: all on-policy) and
     ``loss_mask`` ``(R, Lc)`` which tokens carry gradient (``None``: every response token).
+    ``soft`` (``explorl.policy.soft.SoftInputs``; ``None``: none) records the positions fed a soft
+    token while sampling, so the training forward feeds them again.
     """
 
     problems: list[Problem]
@@ -71,6 +73,7 @@ class RolloutBatch:
     extras: dict[str, Any] = field(default_factory=dict)
     kind: torch.Tensor | None = None         # (R,) long, ROW_KINDS
     loss_mask: torch.Tensor | None = None    # (R, Lc)
+    soft: Any = None                         # SoftInputs of the rows
 
     @property
     def row_kind(self) -> torch.Tensor:
@@ -147,7 +150,8 @@ class RolloutBatch:
                             behaviour_logp=self.behaviour_logp[rows], old_logp=self.old_logp[rows],
                             entropy=self.entropy[rows], texts=[self.texts[r] for r in rows.tolist()],
                             rewards=pick(self.rewards), advantages=pick(self.advantages), extras=dict(self.extras),
-                            kind=pick(self.kind), loss_mask=pick(self.loss_mask))
+                            kind=pick(self.kind), loss_mask=pick(self.loss_mask),
+                            soft=None if self.soft is None else self.soft.rows(rows))
 
     def drop_rows(self, rows: list[int]) -> "RolloutBatch":
         """The batch without ``rows``; every group keeps at least one row."""
@@ -194,4 +198,13 @@ class RolloutBatch:
             texts=[t for b in batches for t in b.texts], rewards=opt("rewards"), advantages=opt("advantages"),
             extras=dict(batches[0].extras),
             kind=torch.cat([b.row_kind for b in batches]) if any_kind else None,
-            loss_mask=pad_right([b.grad_mask for b in batches], 0.0) if any_loss_mask else None)
+            loss_mask=pad_right([b.grad_mask for b in batches], 0.0) if any_loss_mask else None,
+            soft=_join_soft(batches))
+
+
+def _join_soft(batches: list[RolloutBatch]):
+    if all(b.soft is None for b in batches):
+        return None
+    from explorl.policy.soft import SoftInputs
+    return SoftInputs.concat([b.soft for b in batches], [b.size for b in batches],
+                             [b.response_ids.shape[1] for b in batches])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def cmd_warmup(args) -> int:
 def cmd_eval(args) -> int:
     import yaml
     from explorl.config import Config, _from_dict
-    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.eval.evaluate import eval_thinking, evaluate, format_table
     from explorl.policy import make_engine
     from explorl.policy.prompts import for_config
     from explorl.policy.model import load_pretrained
@@ -77,12 +78,14 @@ def cmd_eval(args) -> int:
     samples = args.samples or e.samples
     ks = [k for k in e.ks if k <= samples]
     engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
+    thinking = eval_thinking(cfg, ckpt, args.decoding)
     try:
         results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
-                           cfg.train.max_new_tokens, seed=e.seed)
+                           cfg.train.max_new_tokens, seed=e.seed, thinking=thinking)
     finally:
         engine.close()
-    out = run / f"eval_{ckpt.name}.json"
+    suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
+    out = run / f"eval_{ckpt.name}{suffix}.json"
     checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
     return 0
@@ -174,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     p.add_argument("--run", required=True, help="run folder written by explorl train")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
+    p.add_argument("--decoding", default=None, metavar="SPEC",
+                   help="evaluate with this decoding instead of the run's, e.g. swireasoning or "
+                        "'{name: swireasoning, max_switch_count: 2}' (a run whose decoding feeds soft tokens "
+                        "evaluates with it, its trained state included, by default)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "

@@ -23,6 +23,9 @@ class Component:
 
     state_keys: tuple[str, ...] = ()
     registered_name: str = ""
+    #: True for a method that keeps the language model as it is (the trainer then skips its update,
+    #: and the recipe names no objective): e.g. CTRLS trains only a module of its own, in ``observe``.
+    freezes_policy: bool = False
 
     def observe(self, stats: "StepStats") -> dict[str, float]:
         """Feedback after each optimizer step; returns metrics to log."""
@@ -86,6 +89,13 @@ class Decoding(Component):
     def temperatures(self, step: int, max_new_tokens: int) -> torch.Tensor:
         """Temperature at each response position, shape ``(max_new_tokens,)``."""
         raise NotImplementedError
+
+    def thinking(self, step: int, evaluating: bool = False):
+        """A ``explorl.policy.soft_decode.ThinkingRule`` that decides each decoding step (soft
+        tokens: CoT2, SwiReasoning, CTRLS), used for training rollouts and, with ``evaluating``,
+        for held-out evaluation; ``None`` (the default): each step samples one token from the
+        temperature schedule, and evaluation samples at ``eval.temperature``."""
+        return None
 
 
 class Advantage(Component):

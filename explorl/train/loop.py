@@ -73,6 +73,7 @@ class Trainer:
         check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
                         cfg.train.max_new_tokens, prompt_format=self.prompt_format)
         self.engine = make_engine(cfg, self.model, self.tokenizer, self.prompt_format)
+        self._check_thinking()
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
             if reference_model is not None:  # a reference other than the start (a soup): its own frozen model
@@ -114,6 +115,18 @@ class Trainer:
                                                                                          sort_keys=False)):
             checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             crash_point("config.written")
+
+    def _check_thinking(self) -> None:
+        """A decoding that decides its steps itself (soft tokens) needs the built-in engine in one process."""
+        if self.plugins.decoding.thinking(0) is None:
+            return
+        name = self.plugins.decoding.registered_name
+        if not self.engine.soft_tokens:
+            raise ValueError(f"decoding {name} feeds soft tokens, which only the built-in engine does: set "
+                             f"model.backend to auto, fast or hf (got {self.cfg.model.backend})")
+        if self.dp.enabled:
+            raise ValueError(f"decoding {name} feeds soft tokens, which data-parallel sampling does not do yet: "
+                             f"set train.parallel: none")
 
     def _check_folder(self, resume: bool) -> None:
         """A fresh run never reuses a folder holding a run; a resumed one keeps its configuration."""
@@ -169,16 +182,10 @@ class Trainer:
                 batch, metrics = component.augment(batch, sample)
                 m.update(metrics)
         with clock("update"):
-            if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
-                batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
-            ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
-            if ref is not None:
-                m["ref/kl"] = reference_kl(batch, ref)
-            m.update(optimise(batch, self.train_engine, P, self.optimizer, self.cfg, step, self.needs, ref,
-                              guard=self.nonfinite, dp=self.dp))
-            if self.sharded:
-                self.sharded.sync(self.model)
-            self.engine.weights_updated()
+            if P.freezes_policy():  # the language model stays as it is (a component trains its own module)
+                m["loss/policy_frozen"] = 1.0
+            else:
+                self._update(batch, step, m)
         with clock("observe"):
             stats = self._stats(step, batch)
             for component in P.all():
@@ -190,6 +197,19 @@ class Trainer:
             m[key] = m.get(key, 0) + value
         self._before_training_metrics = {}
         return self._summary(m, batch)
+
+    def _update(self, batch, step, m) -> None:
+        cfg = self.cfg.train
+        if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
+            batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
+        ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
+        if ref is not None:
+            m["ref/kl"] = reference_kl(batch, ref)
+        m.update(optimise(batch, self.train_engine, self.plugins, self.optimizer, self.cfg, step, self.needs, ref,
+                          guard=self.nonfinite, dp=self.dp))
+        if self.sharded:
+            self.sharded.sync(self.model)
+        self.engine.weights_updated()
 
     def _sample(self, problems, counts, step, m, clock=None, temperatures=None):
         clock = clock or StageClock(m)
@@ -212,9 +232,11 @@ class Trainer:
                                                 score, max_rows=self.cfg.train.rollout_batch_size)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
+        thinking = decoding.thinking(step)
         with clock("gen"):
             batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed,
-                                        max_rows=self.cfg.train.rollout_batch_size)
+                                        max_rows=self.cfg.train.rollout_batch_size,
+                                        **({} if thinking is None else {"thinking": thinking}))
         with clock("verify"):
             group_problems = [problems[g] for g in batch.group.tolist()]
             rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
@@ -423,7 +445,7 @@ class Trainer:
         ledger = self._new_ledger()
         results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
                            self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger,
-                           dp=self.dp)
+                           dp=self.dp, thinking=self.plugins.decoding.thinking(self.step, evaluating=True))
         ledger.check("an evaluation")
         results["verify_faults"] = ledger.faults
         return results

@@ -50,7 +50,12 @@ class Plugins:
                              f"problem (it compares the rollouts of one problem with each other); raise the "
                              f"budget's n or min_n")
         policy = [o.registered_name for o in self.objectives if o.kind == "policy"]
-        if len(policy) != 1:
+        if self.freezes_policy():
+            frozen = [c.registered_name for c in self.all() if c.freezes_policy]
+            if self.objectives:
+                raise ValueError(f"objective: {', '.join(frozen)} keeps the language model frozen, so no loss term "
+                                 f"applies to it; set objective: [] (got {[o.registered_name for o in self.objectives]})")
+        elif len(policy) != 1:
             raise ValueError(f"objective: exactly one policy-loss term is needed (e.g. ppo_clip, clip_cov, "
                              f"lp_reg), got {policy or 'none'}; regularizers such as kl and entropy add to it")
         for component in self.all():
@@ -78,6 +83,10 @@ class Plugins:
                     known = ", ".join(self.teachers or {}) or "none"
                     raise ValueError(f"guidance {method.registered_name}: teacher {name!r} is not in the teachers: "
                                      f"section (defined: {known})")
+
+    def freezes_policy(self) -> bool:
+        """Whether a component keeps the language model as it is (no update of its weights)."""
+        return any(c.freezes_policy for c in self.all())
 
     def names(self) -> set[str]:
         return {c.registered_name for c in self.all()}

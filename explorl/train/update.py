@@ -11,14 +11,15 @@ from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
-from explorl.policy.sampling import token_logp_entropy
+from explorl.policy.sampling import token_logp_entropy  # noqa: F401  (read from here by callers and tests)
+from explorl.policy.soft import response_logp_entropy
 from explorl.train.optim import stepped_parameters
 
 
 @torch.no_grad()
 def reference_logp(ref_engine, batch) -> torch.Tensor:
     logits = ref_engine.response_logits(batch)
-    return token_logp_entropy(logits, batch.response_ids.to(logits.device), False)[0].cpu()
+    return response_logp_entropy(logits, batch, None, False)[0].cpu()
 
 
 def reference_kl(batch, ref_logp: torch.Tensor) -> float:
@@ -40,7 +41,7 @@ def recompute_old_logp(engine, batch, chunk: int | None = None) -> torch.Tensor:
     out = []
     for part in micro_batches(rows, chunk):
         logits = engine.response_logits(batch, part)
-        out.append(token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)[0].float().cpu())
+        out.append(response_logp_entropy(logits, batch, part, False)[0].float().cpu())
     engine.model.train(was_training)
     return torch.cat(out) * batch.mask
 
@@ -169,7 +170,9 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                                   entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
                                   logits=logits if "logits" in needs else None, rows=rows,
                                   extras={"epoch": epoch, "generator": generator, "loss_agg_mode": train.loss_agg_mode,
-                                          "max_length": train.max_new_tokens}, kind=kinds[rows])
+                                          "max_length": train.max_new_tokens,
+                                          "soft": None if batch.soft is None else batch.soft.rows(rows)},
+                                  kind=kinds[rows])
                 per_token, metrics = combine_terms(plugins.objectives, ctx, plugins.guidance)
                 _accumulate(totals, counts, metrics)
                 return aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask
@@ -186,8 +189,7 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 loss, mask, entropy = _micro_batched_backward(batch, engine, parts, needs, loss_of)
             else:
                 logits = engine.response_logits(batch, rows)
-                logp, entropy = token_logp_entropy(logits, batch.response_ids[rows].to(logits.device),
-                                                   "entropy" in needs)
+                logp, entropy = response_logp_entropy(logits, batch, rows, "entropy" in needs)
                 loss, mask = loss_of(logp, entropy, logits)
                 if torch.isfinite(loss):
                     loss.backward()
@@ -250,7 +252,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
                 engine.response_logits(batch, part)  # the collectives only
                 continue
             logits = engine.response_logits(batch, part)
-            logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), want_entropy)
+            logp, entropy = response_logp_entropy(logits, batch, part, want_entropy)
             logps.append(logp)
             entropies.append(entropy)
             all_logits.append(logits if want_logits else None)
@@ -276,7 +278,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
         start += len(part)
         _set_rng_state(state, device)
         logits = engine.response_logits(batch, part)
-        logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), "entropy" in grads)
+        logp, entropy = response_logp_entropy(logits, batch, part, "entropy" in grads)
         values = {"logp": logp, "entropy": entropy, "logits": logits.float()}
         sum((values[k] * g[span].float()).sum() for k, g in grads.items()).backward()
     return loss, mask, leaves["entropy"]

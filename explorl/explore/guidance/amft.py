@@ -104,9 +104,9 @@ def token_mean_loss(engine, batch, rows: torch.Tensor, per_token, chunk: int = 6
 
     def part_loss(part):
         def loss():
-            from explorl.policy.sampling import token_logp_entropy
+            from explorl.policy.soft import response_logp_entropy
             logits = engine.response_logits(batch, part)
-            logp, _ = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)
+            logp, _ = response_logp_entropy(logits, batch, part, False)
             mask = batch.grad_mask[part].to(logp.device)
             return (per_token(logp, part) * mask).sum() / total.to(logp.device)
         return loss
