@@ -161,7 +161,7 @@ class TreeEngine:
         if len(self.temps) < self.max_new:
             raise ValueError(f"tree rollouts: {len(self.temps)} temperatures for {self.max_new} positions")
         self.segments = segments or Segments()
-        self.max_rows = max_rows
+        self.max_rows, self.seed = max_rows, seed
         self.gen = torch.Generator().manual_seed(seed)
         self.kv = _kv_adapter(engine)
         self.stop_ids = engine.stop_ids
