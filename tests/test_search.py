@@ -6,13 +6,19 @@ import json
 import yaml
 
 from conftest import TINY
-from explorl.eval.search import SEARCHES, budgets_up_to, format_scaling, run_search
+from explorl.eval.search import SEARCHES, budgets_up_to, format_scaling, majority_index, run_search
 from explorl.policy.engine import RolloutEngine
 from explorl.tasks import TaskMix
 
 
 def test_budgets_are_the_points_of_a_curve():
     assert budgets_up_to(8) == [1, 2, 4, 8] and budgets_up_to(6) == [1, 2, 4, 6] and budgets_up_to(1) == [1]
+
+
+def test_majority_vote_takes_the_most_frequent_answer():
+    assert majority_index(["7", "8", "8", "9"]) == 1
+    assert majority_index(["a", "b", "b", "a", "c"]) == 0  # a tie goes to the answer seen first
+    assert majority_index(["", "x", ""]) == 0  # no answer found is an answer like any other
 
 
 def test_every_search_at_every_budget(tiny_model):

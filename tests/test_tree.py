@@ -64,6 +64,8 @@ def test_leaves_are_flat_samples_under_the_same_noise(tiny_model, backend, segme
     leaves = [t.root.leaves() for t in trees]
     batch = tree_engine.leaves_batch(trees, leaves)
     assert batch.size == sum(len(ls) for ls in leaves) and batch.size > len(trees) * 3
+    if segments.entropy_above is not None:  # some segment ended before an uncertain token, not at 3 tokens
+        assert any(0 < len(n.tokens) < 3 and not n.finished for t in trees for n in t.nodes[1:])
     for r, leaf in enumerate(leaf for ls in leaves for leaf in ls):
         noise = [u for node in leaf.path() for u in node.noise]
         noise = torch.tensor(noise + [0.5] * (len(TEMPS) - len(noise)))[None]
@@ -106,12 +108,22 @@ def test_the_store_frees_what_no_open_node_needs(tiny_model):
     tree_engine, trees = grow_two_levels(RolloutEngine(*tiny_model), Segments(max_tokens=2), through_second=False)
     held = lambda: sum(n.kv[0][0].shape[1] for t in trees for n in t.nodes if n.kv is not None)  # noqa: E731
     assert tree_engine.stats.kv_tokens == held() and tree_engine.stats.kv_tokens_peak >= held()
-    # the inner nodes are not needed once every node below them is closed
+    first = [n for t in trees for n in t.root.children]
+    second = [c for n in first for c in n.children if c.open]
+    assert second, "the second level left no open node"
+    # closing the root and the first level frees nothing an open node needs: its prefix stays
     for tree in trees:
         tree_engine.close(tree.root)
+    for node in first:
+        tree_engine.close(node)
+    assert all(n.kv is not None for n in [second[0].parent, second[0].tree.root])
+    (child,), = tree_engine.grow([(second[0], 1)])
+    assert child.path()[:-1] == second[0].path()
+    # once every node is closed, nothing is held
+    for tree in trees:
         for node in tree.nodes[1:]:
             if node.open:
                 tree_engine.close(node)
     assert held() == tree_engine.stats.kv_tokens == 0
     with pytest.raises(ValueError, match="open"):
-        tree_engine.grow([(trees[0].nodes[1], 1)])
+        tree_engine.grow([(second[0], 1)])

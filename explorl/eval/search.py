@@ -73,6 +73,13 @@ def answer_key(tasks, problem, completion: str) -> str:
     return completion.strip()
 
 
+def majority_index(keys: list[str]) -> int:
+    """The first response whose answer is the most frequent (ties: the answer seen first)."""
+    counts = Counter(keys)
+    top = max(counts.values())
+    return next(i for i, k in enumerate(keys) if counts[k] == top)
+
+
 def run_search(engine, tasks, problems, methods, budgets, temperature: float, max_new_tokens: int,
                seed: int, score) -> list[dict]:
     """One row per (method, N). ``score(problems, texts) -> rewards`` verifies."""
@@ -109,9 +116,7 @@ def _flat(engine, tasks, problems, method, n, temps, seed, score):
         if method == "best_of_n":
             passed += int(float(rewards[rows].max()) >= 1.0)
         else:
-            keys = [answer_key(tasks, problem, batch.texts[r]) for r in rows]
-            top = Counter(keys).most_common(1)[0][1]
-            chosen = next(r for r, k in zip(rows, keys) if keys.count(k) == top)
+            chosen = rows[majority_index([answer_key(tasks, problem, batch.texts[r]) for r in rows])]
             passed += int(float(rewards[chosen]) >= 1.0)
     kv = int(batch.prompt_mask.sum()) + batch.tokens  # every prompt once and every response, held together
     steering = n * len(problems) if method == "best_of_n" else 0
