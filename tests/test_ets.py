@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from explorl.explore.rollout.ets import ETS, CostModel, exact_clusters, kept_widths, rebase_allocation
+from explorl.explore.rollout.ets import ETS, CostModel, exact_clusters, kept_widths, ngram_clusters, rebase_allocation
 
 # Four candidates: A and B under ancestor "a", C and D under "c", all under the root "r".
 ANCESTORS = [{"r", "a"}, {"r", "a"}, {"r", "c"}, {"r", "c"}]
@@ -19,6 +19,8 @@ def test_rebase_allocation_by_hand():
     # e^{s/0.2} = 90.017, 70.105, 12.182, 9.488 (sum 181.79): A ceil(4*90.017/181.79)=2, then
     # B ceil(2*70.105/91.775)=2, nothing left for C and D
     assert rebase_allocation(SCORES, 4, 0.2) == [2, 2, 0, 0]
+    # 90.017, 12.182, 1.649: ceil(4 * 90.017 / 103.85) = ceil(3.47) = 4 takes the whole width
+    assert rebase_allocation([0.9, 0.5, 0.1], 4, 0.2) == [4, 0, 0]
     # equal scores: the first allocation goes in order, the second (sorted ascending, reversed) backwards
     assert rebase_allocation([0.5, 0.5], 3, 0.2) == [2, 1]
     assert kept_widths([0.5, 0.5], [True, True], 3, 0.2) == [1, 2]
@@ -104,7 +106,13 @@ def test_the_selection_is_an_optimum_of_the_program(solver, fuzz_cases):
         assert any(keep) and sum(widths) == width and all(w == 0 for w, k in zip(widths, keep) if not k)
 
 
-def test_an_ets_search_ends_with_its_width_in_answers(tiny_model):
+def test_ngram_clusters_put_equal_steps_together():
+    labels = ngram_clusters(["12+3", "12+3", "987", ""])
+    assert labels[0] == labels[1] and len(set(labels)) == 3
+
+
+@pytest.mark.parametrize("value", ["rollout", "verifier"])
+def test_an_ets_search_ends_with_its_width_in_answers(tiny_model, value):
     from explorl.explore.base import RolloutRequest
     from explorl.policy.engine import RolloutEngine
     from explorl.tasks import Problem
@@ -117,7 +125,7 @@ def test_an_ets_search_ends_with_its_width_in_answers(tiny_model):
         calls.append(len(texts))
         return [float(len(t) % 2) for t in texts]  # a stand-in verifier that rewards some responses
 
-    ets = ETS(step_tokens=2, value_rollouts=2)
+    ets = ETS(step_tokens=2, value_rollouts=2, value=value, clusters="ngram")
     request = RolloutRequest(engine=engine, problems=problems, counts=[5, 3], temperatures=[1.0] * 6, top_p=1.0,
                              seed=0, score=score)
     tree_engine, trees, leaves = ets.search(request)
@@ -126,7 +134,11 @@ def test_an_ets_search_ends_with_its_width_in_answers(tiny_model):
     # probes were spent (value rollouts) but are not part of the trees
     in_trees = {id(n) for t in trees for n in t.root.leaves()}
     assert all(id(leaf) in in_trees for ls in leaves for leaf in ls)
-    assert tree_engine.stats.generated > sum(len(n.tokens) for t in trees for n in _reachable(t.root))
+    in_tree_tokens = sum(len(n.tokens) for t in trees for n in _reachable(t.root))
+    if value == "rollout":
+        assert tree_engine.stats.generated > in_tree_tokens and len(calls) > 2
+    else:
+        assert tree_engine.stats.generated == in_tree_tokens
     batch, metrics = ets.sample(request)
     assert batch.counts == [5, 3] and batch.rewards.shape == (8,)
     assert metrics["rollout/tokens_generated"] == batch.generated_tokens
