@@ -127,3 +127,11 @@ def test_the_store_frees_what_no_open_node_needs(tiny_model):
     assert held() == tree_engine.stats.kv_tokens == 0
     with pytest.raises(ValueError, match="open"):
         tree_engine.grow([(second[0], 1)])
+
+
+@pytest.mark.parametrize("where, message", [({"train": {"parallel": "ddp"}}, "one process"),
+                                            ({"model": {"backend": "vllm"}}, "built-in engine")])
+def test_a_tree_rollout_refuses_what_it_cannot_run_on(tiny_config, where, message):
+    from explorl.train.plugins import Plugins
+    with pytest.raises(ValueError, match=message):
+        Plugins.from_config(tiny_config(recipe="tree_grpo", **where))
