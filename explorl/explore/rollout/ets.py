@@ -140,11 +140,11 @@ class CostModel:
         try:
             from scipy.optimize import Bounds, LinearConstraint, milp
         except ImportError:
-            raise ValueError("ets: solver milp needs scipy (pip install -e .[search]); solver brute needs nothing") \
-                from None
+            raise ValueError("ets: solver milp needs scipy (pip install -e .[search]); solver brute does not") from None
         N, M = self.N, len(self.under)
         K = 0 if self.clusters is None else len(self.clusters)
-        c = np.concatenate([np.array(self.outcome) + self.node_cost, np.full(M, self.node_cost), np.full(K, self.coverage)])
+        c = np.concatenate([np.array(self.outcome) + self.node_cost, np.full(M, self.node_cost),
+                            np.full(K, self.coverage)])
         rows, lower, upper = [], [], []
 
         def constraint(coef, lo, hi):
@@ -178,7 +178,10 @@ def exact_clusters(texts) -> list[int]:
 def ngram_clusters(texts, threshold: float = 0.05) -> list[int]:
     """Character 1-3-gram count vectors, average linkage on cosine distance, cut at ``threshold``
     (rebase.py lines 474-476 with another embedding)."""
-    from scipy.cluster.hierarchy import fcluster, linkage
+    try:
+        from scipy.cluster.hierarchy import fcluster, linkage
+    except ImportError:
+        raise ValueError("ets: clusters ngram needs scipy (pip install -e .[search]); clusters exact does not") from None
     grams = sorted({t[i:i + n] for t in texts for n in (1, 2, 3) for i in range(len(t) - n + 1)})
     if not grams:
         return exact_clusters(texts)
