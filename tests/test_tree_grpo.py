@@ -79,3 +79,30 @@ def test_a_shapers_change_reaches_every_token():
     for r, ids in enumerate(NODES[:4]):
         assert per_token[r, :len(ids)].tolist() == pytest.approx([EXPECTED[n] + 1 for n in ids])
     assert (per_token * (1 - batch.mask)).abs().sum() == 0
+
+
+def test_the_loss_sees_each_tokens_advantage(tiny_config, tmp_path, monkeypatch):
+    import explorl.train.update as update
+    from explorl.train.loop import Trainer
+    trainer = Trainer(tiny_config(recipe="tree_grpo", rollout={"name": "tree", "branch": 2, "segment_tokens": 2},
+                                  train={"steps": 1}), tmp_path / "run", progress=False, log=lambda *_: None)
+    # a stand-in verifier that rewards some of the tiny model's responses, so advantages are not all 0
+    monkeypatch.setattr(trainer.verifier, "score", lambda probs, texts: ([float(len(t) % 2) for t in texts], []))
+    seen, combine = [], update.combine_terms
+
+    def spy(objectives, ctx, guidance=()):
+        seen.append((ctx.rows, ctx.advantages.detach().clone()))
+        return combine(objectives, ctx, guidance)
+
+    monkeypatch.setattr(update, "combine_terms", spy)
+    batches = []
+    import explorl.train.loop as loop
+    monkeypatch.setattr(loop, "optimise", lambda batch, *a, **k: batches.append(batch) or update.optimise(batch, *a, **k))
+    metrics = trainer.train_step()
+    trainer.close()
+    batch = batches[0]
+    assert batch.token_advantages is not None and metrics["loss/grad_norm"] > 0
+    varies = ((batch.token_advantages - batch.token_advantages[:, :1]).abs() * batch.mask).sum(-1) > 1e-6
+    assert varies.any()  # some response's advantage changes along it: its nodes differ
+    for rows, advantages in seen:
+        assert torch.allclose(advantages, batch.token_advantages[rows])
