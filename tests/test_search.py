@@ -31,7 +31,8 @@ def test_every_search_at_every_budget(tiny_model):
     assert [(r["method"], r["n"]) for r in rows] == [(m, n) for m in SEARCHES for n in (1, 4)]
     by = {(r["method"], r["n"]): r for r in rows}
     samples = engine.rollout(problems, [4] * len(problems), [1.0] * 6, seed=0)  # what best_of_n and majority drew
-    texts = [[samples.texts[r] for r in (samples.group == i).nonzero().squeeze(-1).tolist()] for i in range(len(problems))]
+    texts = [[samples.texts[r] for r in (samples.group == i).nonzero().squeeze(-1).tolist()]
+             for i in range(len(problems))]
     any_right = sum(any(score(None, ts)) for ts in texts) / len(problems)
     voted = sum(score(None, [ts[majority_index([t.strip() for t in ts])]])[0] for ts in texts) / len(problems)
     assert by["best_of_n", 4]["pass_rate"] == any_right > 0 and by["majority", 4]["pass_rate"] == voted

@@ -97,7 +97,8 @@ def test_the_loss_sees_each_tokens_advantage(tiny_config, tmp_path, monkeypatch)
     monkeypatch.setattr(update, "combine_terms", spy)
     batches = []
     import explorl.train.loop as loop
-    monkeypatch.setattr(loop, "optimise", lambda batch, *a, **k: batches.append(batch) or update.optimise(batch, *a, **k))
+    monkeypatch.setattr(loop, "optimise",
+                        lambda batch, *a, **k: batches.append(batch) or update.optimise(batch, *a, **k))
     metrics = trainer.train_step()
     trainer.close()
     batch = batches[0]
