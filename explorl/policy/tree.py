@@ -202,93 +202,16 @@ class TreeEngine:
 
     @torch.no_grad()
     def _grow(self, requests, through: bool) -> list[list[Node]]:
-        kv, dev = self.kv, self.engine.device
-        counts = [k for _, k in requests]
-        group = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(counts))
-        parents = [requests[g][0] for g in group.tolist()]
-        R = len(parents)
-        pos0 = torch.tensor([p.end for p in parents])
-        steps = int((self.max_new - pos0).max())
-        noise = torch.rand(R, steps, generator=self.gen)
-        prefixes = [_prefix_kv(node) for node, _ in requests]
-        rec = {key: [[] for _ in range(R)] for key in ("tok", "b", "o", "h", "u")}
-        cuts = [[] for _ in range(R)]          # (token count, logits after it) where a chain is cut
-        closing_logits: list = [None] * R
-        harvested: list = [None] * R
-        finished = [False] * R
-        seg_len = torch.zeros(R, dtype=torch.long)
-        stop_ids = self.stop_ids
+        growth = _Growth(self, requests, through)
         with _eval(self.engine.model):
-            state = kv.start(prefixes, group.to(dev), steps)
-            logits = torch.stack([p.next_logits for p in parents]).to(dev)
-            prefix_len = torch.tensor([p[0][0].shape[1] for p in prefixes])[group]
-            active = torch.arange(R)  # rows in the decoding state, in its order
-            for t in range(steps):
-                self.stats.batch_kv_tokens_peak = max(self.stats.batch_kv_tokens_peak,
-                                                      int((prefix_len[active] + t).sum()))
-                if self.segments.entropy_above is not None:  # a segment ends before an uncertain token
-                    logp = torch.log_softmax(logits.float(), -1)
-                    uncertain = (-(logp.exp() * logp).sum(-1)).cpu() > self.segments.entropy_above
-                    before = uncertain & (seg_len[active] >= 1)
-                    if before.any():
-                        for i in before.nonzero().squeeze(-1).tolist():
-                            row = int(active[i])
-                            if through:
-                                cuts[row].append((len(rec["tok"][row]), logits[i].float()))
-                            else:
-                                closing_logits[row] = logits[i].float()
-                        seg_len[active[before]] = 0
-                        if not through:
-                            keep = (~before).nonzero().squeeze(-1)
-                            self._harvest(state, active, before.nonzero().squeeze(-1), t, harvested)
-                            active, logits = active[keep], logits[keep]
-                            kv.keep_rows(state, keep.to(dev))
-                            if not len(active):
-                                break
-                temps = self.temps[(pos0[active] + t).clamp_max(self.max_new - 1)].to(dev)[:, None]
-                tok, lp_b, lp_1, ent = sample_next_token(logits, temps, self.top_p, None, noise[active, t].to(dev))
-                tok_c = tok.cpu()
-                drawn = zip(tok_c.tolist(), lp_b.cpu().tolist(), lp_1.cpu().tolist(), ent.cpu().tolist(),
-                            noise[active, t].tolist())
-                for row, values in zip(active.tolist(), drawn):
-                    for key, value in zip(("tok", "b", "o", "h", "u"), values):
-                        rec[key][row].append(value)
-                seg_len[active] += 1
-                done = torch.isin(tok_c, stop_ids) | (pos0[active] + t + 1 >= self.max_new)
-                boundary = self._ends_after(tok_c, seg_len[active]) & ~done
-                for i in done.nonzero().squeeze(-1).tolist():
-                    finished[int(active[i])] = True
-                feed = (~done).nonzero().squeeze(-1)
-                if done.any():  # finished rows leave before the next forward; their last token is not fed
-                    if through:  # the chain's inner nodes may be continued: keep what was fed
-                        self._harvest(state, active, done.nonzero().squeeze(-1), t, harvested)
-                    kv.keep_rows(state, feed.to(dev))
-                active, tok, boundary = active[feed], tok[feed], boundary[feed]
-                if not len(active):
+            for t in range(growth.steps):
+                if not growth.step(t):
                     break
-                logits = kv.step(state, tok, t)
-                self.stats.forwarded += len(active)
-                if boundary.any():
-                    seg_len[active[boundary]] = 0
-                    rows_b = boundary.nonzero().squeeze(-1)
-                    for i in rows_b.tolist():
-                        row = int(active[i])
-                        if through:
-                            cuts[row].append((len(rec["tok"][row]), logits[i].float()))
-                        else:
-                            closing_logits[row] = logits[i].float()
-                    if not through:  # a closed segment: its last token was fed, its keys and values are complete
-                        self._harvest(state, active, rows_b, t + 1, harvested)
-                        keep = (~boundary).nonzero().squeeze(-1)
-                        active, logits = active[keep], logits[keep]
-                        kv.keep_rows(state, keep.to(dev))
-                        if not len(active):
-                            break
-        self.stats.generated += sum(len(r) for r in rec["tok"])
+        self.stats.generated += sum(len(r) for r in growth.rec["tok"])
         children = [[] for _ in requests]
-        for row, g in enumerate(group.tolist()):
-            children[g].append(self._chain(parents[row], row, rec, cuts[row], closing_logits[row],
-                                           harvested[row], finished[row]))
+        for row, g in enumerate(growth.group.tolist()):
+            children[g].append(self._chain(growth.parents[row], row, growth.rec, growth.cuts[row],
+                                           growth.closing[row], growth.harvested[row], growth.finished[row]))
         return children
 
     def probe(self, nodes, k: int) -> list[list[Node]]:
@@ -326,16 +249,6 @@ class TreeEngine:
         if len(self._after):
             ends |= torch.isin(tok, self._after)
         return ends
-
-    def _harvest(self, state, active, local_rows, fed: int, harvested) -> None:
-        """Keep the keys and values of the ``fed`` positions each of ``local_rows`` decoded."""
-        if fed == 0 or not len(local_rows):
-            for i in local_rows.tolist():
-                harvested[int(active[i])] = None
-            return
-        layers = self.kv.new_kv(state, local_rows.to(self.engine.device), fed)
-        for j, i in enumerate(local_rows.tolist()):
-            harvested[int(active[i])] = [(k[j], v[j]) for k, v in layers]
 
     def _chain(self, parent, row, rec, cuts, closing_logits, kv, finished) -> Node:
         """The nodes of one row: a chain cut at ``cuts``; returns its first node."""
@@ -435,6 +348,110 @@ class TreeEngine:
         ids = torch.tensor(node.tokens, dtype=torch.long)
         ids = ids[~torch.isin(ids, self.stop_ids)]
         return self.engine.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+
+
+class _Growth:
+    """One ``TreeEngine.grow`` call: the children of all requests decode as the rows of one batch.
+
+    Each step may first close rows before an uncertain token (the entropy rule), then draws a token
+    per row; a row whose response ended leaves before the next forward (its last token is not fed),
+    the others are fed, and a row whose segment ended after its token is cut (``through``: the
+    chain goes on) or closed (its keys and values are complete, the logits are its node's next).
+    ``harvested`` keeps the keys and values a row decoded, taken before it leaves the batch.
+    """
+
+    def __init__(self, engine: TreeEngine, requests, through: bool):
+        self.engine, self.kv, self.through = engine, engine.kv, through
+        self.dev = engine.engine.device
+        counts = [k for _, k in requests]
+        self.group = torch.repeat_interleave(torch.arange(len(requests)), torch.tensor(counts))
+        self.parents = [requests[g][0] for g in self.group.tolist()]
+        R = len(self.parents)
+        self.pos0 = torch.tensor([p.end for p in self.parents])
+        self.steps = int((engine.max_new - self.pos0).max())
+        self.noise = torch.rand(R, self.steps, generator=engine.gen)
+        prefixes = [_prefix_kv(node) for node, _ in requests]
+        self.prefix_len = torch.tensor([p[0][0].shape[1] for p in prefixes])[self.group]
+        self.rec = {key: [[] for _ in range(R)] for key in ("tok", "b", "o", "h", "u")}
+        self.cuts = [[] for _ in range(R)]   # (token count, logits after it) where a chain is cut
+        self.closing: list = [None] * R      # a closed row's next-token logits
+        self.harvested: list = [None] * R
+        self.finished = [False] * R
+        self.seg_len = torch.zeros(R, dtype=torch.long)
+        self.state = self.kv.start(prefixes, self.group.to(self.dev), self.steps)
+        self.logits = torch.stack([p.next_logits for p in self.parents]).to(self.dev)
+        self.active = torch.arange(R)  # rows in the decoding state, in its order
+
+    def step(self, t: int) -> bool:
+        """One position; ``False`` once no row is left."""
+        stats = self.engine.stats
+        stats.batch_kv_tokens_peak = max(stats.batch_kv_tokens_peak, int((self.prefix_len[self.active] + t).sum()))
+        if self.engine.segments.entropy_above is not None:
+            self._end_before_uncertain(t)
+            if not len(self.active):
+                return False
+        tok, boundary = self._draw(t)
+        if not len(self.active):
+            return False
+        self.logits = self.kv.step(self.state, tok, t)
+        stats.forwarded += len(self.active)
+        if boundary.any():
+            self._end_segments(boundary.nonzero().squeeze(-1), t + 1)
+        return bool(len(self.active))
+
+    def _end_before_uncertain(self, t: int) -> None:
+        logp = torch.log_softmax(self.logits.float(), -1)
+        uncertain = (-(logp.exp() * logp).sum(-1)).cpu() > self.engine.segments.entropy_above
+        before = uncertain & (self.seg_len[self.active] >= 1)
+        if before.any():
+            self._end_segments(before.nonzero().squeeze(-1), t)
+
+    def _draw(self, t: int):
+        """Draw a token per row; rows whose response ended leave. Returns the fed rows' tokens and
+        which of them end their segment."""
+        engine, active = self.engine, self.active
+        temps = engine.temps[(self.pos0[active] + t).clamp_max(engine.max_new - 1)].to(self.dev)[:, None]
+        tok, lp_b, lp_1, ent = sample_next_token(self.logits, temps, engine.top_p, None,
+                                                 self.noise[active, t].to(self.dev))
+        tok_c = tok.cpu()
+        drawn = zip(tok_c.tolist(), lp_b.cpu().tolist(), lp_1.cpu().tolist(), ent.cpu().tolist(),
+                    self.noise[active, t].tolist())
+        for row, values in zip(active.tolist(), drawn):
+            for key, value in zip(("tok", "b", "o", "h", "u"), values):
+                self.rec[key][row].append(value)
+        self.seg_len[active] += 1
+        done = torch.isin(tok_c, engine.stop_ids) | (self.pos0[active] + t + 1 >= engine.max_new)
+        boundary = engine._ends_after(tok_c, self.seg_len[active]) & ~done
+        for i in done.nonzero().squeeze(-1).tolist():
+            self.finished[int(active[i])] = True
+        if done.any():  # the chain's inner nodes may be continued: keep what its row fed
+            self._leave(done.nonzero().squeeze(-1), t if self.through else None)
+        feed = ~done
+        return tok[feed.to(tok.device)], boundary[feed]
+
+    def _end_segments(self, local_rows, fed: int) -> None:
+        """The segments of ``local_rows`` end here (``fed`` of their tokens are in the cache)."""
+        for i in local_rows.tolist():
+            row = int(self.active[i])
+            if self.through:
+                self.cuts[row].append((len(self.rec["tok"][row]), self.logits[i].float()))
+            else:
+                self.closing[row] = self.logits[i].float()
+        self.seg_len[self.active[local_rows]] = 0
+        if not self.through:
+            self._leave(local_rows, fed)
+
+    def _leave(self, local_rows, fed: int | None) -> None:
+        """``local_rows`` leave the batch, their first ``fed`` positions kept (none if ``None``)."""
+        if fed:
+            layers = self.kv.new_kv(self.state, local_rows.to(self.dev), fed)
+            for j, i in enumerate(local_rows.tolist()):
+                self.harvested[int(self.active[i])] = [(k[j], v[j]) for k, v in layers]
+        keep = torch.ones(len(self.active), dtype=torch.bool)
+        keep[local_rows] = False
+        keep = keep.nonzero().squeeze(-1)
+        self.active, self.logits = self.active[keep], self.logits[keep.to(self.logits.device)]
+        self.kv.keep_rows(self.state, keep.to(self.dev))
 
 
 #: Node ids of one tree lie in [offset, offset + _IDS_PER_TREE).
