@@ -61,6 +61,11 @@ def test_leaves_are_flat_samples_under_the_same_noise(tiny_model, backend, segme
     model, tok = tiny_model
     engine = RolloutEngine(model, tok, backend)
     tree_engine, trees = grow_two_levels(engine, segments)
+    # a third draw from the inner nodes the second level's chains were cut into (their keys,
+    # values and next-token logits were stored at the cut)
+    cut = [n for t in trees for n in t.nodes if n.depth == 2 and n.open and n.children]
+    assert cut
+    tree_engine.grow([(n, 1) for n in cut], through=True)
     leaves = [t.root.leaves() for t in trees]
     batch = tree_engine.leaves_batch(trees, leaves)
     assert batch.size == sum(len(ls) for ls in leaves) and batch.size > len(trees) * 3
