@@ -144,6 +144,7 @@ class Config:
     curriculum: Any = "uniform"
     budget: Any = "fixed"
     decoding: Any = "constant"
+    rollout: Any = "flat"          # the shape of a group: flat (independent samples) or a tree (tree, ets, dts)
     advantage: list = field(default_factory=lambda: ["grpo"])
     objective: list = field(default_factory=lambda: ["ppo_clip"])
     guidance: list = field(default_factory=list)     # guidance methods (luffy, ampo, sft, ...); none by default

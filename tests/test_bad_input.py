@@ -429,7 +429,7 @@ def test_fuzz_the_reference_section(value, fuzz_cases):
 
 # ---- property-based: every component parameter ---------------------------------------------------
 
-LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective")
+LEVELS = ("curriculum", "budget", "decoding", "rollout", "advantage", "objective")
 PARAMS = [(e.level, e.name, key, hint) for e in entries() if e.level in LEVELS
           for key, hint in typing.get_type_hints(e.cls.__init__).items()
           if key != "return" and hint is not typing.Any]

@@ -143,3 +143,11 @@ def test_soft_record_follows_rows_through_selection_and_joins(tiny_model):
     assert not joined.soft.fed[-1].any() and (joined.soft.rule[-1] == TOKEN).all()
     logp, _ = response_logp_entropy(engine.response_logits(joined), joined, None, False)
     assert torch.allclose(logp[:4] * joined.mask[:4], joined.old_logp[:4], atol=1e-5)
+
+
+def test_a_soft_token_decoding_with_a_tree_rollout_is_refused(tmp_path):
+    from conftest import make_tiny_config
+    from explorl.train.loop import Trainer
+    cfg = make_tiny_config(recipe="cot2_mts", rollout={"name": "tree", "branch": 2, "segment_tokens": 4})
+    with pytest.raises(ValueError, match="rollout tree does not"):
+        Trainer(cfg, tmp_path / "run", progress=False)

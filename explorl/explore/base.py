@@ -98,11 +98,60 @@ class Decoding(Component):
         return None
 
 
+class Rollout(Component):
+    """The shape of a problem's rollouts: ``sample(request) -> (batch, metrics)`` returns the
+    scored batch (rewards set) with ``request.counts[i]`` rows for problem i.
+
+    ``flat`` draws independent sequences. A tree method (``explorl.policy.tree``) branches them
+    from shared prefixes: it sets ``batch.tree_node`` and ``batch.generated_tokens`` (a shared
+    prefix counted once, which is what the token budget counts) and reports ``rollout/`` metrics
+    (``accumulate`` adds those of several calls in a step: sums, and maxima of ``*_peak``).
+    ``data_parallel``: whether ``train.parallel`` may split its rows over processes;
+    ``any_engine``: whether it runs on an engine other than the built-in one (vLLM);
+    ``soft_tokens``: whether it passes a decoding's soft-token rule (``request.thinking``) on.
+    """
+
+    data_parallel: bool = False
+    any_engine: bool = False
+    soft_tokens: bool = False
+
+    def sample(self, request: "RolloutRequest") -> tuple[Any, dict[str, float]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def accumulate(into: dict, metrics: dict) -> None:
+        for key, value in metrics.items():
+            into[key] = max(into.get(key, value), value) if key.endswith("_peak") else into.get(key, 0) + value
+
+
+@dataclass
+class RolloutRequest:
+    """What a rollout method samples from: ``counts[i]`` responses to ``problems[i]`` with
+    ``engine`` under the per-position ``temperatures`` and ``top_p``, draws fixed by ``seed``,
+    at most ``max_rows`` decoded at once; ``score(problems, texts) -> rewards`` verifies."""
+
+    engine: Any
+    problems: list
+    counts: list
+    temperatures: Any
+    top_p: float
+    seed: int
+    score: Any
+    max_new_tokens: int | None = None
+    max_rows: int | None = None
+    thinking: Any = None   # a soft-token rule from the decoding (``Decoding.thinking``); None: discrete tokens
+
+
 class Advantage(Component):
     """``kind = "estimator"`` turns rewards into advantages; a ``"shaper"`` adjusts them.
 
     ``compute(groups, adv)`` returns ``(adv, metrics)`` with ``adv`` of shape ``(P, G)``,
     zero where ``groups.mask`` is 0. Estimators receive ``adv=None``.
+
+    An estimator whose advantage varies along a response (per node of a tree rollout) also sets
+    ``groups.extras["token_advantages"]``, ``(R, Lc)`` over the rows of
+    ``groups.extras["batch"]``; a shaper's change to a row's advantage is then added to every
+    token of the row.
     """
 
     kind = "estimator"

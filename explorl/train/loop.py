@@ -21,7 +21,7 @@ import yaml
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
 from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
-from explorl.explore.base import GuideContext, StepStats
+from explorl.explore.base import GuideContext, RolloutRequest, StepStats
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
@@ -127,6 +127,10 @@ class Trainer:
         if self.dp.enabled:
             raise ValueError(f"decoding {name} feeds soft tokens, which data-parallel sampling does not do yet: "
                              f"set train.parallel: none")
+        if not self.plugins.rollout.soft_tokens:
+            raise ValueError(f"decoding {name} feeds soft tokens, which rollout "
+                             f"{self.plugins.rollout.registered_name} does not (tree rollouts decode discrete "
+                             f"tokens): use rollout: flat")
 
     def _check_folder(self, resume: bool) -> None:
         """A fresh run never reuses a folder holding a run; a resumed one keeps its configuration."""
@@ -232,24 +236,26 @@ class Trainer:
                                                 score, max_rows=self.cfg.train.rollout_batch_size)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
-        thinking = decoding.thinking(step)
+        def score(probs, texts):
+            with clock("verify"):  # nested in gen, which excludes it
+                rewards, faults = self.verifier.score(probs, [p.completed(t) for p, t in zip(probs, texts)])
+                self._ledger.add(len(rewards), faults)
+                return rewards
+
+        request = RolloutRequest(engine=self.engine, problems=problems, counts=counts, temperatures=temperatures,
+                                 top_p=decoding.top_p, seed=seed, score=score,
+                                 max_rows=self.cfg.train.rollout_batch_size, thinking=decoding.thinking(step))
         with clock("gen"):
-            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed,
-                                        max_rows=self.cfg.train.rollout_batch_size,
-                                        **({} if thinking is None else {"thinking": thinking}))
-        with clock("verify"):
-            group_problems = [problems[g] for g in batch.group.tolist()]
-            rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
-                                                                                              batch.texts)])
-            batch.rewards = torch.tensor(rewards)
-            self._ledger.add(len(rewards), faults)
+            batch, metrics = self.plugins.rollout.sample(request)
+        self.plugins.rollout.accumulate(m, metrics)
         return self._count_tokens(batch, step, m)
 
     def _count_tokens(self, batch, step, m):
         self._ledger.check(f"step {step}")
-        # every generated token counts toward the budget, also those of rollouts later dropped
-        self.tokens += batch.tokens
-        m["tokens/step"] = m.get("tokens/step", 0) + batch.tokens
+        # every generated token counts toward the budget, also those of rollouts later dropped; a
+        # prefix that tree rollouts share was generated once and counts once
+        self.tokens += batch.sampled_tokens
+        m["tokens/step"] = m.get("tokens/step", 0) + batch.sampled_tokens
         return batch
 
     def _guide_context(self, step, m, clock, sample) -> GuideContext:
@@ -288,10 +294,15 @@ class Trainer:
     def _advantages(self, batch):
         groups = batch.groups()
         groups.extras.update(batch=batch, engine=self.engine, ref_engine=self.ref_engine)
-        adv, metrics = None, {}
+        adv, estimated, metrics = None, None, {}
         for shaper in self.plugins.advantages:
             adv, m = shaper.compute(groups, adv)
             metrics.update(m)
+            estimated = adv if shaper.kind == "estimator" else estimated
+        per_token = groups.extras.get("token_advantages")
+        if per_token is not None:  # an estimator's advantage that varies along a response; shapers add theirs
+            shaped = batch.from_groups(adv).float() - batch.from_groups(estimated).float()
+            batch.token_advantages = (per_token + shaped[:, None]) * batch.mask
         return batch.from_groups(adv).float(), metrics
 
     def _stats(self, step, batch) -> StepStats:

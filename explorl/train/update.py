@@ -156,7 +156,7 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     model.train()
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     totals, counts = defaultdict(float), defaultdict(int)
-    adv_tokens = batch.advantages[:, None].expand_as(batch.mask)
+    adv_tokens = batch.per_token_advantages()
     grad_mask, kinds = batch.grad_mask, batch.row_kind
     params = stepped_parameters(optimizer)
     skipped = 0
