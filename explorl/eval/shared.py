@@ -17,7 +17,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from explorl.policy.model import cache_home, config_key
+from explorl.policy.model import cache_home, config_key, model_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def start_eval_path(cfg) -> Path | None:
     from explorl.train.warmup import warm_model_dir
     d = cfg.to_dict()
     model = {k: v for k, v in d["model"].items() if k != "device"}  # where it runs does not change its answers
-    start = _folder_fingerprint(cfg.model.path) if cfg.model.path else str(warm_model_dir(cfg).name)
+    start = _folder_fingerprint(model_folder(cfg.model.path)) if cfg.model.path else str(warm_model_dir(cfg).name)
     evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "share_start")}
     key = config_key(model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
                      source_fingerprint())

@@ -7,7 +7,7 @@ def load_policy(cfg, log=print):
     dropout off, with gradient checkpointing and LoRA adapters (``model.lora``) when asked."""
     from explorl.policy.model import load_pretrained
     if cfg.model.path:
-        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
+        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype, log)
     else:
         from explorl.train.warmup import warmup
         model, tokenizer = warmup(cfg, log=log)
