@@ -50,13 +50,13 @@ def cmd_warmup(args) -> int:
 def cmd_eval(args) -> int:
     import yaml
     from explorl.config import Config, _from_dict
-    from explorl.eval.evaluate import evaluate, format_table
-    from explorl.policy import make_engine
-    from explorl.policy.prompts import for_config
     from explorl.policy.model import load_pretrained
-    from explorl.train.parallel import resolve_device
-    from explorl.tasks import TaskMix
     from explorl.train import checkpoint
+    if args.run is None:
+        return _eval_start(args)
+    if args.config or args.recipe or args.overrides or args.seed is not None:
+        raise ValueError("eval --run evaluates a run with the config.yaml in its folder: --config, --recipe, "
+                         "--set and --seed are for evaluating a config's starting model (without --run)")
     run = Path(args.run)
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
@@ -72,9 +72,33 @@ def cmd_eval(args) -> int:
         load_adapters(model, ckpt / "model")
     else:
         model, tokenizer = load_pretrained(ckpt / "model", cfg.model.dtype)
+    results, ks = _evaluate(cfg, model, tokenizer, args.samples)
+    out = run / f"eval_{ckpt.name}.json"
+    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
+    print(f"{ckpt}:\n{format_results(results, ks)}\nwritten to {out}")
+    return 0
+
+
+def _eval_start(args) -> int:
+    """``explorl eval --config ...``: the held-out pass@k of the config's starting model, untrained."""
+    from explorl.policy import load_policy
+    cfg = config_from_args(args)
+    model, tokenizer = load_policy(cfg)
+    results, ks = _evaluate(cfg, model, tokenizer, args.samples)
+    what = f"model.path={cfg.model.path}" if cfg.model.path else "the testbed model"
+    print(f"{what}, before training:\n{format_results(results, ks)}")
+    return 0
+
+
+def _evaluate(cfg, model, tokenizer, samples: int | None):
+    from explorl.eval.evaluate import evaluate
+    from explorl.policy import make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.train.parallel import resolve_device
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
-    samples = args.samples or e.samples
+    samples = samples or e.samples
     ks = [k for k in e.ks if k <= samples]
     engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
     try:
@@ -82,10 +106,12 @@ def cmd_eval(args) -> int:
                            cfg.train.max_new_tokens, seed=e.seed)
     finally:
         engine.close()
-    out = run / f"eval_{ckpt.name}.json"
-    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
-    print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
-    return 0
+    return results, ks
+
+
+def format_results(results: dict, ks) -> str:
+    from explorl.eval.evaluate import format_table
+    return format_table(results, [k for k in (1, 16, 64) if k in ks] or ks[:1])
 
 
 def cmd_make_model(args) -> int:
@@ -177,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     p.set_defaults(func=cmd_warmup)
 
-    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
-    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run (--run), or a config's starting "
+                                    "model before any training (--config / --set)")
+    p.add_argument("--run", default=None, help="run folder written by explorl train")
+    add_config_args(p)
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
     p.set_defaults(func=cmd_eval)
 
