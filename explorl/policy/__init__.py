@@ -21,7 +21,7 @@ def make_engine(cfg, model, tokenizer, prompt_format):
         from explorl.policy.vllm_engine import VLLMEngine
         return VLLMEngine(model, tokenizer, prompt_format, cfg.model.vllm)
     from explorl.policy.engine import RolloutEngine
-    return RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format)
+    return RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format, cfg.model.cuda_graphs)
 
 
 def prepare(model, section, seed: int, log=print):
