@@ -17,8 +17,13 @@ decoder gives the step those (``FastLM``'s layers, the same arithmetic):
   inputs whose results are never read. Finished rows are dropped as today (``keep_rows``
   compacts the live rows to the front of the buffers in place), so the graphs stay valid.
 
-One graph is captured per bucket on its first use (after a warm-up run on a side stream, as
-PyTorch's documentation asks), in one memory pool. A graph reads the weights at the addresses
+The buffers stay allocated between rollouts (the largest rollout's, an evaluation's included,
+is held for the run, where the dynamic path returns its cache to the allocator after each
+rollout); ``model.cuda_graphs: false`` keeps the dynamic path. One graph is captured per
+bucket on its first use (after a warm-up run on a side stream, as PyTorch's documentation
+asks). The graphs share one memory pool: they never run at once, and no tensor of one
+outlives its replay (its results are copied into the buffers), so the order of replays does
+not matter. A graph reads the weights at the addresses
 it was captured with: optimizer steps update them in place, and a rollout whose weights moved
 (``model.to``, a reload) or whose adapters were switched off captures again. Capture runs with
 deterministic algorithms switched off: their index-copy checks its indices on the host, which
@@ -26,7 +31,7 @@ a graph cannot record, and each step writes one slot per row (no duplicate indic
 plain kernel is exact.
 
 ``capture=False`` runs the same static-shape step eagerly: on a CPU that is how
-``tests/test_engine.py`` checks that this path samples exactly what ``FastLM``'s samples under
+``tests/test_static_decode.py`` checks that this path samples exactly what ``FastLM``'s samples under
 the same noise; ``tests/test_gpu.py`` checks the captured graphs against it on a GPU.
 """
 from __future__ import annotations
@@ -78,7 +83,7 @@ class StaticBuffers:
         self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)    # where this step's keys go
         self.step = torch.zeros((), dtype=torch.long, device=device)   # the response position t
-        self.logits = torch.zeros(rows, fast.model.config.vocab_size, dtype=torch.float32, device=device)
+        self.logits = torch.zeros(rows, fast.model.config.vocab_size, dtype=dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
 
@@ -174,7 +179,7 @@ class StaticDecoder:
             keys.index_copy_(2, b.slot, k)
             values.index_copy_(2, b.slot, v)
             h = fast._finish(layer, h, q, keys, values, mask)
-        b.logits[:n] = fast.logits(h[:, 0]).float()
+        b.logits[:n] = fast.logits(h[:, 0])
 
     def _capture(self, b: StaticBuffers, n: int):
         """Record ``_step`` for ``n`` rows as a CUDA graph. Running the step again on the same
