@@ -75,7 +75,7 @@ def cmd_eval(args) -> int:
     results, ks = _evaluate(cfg, model, tokenizer, args.samples)
     out = run / f"eval_{ckpt.name}.json"
     checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
-    print(f"{ckpt}:\n{format_results(results, ks)}\nwritten to {out}")
+    print(f"{ckpt}:\n{_format_results(results, ks)}\nwritten to {out}")
     return 0
 
 
@@ -86,7 +86,7 @@ def _eval_start(args) -> int:
     model, tokenizer = load_policy(cfg)
     results, ks = _evaluate(cfg, model, tokenizer, args.samples)
     what = f"model.path={cfg.model.path}" if cfg.model.path else "the testbed model"
-    print(f"{what}, before training:\n{format_results(results, ks)}")
+    print(f"{what}, before training:\n{_format_results(results, ks)}")
     return 0
 
 
@@ -109,7 +109,7 @@ def _evaluate(cfg, model, tokenizer, samples: int | None):
     return results, ks
 
 
-def format_results(results: dict, ks) -> str:
+def _format_results(results: dict, ks) -> str:
     from explorl.eval.evaluate import format_table
     return format_table(results, [k for k in (1, 16, 64) if k in ks] or ks[:1])
 
