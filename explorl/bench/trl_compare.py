@@ -2,7 +2,8 @@
 
 Both start from the same weights (the warm-started testbed model, saved with
 ``save_pretrained`` to a temporary folder and loaded from there by each), see the same
-prompts in the same order (a fixed list of problems from the config's task mix, given to TRL
+prompts in the same order (a fixed list of problems from the config's task mix, rendered as
+the policy reads them (``prompt.template``: a chat template is applied here) and given to TRL
 as plain-string prompts in a ``datasets.Dataset``), score with the same verifier (wrapped as a
 TRL reward function that maps the prompt text back to its problem) and share every training
 setting that both expose: prompts per step, group size, max completion length, temperature 1,
@@ -83,7 +84,7 @@ class ExplorlSteps:
 
 
 def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rewards: str, eps_low, eps_high,
-                    explorl_step: ExplorlSteps, out_dir: Path) -> dict:
+                    explorl_step: ExplorlSteps, out_dir: Path, render=prompt_text) -> dict:
     """Train TRL for ``steps + 1`` steps, running one explorl step after each TRL step (so load
     from other processes hits both alike); explorl's time is excluded from TRL's."""
     import torch
@@ -93,7 +94,7 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     from trl import GRPOConfig, GRPOTrainer
 
     t = cfg.train
-    by_prompt = {prompt_text(p): p for p in problems}
+    by_prompt = {render(p): p for p in problems}
     rewards, tokens = [], []
 
     def reward(prompts, completions, completion_ids=None, **kw) -> list[float]:
@@ -120,7 +121,7 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.model.dtype))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
-    dataset = Dataset.from_dict({"prompt": [prompt_text(p) for p in problems]})
+    dataset = Dataset.from_dict({"prompt": [render(p) for p in problems]})
     args = GRPOConfig(
         output_dir=str(out_dir), use_cpu=on_cpu, bf16=False, fp16=False, gradient_checkpointing=False,
         report_to="none", use_vllm=False, save_strategy="no", logging_strategy="no", disable_tqdm=True,
@@ -171,6 +172,7 @@ def run(args) -> int:
         return 1
     from explorl.config import config_from_args
     from explorl.policy import load_policy
+    from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
 
     machine = machine_line()  # measured before this process starts working
@@ -186,6 +188,7 @@ def run(args) -> int:
     eps_low, eps_high = getattr(policy, "eps_low", 0.2), getattr(policy, "eps_high", 0.2)
     _quiet()
     model, tokenizer = load_policy(cfg, log=note)
+    prompt_format = for_config(cfg, tokenizer)
     tasks = TaskMix.from_config(cfg.tasks)
     problems = fixed_problems(tasks, (steps + 1) * t.problems_per_step, cfg.seed)
 
@@ -202,7 +205,8 @@ def run(args) -> int:
         import trl
         explorl_step = ExplorlSteps(ecfg, problems, tmp / "explorl")
         theirs = run_interleaved(model_dir, problems, tasks, cfg, steps, "group" if scale_by_std else "none",
-                                 eps_low, eps_high, explorl_step, tmp / "trl")
+                                 eps_low, eps_high, explorl_step, tmp / "trl",
+                                 render=lambda p: prompt_format.render(p) + p.prefix)
         ours = explorl_step.result
 
     import torch
@@ -216,7 +220,8 @@ def run(args) -> int:
                  "tokens/s (step)", "reward"]))
     print("gen tokens/step: generated completion tokens per step, up to and including the first EOS, counted "
           "on each side; tokens/s (step): those tokens over the mean wall time of a whole training step")
-    same = ["model weights (same save_pretrained folder)", "prompts and their order",
+    same = ["model weights (same save_pretrained folder)",
+            f"prompts and their order (prompt.template: {prompt_format.template}, given to TRL as text)",
             "reward (task verifier)", f"group size {t.rollouts_per_problem}",
             f"{t.problems_per_step} prompts/step", f"max_new_tokens {t.max_new_tokens}",
             "temperature 1, top_p 1, no top_k", f"lr {t.lr} (constant)", f"weight decay {t.weight_decay}",

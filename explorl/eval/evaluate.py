@@ -93,22 +93,25 @@ def eval_thinking(cfg, ckpt, spec: str | None = None):
     """The ``ThinkingRule`` an evaluation of checkpoint ``ckpt`` of a run with config ``cfg``
     samples with (``None``: plain sampling): that of the decoding ``spec`` (a name or a YAML
     mapping with ``name``, ``explorl eval --decoding``), else the run's own decoding with the
-    state it had at that checkpoint (a trained CTRLS transition policy, for one)."""
+    state it had at that checkpoint (a trained CTRLS transition policy, for one); ``ckpt=None``:
+    before training (step 0, the decoding's initial state)."""
     import yaml
 
     from explorl.registry import build
     from explorl.train.checkpoint import read_state
     from explorl.train.plugins import Plugins
-    state = read_state(ckpt)
+    state = read_state(ckpt) if ckpt is not None else None
+    step = state["step"] if state is not None else 0
     if spec is not None:
         try:
             parsed = yaml.safe_load(spec)
         except yaml.YAMLError as err:
             raise ValueError(f"--decoding {spec!r}: not a name or a YAML mapping ({err})") from None
-        return build("decoding", parsed, "--decoding").thinking(state["step"], evaluating=True)
+        return build("decoding", parsed, "--decoding").thinking(step, evaluating=True)
     plugins = Plugins.from_config(cfg)
-    plugins.load_state_dict(state["plugins"])
-    return plugins.decoding.thinking(state["step"], evaluating=True)
+    if state is not None:
+        plugins.load_state_dict(state["plugins"])
+    return plugins.decoding.thinking(step, evaluating=True)
 
 
 def format_table(results: dict, ks=(1, 16)) -> str:

@@ -19,7 +19,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from explorl.policy.model import cache_home, config_key
+from explorl.policy.model import cache_home, config_key, model_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def start_eval_path(cfg) -> Path | None:
     from explorl.train.warmup import warm_model_dir
     d = cfg.to_dict()
     model = {k: v for k, v in d["model"].items() if k != "device"}  # where it runs does not change its answers
-    start = _folder_fingerprint(cfg.model.path) if cfg.model.path else str(warm_model_dir(cfg).name)
+    start = _folder_fingerprint(model_folder(cfg.model.path)) if cfg.model.path else str(warm_model_dir(cfg).name)
     reference = _reference_start(cfg)
     if reference is not None:  # the policy starts at a soup or at one of its members
         start = [start, reference]

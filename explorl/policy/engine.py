@@ -7,6 +7,8 @@ temperature-1 entropy. ``response_logits`` is the training-side forward over the
 batch. Llama-family models take the shared-prompt fast path (``fastlm``, LoRA adapters
 included); any other ``AutoModelForCausalLM`` takes the generic Hugging Face path.
 ``backend="fast"`` on a model the fast path cannot run exactly is an error that says why.
+On a GPU, ``cuda_graphs`` (``model.cuda_graphs``) replays the fast path's decoding steps as
+CUDA graphs at static, bucketed shapes (``explorl.policy.static_decode``).
 Prompts are rendered by ``prompt_format`` (``explorl.policy.prompts``; raw text by default),
 and a response ends at the first of ``stop_ids`` (EOS, the chat template's end of turn, the
 model's EOS ids), which it includes.
@@ -25,13 +27,16 @@ class RolloutEngine:
     #: whether ``rollout`` takes a ``thinking`` rule (soft tokens, ``explorl.policy.soft_decode``)
     soft_tokens = True
 
-    def __init__(self, model, tokenizer, backend: str = "auto", prompt_format=None):
+    def __init__(self, model, tokenizer, backend: str = "auto", prompt_format=None, cuda_graphs="auto"):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"engine backend must be auto, fast or hf, got {backend!r}")
         self.model, self.tokenizer = model, tokenizer
         self.forward_backend = backend  # what a second engine over another copy of the model takes
         use_fast = backend == "fast" or (backend == "auto" and fastlm.supports(model))
         self.backend = fastlm.FastLM(model) if use_fast else HFBackend(model)
+        if use_graphs(cuda_graphs, use_fast, self.device):
+            from explorl.policy.static_decode import StaticDecoder
+            self.backend = StaticDecoder(self.backend, capture=True)
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.stop_ids = torch.tensor(stop_token_ids(tokenizer, model), dtype=torch.long)  # EOS, end of turn, ...
         self.prompt_format = prompt_format or RAW
@@ -192,6 +197,21 @@ class RolloutEngine:
         soft = {} if batch.soft is None else {"soft": batch.soft.rows(rows)}  # soft tokens fed while sampling
         return self.backend.response_logits(batch.prompt_ids[prompts].to(dev), batch.prompt_mask[prompts].to(dev),
                                             group.to(dev), batch.response_ids[rows].to(dev), return_hidden, **soft)
+
+
+def use_graphs(setting, fast: bool, device: torch.device) -> bool:
+    """Whether decoding replays CUDA graphs: ``auto`` where the fast path runs on a CUDA device;
+    ``True`` there or an error that says why not; ``False`` never."""
+    if setting is False:
+        return False
+    if setting != "auto" and setting is not True:
+        raise ValueError(f"model.cuda_graphs: expected auto, true or false, got {setting!r}")
+    if setting is True and device.type != "cuda":
+        raise ValueError(f"model.cuda_graphs: true needs the policy on a CUDA device; it is on {device.type}")
+    if setting is True and not fast:
+        raise ValueError("model.cuda_graphs: true needs the fast path (a Llama, Qwen2 or Mistral model with "
+                         "model.backend: auto or fast); this model decodes through its Hugging Face forward")
+    return fast and device.type == "cuda"
 
 
 def check_counts(problems, counts) -> None:

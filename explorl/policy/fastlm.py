@@ -66,6 +66,7 @@ class FastLM:
         rope = getattr(cfg, "rope_parameters", None) or {}
         theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        self._inv_freq_on = {}  # device -> inv_freq there (no host-to-device copy per layer and step)
         self.eps = cfg.rms_norm_eps
         self._checkpointing = False  # set per training forward (gradient checkpointing on the model)
 
@@ -79,7 +80,10 @@ class FastLM:
 
     def _rope(self, x, positions):
         """Rotate ``x`` ``(B, H, T, D)`` by ``positions`` ``(B, T)`` (HF rotate_half convention)."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(x.device)
+        inv_freq = self._inv_freq_on.get(x.device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq_on[x.device] = self.inv_freq.to(x.device)
+        freqs = positions.to(torch.float32)[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         half = x.shape[-1] // 2
