@@ -124,7 +124,8 @@ def test_clip_cov_cuts_replayed_tokens_only():
     ctx = LossContext(logp=logp, old_logp=old, behaviour_logp=logp.detach().clone(), advantages=adv,
                       mask=torch.ones(3, 3), step=300, kind=kind, extras={"generator": torch.Generator().manual_seed(0)})
     method = SPEAR(clip_cov_ratio_replay=1.0, clip_cov_lb_replay=1.0, clip_cov_ub_replay=5.0, max_replay_loss_steps=200)
-    loss, m = combine_terms([PPOClip()], ctx, [method])
+    (part,), m = combine_terms([PPOClip()], ctx, [method])
+    loss = part.loss
     # replayed: mean A = 2, mean log pi = -1.15; Cov = [[2.1, -1.7, 1.3], [-1.7, -0.3, 3.7]]: band (1, 5) = 3 tokens
     cut = torch.tensor([[True, False, True], [False, False, True]])
     assert torch.equal(loss[1:] == 0, cut | (adv[1:] == 0))
