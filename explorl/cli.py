@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
-from explorl.config import add_config_args, config_from_args, overrides_from_args
+from explorl.config import add_config_args, config_from_args, load_config, overrides_from_args
 
 
 def cmd_train(args) -> int:
@@ -47,17 +48,12 @@ def cmd_warmup(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def _run_policy(run: Path):
+    """``(config, model, tokenizer, checkpoint)`` of a run folder's latest checkpoint."""
     import yaml
     from explorl.config import Config, _from_dict
-    from explorl.eval.evaluate import evaluate, format_table
-    from explorl.policy import make_engine
-    from explorl.policy.prompts import for_config
     from explorl.policy.model import load_pretrained
-    from explorl.train.parallel import resolve_device
-    from explorl.tasks import TaskMix
     from explorl.train import checkpoint
-    run = Path(args.run)
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
     cfg = _from_dict(Config, yaml.safe_load((run / "config.yaml").read_text()), "")
@@ -72,19 +68,84 @@ def cmd_eval(args) -> int:
         load_adapters(model, ckpt / "model")
     else:
         model, tokenizer = load_pretrained(ckpt / "model", cfg.model.dtype)
+    return cfg, model, tokenizer, ckpt
+
+
+def cmd_eval(args) -> int:
+    from explorl.eval.evaluate import eval_thinking, evaluate, format_table
+    from explorl.policy import make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.train.parallel import resolve_device
+    from explorl.tasks import TaskMix
+    from explorl.train import checkpoint
+    if args.search:
+        return cmd_search(args)
+    if not args.run:
+        raise ValueError("eval needs --run (a run folder); --model and a config alone serve --search")
+    cfg, model, tokenizer, ckpt = _run_policy(Path(args.run))
+    run = Path(args.run)
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
     samples = args.samples or e.samples
     ks = [k for k in e.ks if k <= samples]
     engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
+    thinking = eval_thinking(cfg, ckpt, args.decoding)
     try:
         results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
-                           cfg.train.max_new_tokens, seed=e.seed)
+                           cfg.train.max_new_tokens, seed=e.seed, thinking=thinking)
     finally:
         engine.close()
-    out = run / f"eval_{ckpt.name}.json"
+    suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
+    out = run / f"eval_{ckpt.name}{suffix}.json"
     checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    """``eval --search``: test-time scaling of search methods on the held-out sets."""
+    from explorl.eval.search import budgets_up_to, format_scaling, parse_methods, run_search
+    from explorl.policy import load_policy, make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.tasks.guard import FaultLedger, GuardedVerifier
+    from explorl.train import checkpoint
+    from explorl.train.parallel import resolve_device
+    methods, budgets = parse_methods(args.search), budgets_up_to(args.budget)
+    if args.run and args.model:
+        raise ValueError("eval --search: give --run or --model, not both")
+    where = args.run or args.model or "the config's policy"
+    if args.run:
+        cfg, model, tokenizer, _ = _run_policy(Path(args.run))
+    else:
+        overrides = overrides_from_args(args) + ([f"model.path={args.model}"] if args.model else [])
+        cfg = load_config(args.config, overrides, args.recipe)
+        model, tokenizer = load_policy(cfg)
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    problems = [p for ps in tasks.eval_sets(e.problems_per_source).values() for p in ps]
+    model = model.to(resolve_device(cfg.model.device))
+    engine = make_engine(cfg, model, tokenizer, for_config(cfg, tokenizer))
+    verifier = GuardedVerifier(tasks, cfg.verify.timeout, cfg.verify.isolate)
+    ledger = FaultLedger(tasks.names, cfg.verify.max_error_share, cfg.verify.log_first, print, [0])
+
+    def score(probs, texts):
+        rewards, faults = verifier.score(probs, [p.completed(t) for p, t in zip(probs, texts)])
+        ledger.add(len(rewards), faults)
+        ledger.check("the search evaluation")
+        return rewards
+
+    try:
+        rows = run_search(engine, tasks, problems, methods, budgets, e.temperature, cfg.train.max_new_tokens,
+                          e.seed, score)
+    finally:
+        verifier.close()
+        engine.close()
+    print(f"{where}: {len(problems)} held-out problems, budgets {budgets}\n{format_scaling(rows)}")
+    out = Path(args.out) if args.out else (Path(args.run) / "search.json" if args.run else None)
+    if out is not None:
+        checkpoint.write_text_atomic(out, json.dumps({"problems": len(problems), "rows": rows}, indent=2))
+        print(f"written to {out}")
     return 0
 
 
@@ -171,9 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     p.set_defaults(func=cmd_warmup)
 
-    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
-    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run; with --search, test-time scaling of "
+                                    "search methods (a run, a saved model or a config's policy)")
+    p.add_argument("--run", default=None, help="run folder written by explorl train")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
+    p.add_argument("--decoding", default=None, metavar="SPEC",
+                   help="evaluate with this decoding instead of the run's, e.g. swireasoning or "
+                        "'{name: swireasoning, max_switch_count: 2}' (a run whose decoding feeds soft tokens "
+                        "evaluates with it, its trained state included, by default)")
+    p.add_argument("--search", default=None, metavar="METHODS",
+                   help="comma-separated: best_of_n, majority, ets, dts, dts_star; prints pass rate, tokens and KV "
+                        "memory per problem at budgets 1, 2, 4, ... up to --budget")
+    p.add_argument("--budget", type=int, default=8, help="with --search: the largest N (responses per problem)")
+    p.add_argument("--model", default=None, help="with --search: a saved model folder instead of --run")
+    p.add_argument("--out", default=None, help="with --search: write the rows as JSON here (default with --run: "
+                                               "RUN/search.json)")
+    add_config_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "

@@ -43,6 +43,7 @@ class Warmup:
     batch_size: int = 64
     lr: float = 2e-3
     tasks: dict | None = None  # the mix to warm up on; None = the run's ``tasks``
+    seed: int | None = None    # the order of the warm-up data; None = model.tiny.seed (which also seeds the init)
 
 
 @dataclass
@@ -143,10 +144,12 @@ class Config:
     curriculum: Any = "uniform"
     budget: Any = "fixed"
     decoding: Any = "constant"
+    rollout: Any = "flat"          # the shape of a group: flat (independent samples) or a tree (tree, ets, dts)
     advantage: list = field(default_factory=lambda: ["grpo"])
     objective: list = field(default_factory=lambda: ["ppo_clip"])
     guidance: list = field(default_factory=list)     # guidance methods (luffy, ampo, sft, ...); none by default
     teachers: dict = field(default_factory=dict)     # name -> {kind: solver | reference | model | self, ...}
+    reference: Any = field(default_factory=lambda: {"kind": "initial"})  # KL reference: initial | soup (SALSA)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -429,6 +432,46 @@ def _check_testbed_tasks(cfg: Config) -> None:
             raise ValueError(f"{where}: {err}") from None
 
 
+def reference_component(cfg: Config):
+    """The ``reference:`` section as its registered component (``{kind: NAME, ...params}``)."""
+    from explorl.registry import build
+    spec = cfg.reference
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or "name" in spec:
+        raise ValueError(f"reference: expected {{kind: initial}} or {{kind: soup, models: [...], weights: [...]}}, "
+                         f"got {spec!r}")
+    return build("reference", {"name": spec["kind"], **{k: v for k, v in spec.items() if k != "kind"}},
+                 "reference")
+
+
+def _check_reference(cfg: Config) -> None:
+    """``reference``: a known kind with valid parameters (``explorl.explore.reference``), written
+    out in full (so config.yaml records the weights and where the policy starts); warm-start
+    members only with the testbed model; saved-folder members with the same tensors (names,
+    shapes) as each other and as ``model.path``."""
+    from explorl.policy.model import weight_shapes
+    reference = reference_component(cfg)
+    folders = []
+    for i, member in enumerate(reference.members):
+        if "warmup_seed" in member and cfg.model.path is not None:
+            raise ValueError(f"reference.models[{i}]: a warm start ({{warmup_seed: ...}}) is the testbed model's; "
+                             f"with model.path set, name saved model folders")
+        if "path" in member:
+            folders.append((f"reference.models[{i}]", member["path"]))
+    if folders and cfg.model.path is not None:
+        folders.insert(0, ("model.path", cfg.model.path))
+    shapes = [(where, path, weight_shapes(path)) for where, path in folders]
+    shapes = [s for s in shapes if s[2] is not None]
+    for where, path, these in shapes[1:]:
+        first_where, first_path, first = shapes[0]
+        if these != first:
+            differ = sorted(set(these.items()) ^ set(first.items()))[:3]
+            raise ValueError(f"{where}: {path} does not have the architecture of {first_where} ({first_path}): "
+                             f"a soup averages tensors of the same names and shapes (first differences: {differ})")
+    cfg.reference = reference.spec()
+
+
 def _check_vllm(m: ModelConfig) -> None:
     """Where ``model.backend: vllm`` can run: a CUDA device and the vLLM package."""
     import importlib.util
@@ -481,6 +524,8 @@ def validate(cfg: Config) -> None:
     _number(w.lr, "model.warmup.lr", above=0)
     if w.tasks is not None:
         _check_tasks(w.tasks, "model.warmup.tasks")
+    if w.seed is not None:
+        _whole(w.seed, "model.warmup.seed", 0, SEED_LIMIT)
     if m.lora is not None:
         _check_lora(m.lora)
 
@@ -530,6 +575,8 @@ def validate(cfg: Config) -> None:
     check_prompt_config(cfg.prompt.template, cfg.prompt.system)
     _check_tasks(cfg.tasks, "tasks")
     _check_testbed_tasks(cfg)
+
+    _check_reference(cfg)
 
     from explorl.train.trackers import check_config
     check_config(cfg.logging)  # logging.wandb / logging.mlflow: their keys, values and packages

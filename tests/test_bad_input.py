@@ -3,7 +3,8 @@ the file and line: never a traceback of another type, never a silently wrong run
 folder left behind.
 
 Explicit cases first, then property-based tests (Hypothesis, derandomized) over every config
-key, every component parameter, task data files and the ``explorl train`` command. Each
+key, every component parameter, task data files and the ``explorl train`` command; the valid
+values at the edge of every range the fuzzing draws invalid values outside of are accepted. Each
 generated example ticks the session's fuzz counter (printed as "fuzz cases tried: N").
 """
 import contextlib
@@ -11,7 +12,9 @@ import dataclasses
 import io
 import json
 import math
+import operator
 import string
+import sys
 import typing
 from unittest import mock
 
@@ -69,8 +72,9 @@ def config_keys(cls=Config, prefix=""):
 
 
 CONFIG_KEYS = [(k, h) for k, h in config_keys() if h is not typing.Any]
-#: the smallest valid value of every integer key (seeds are also below 2**32)
-INT_MIN = {"seed": 0, "model.tiny.hidden_size": 1, "model.tiny.layers": 1, "model.tiny.heads": 1,
+#: the smallest valid value of every integer key (seeds are also below 2**32); the tiny model's
+#: context (``max_positions``) must also hold a prompt and the response (``test_the_context_bound_is_exact``)
+INT_MIN = {"seed": 0, "model.tiny.hidden_size": 2, "model.tiny.layers": 1, "model.tiny.heads": 1,
            "model.tiny.kv_heads": 1, "model.tiny.intermediate_size": 1, "model.tiny.max_positions": 1,
            "model.tiny.seed": 0, "model.warmup.steps": 1, "model.warmup.batch_size": 1,
            "train.steps": 1, "train.problems_per_step": 1, "train.rollouts_per_problem": 1,
@@ -78,17 +82,18 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 1, "model.tiny.layers": 1, "mode
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
            "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1,
-           "model.vllm.max_model_len": 1}
-SEEDS = {"seed", "model.tiny.seed", "eval.seed"}
+           "model.vllm.max_model_len": 1, "model.warmup.seed": 0}
+SEEDS = {"seed", "model.tiny.seed", "eval.seed", "model.warmup.seed"}
 #: the keys the optional mappings accept
 OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
                "logging.wandb": {"project", "entity", "name", "mode", "dir"},
                "logging.mlflow": {"tracking_uri", "experiment", "run_name"}}
-#: float keys: (">", 0) means > 0, (">=", 0) means >= 0, ("in", (0, 1)) a closed interval
+#: float keys: (">", 0) means > 0, (">=", 0) means >= 0, ("in", (0, 1)) a closed interval, ("(]", (0, 1))
+#: the interval without its low end; every float is also at most the largest float
 FLOAT_RULE = {"model.warmup.lr": (">", 0), "train.lr": (">", 0), "train.weight_decay": (">=", 0),
               "train.max_grad_norm": (">", 0), "verify.timeout": (">", 0),
               "verify.max_error_share": ("in", (0, 1)), "eval.temperature": (">", 0),
-              "model.vllm.gpu_memory_utilization": ("in", (0, 1))}
+              "model.vllm.gpu_memory_utilization": ("(]", (0, 1))}
 CHOICES = {"model.tiny.family": {"qwen2", "llama"}, "model.backend": {"auto", "fast", "hf", "vllm"},
            "model.dtype": {"float32", "bfloat16", "float16"}, "model.device": {"auto", "cpu", "cuda"},
            "train.parallel": {"none", "ddp", "fsdp"},
@@ -142,7 +147,8 @@ def out_of_range(key, hint):
         if rule == ">=":
             return st.one_of(special, st.floats(max_value=bound, allow_infinity=False).filter(lambda x: x < bound))
         low, high = bound
-        return st.one_of(special, st.floats(max_value=low, allow_infinity=False).filter(lambda x: x < low),
+        below = st.floats(max_value=low, allow_infinity=False)
+        return st.one_of(special, below.filter(lambda x: x < low) if rule == "in" else below,
                          st.floats(min_value=high, allow_infinity=False).filter(lambda x: x > high))
     if key in CHOICES:
         return st.text(max_size=12).filter(lambda s: s not in CHOICES[key])
@@ -175,6 +181,51 @@ def bad_values(key, hint):
 def test_every_numeric_key_has_a_stated_range():
     for key, hint in CONFIG_KEYS:
         out_of_range(key, hint)  # raises for a numeric key missing from the tables above
+
+
+#: what the smallest value of a key needs of the other keys to be valid
+NEEDS_AT_THE_EDGE = {"model.tiny.hidden_size": ["model.tiny.heads=1", "model.tiny.kv_heads=1"],  # 1 head of 2 dims
+                     "model.tiny.heads": ["model.tiny.kv_heads=1"],
+                     "train.problems_per_step": ["train.minibatches=1"],
+                     "eval.samples": ["eval.ks=[1]"]}
+
+
+def edge_values():
+    """``(key, value)``: the smallest and the largest value of every bounded numeric key, from
+    the tables the fuzzing draws its invalid values below (or above) of."""
+    for key, low in INT_MIN.items():
+        if key != "model.tiny.max_positions":  # its edge is the tasks' (test_the_context_bound_is_exact)
+            yield key, low
+    for key in SEEDS:
+        yield key, 2**32 - 1
+    for key, (rule, bound) in FLOAT_RULE.items():
+        low, high = (bound, sys.float_info.max) if rule in (">", ">=") else bound
+        yield key, (math.ulp(low) if rule in (">", "(]") else float(low))
+        yield key, float(high)
+
+
+EDGES = list(edge_values())
+
+
+@pytest.mark.parametrize("key, value", EDGES, ids=[f"{k}={v!r}" for k, v in EDGES])
+def test_valid_values_at_the_edge_of_each_range_are_accepted(key, value):
+    """The fuzzing above tries values just outside each range; the values at its edge must pass,
+    or the tables (and the checks) could be stricter than they say and no test would notice."""
+    cfg = load_config(overrides=[f"{key}={value!r}", *NEEDS_AT_THE_EDGE.get(key, [])])
+    assert operator.attrgetter(key)(cfg) == value
+
+
+def test_the_context_bound_is_exact():
+    """Prompts of 4 tokens (1-digit sums, "3+4=") and the response must fit the tiny model's context."""
+    fits = ["tasks={addition: {digits: [1, 1]}}", "model.warmup.tasks=null"]
+    for positions, new_tokens in ((5, 1), (128, 124)):
+        cfg = load_config(overrides=[*fits, f"model.tiny.max_positions={positions}",
+                                     f"train.max_new_tokens={new_tokens}"])
+        assert (cfg.model.tiny.max_positions, cfg.train.max_new_tokens) == (positions, new_tokens)
+        for too_many in ([f"model.tiny.max_positions={positions - 1}", f"train.max_new_tokens={new_tokens}"],
+                         [f"model.tiny.max_positions={positions}", f"train.max_new_tokens={new_tokens + 1}"]):
+            raises_naming(lambda: load_config(overrides=[*fits, *too_many]), "model.tiny.max_positions",
+                          f"the prompt is 4 tokens")
 
 
 # ---- explicit cases ------------------------------------------------------------------------------
@@ -363,9 +414,22 @@ def test_fuzz_set_inside_a_non_section(key, sub, value, fuzz_cases):
     raises_naming(lambda: load_config(overrides=[f"{key}.{sub}={literal(value)}"]), key)
 
 
+@settings(FUZZ, max_examples=60)
+@given(value=st.one_of(PLAIN[bool], PLAIN[int], PLAIN[float], PLAIN[list], PLAIN[dict], WORDS,
+                       st.fixed_dictionaries({"kind": st.sampled_from(["soup", "initial"])}, optional={
+                           "models": st.one_of(PLAIN[list], st.lists(WORDS, max_size=2)),
+                           "weights": st.lists(st.floats(-2, 2), max_size=3),
+                           "policy_init": WORDS}).filter(lambda d: d != {"kind": "initial"})))
+def test_fuzz_the_reference_section(value, fuzz_cases):
+    """``reference``: anything but a valid ``{kind: ...}`` section is refused naming the key."""
+    assume(value != "initial")
+    fuzz_cases.tick()
+    raises_naming(lambda: load_config(overrides=[f"reference={literal(value)}"]), "reference")
+
+
 # ---- property-based: every component parameter ---------------------------------------------------
 
-LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective")
+LEVELS = ("curriculum", "budget", "decoding", "rollout", "advantage", "objective")
 PARAMS = [(e.level, e.name, key, hint) for e in entries() if e.level in LEVELS
           for key, hint in typing.get_type_hints(e.cls.__init__).items()
           if key != "return" and hint is not typing.Any]

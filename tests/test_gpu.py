@@ -151,3 +151,26 @@ def test_a_vllm_run_learns(tmp_path, tiny_config, sleep):
     assert len(rows) == 40 and all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
     evals = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert evals["end"]["pass@1"]["all"] > evals["start"]["pass@1"]["all"]
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_soft_tokens_on_the_gpu(tiny_model, backend):
+    """CoT2 with K = 1 is ordinary decoding bit for bit on the device too, and the training forward
+    recomputes the log-probs that soft-token rollouts recorded (MTS, Dirichlet, SwiReasoning)."""
+    import copy
+    from explorl.explore.decoding.cot2 import CoT2Steps
+    from explorl.explore.decoding.swireasoning import SwiReasoning
+    from explorl.policy.engine import RolloutEngine
+    from explorl.policy.soft import response_logp_entropy
+    from explorl.tasks import Problem
+    model, tokenizer = tiny_model
+    engine = RolloutEngine(copy.deepcopy(model).to("cuda"), tokenizer, backend)
+    problems = [Problem(id=str(i), prompt=p, answer="", source="x") for i, p in enumerate(["12+3=", "9=", "rev:ab="])]
+    plain = engine.rollout(problems, [3, 2, 2], [1.0] * 8, seed=4)
+    one = engine.rollout(problems, [3, 2, 2], [1.0] * 8, seed=4, thinking=CoT2Steps(3, "mts", 1, True, 1.0, 1e-3))
+    assert torch.equal(plain.response_ids, one.response_ids) and torch.equal(plain.old_logp, one.old_logp)
+    for rule in (CoT2Steps(3, "mts", 3, True, 1.0, 1e-3), CoT2Steps(3, "dirichlet", 1, True, 1.0, 1e-3),
+                 SwiReasoning(window_size=1, max_switch_count=1).thinking(0)):
+        batch = engine.rollout(problems, [3, 2, 2], [1.0] * 8, seed=4, thinking=rule)
+        logp, _ = response_logp_entropy(engine.response_logits(batch), batch, None, False)
+        torch.testing.assert_close(logp.cpu() * batch.grad_mask, batch.old_logp * batch.grad_mask, rtol=1e-4, atol=1e-4)

@@ -1,7 +1,7 @@
 """Memory: ``train.micro_batch_size`` accumulates gradients over parts of a minibatch and gives
 the one-pass update (every aggregation mode, and objectives that take statistics over the
-minibatch's tokens); gradient checkpointing recomputes layers without changing gradients; the
-peak memory of each step is logged."""
+minibatch's tokens, and LoRA dropout, whose masks the second pass replays); gradient
+checkpointing recomputes layers without changing gradients; the peak memory of each step is logged."""
 import copy
 
 import pytest
@@ -134,3 +134,39 @@ def test_a_micro_batched_checkpointed_run_logs_peak_memory_and_trains_as_one_pas
         assert all("perf/peak_cuda_mb" not in r for r in rows)  # the policy is on the CPU
     for (name, p), q in zip(runs["one-pass"].model.named_parameters(), runs["micro"].model.parameters()):
         assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_micro_batches_replay_lora_dropout_in_their_second_pass():
+    """With LoRA dropout, pass 2 of each part must draw the dropout masks of pass 1, else the
+    gradient is taken through other masks than the loss was. The reference runs the same parts
+    with a graph, in order from the same random state (so with pass 1's masks), and back-propagates
+    the loss through them directly."""
+    from explorl.policy.lora import add_lora
+    base, tok = build_tiny("qwen2", ALPHABET, 32, 2, 4, 2, 64, 64, seed=0)
+    model = add_lora(base, {"r": 4, "alpha": 8, "dropout": 0.5, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+                     seed=0)
+    with torch.no_grad():  # adapters that change the output, so the masks matter to the log-probs too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    engine = RolloutEngine(model, tok)
+    problems = [Problem(id=str(i), prompt=p, answer="", source="x") for i, p in enumerate(PROMPTS)]
+    batch = engine.rollout(problems, COUNTS, [1.0] * 8, seed=0)
+    batch.advantages = torch.randn(batch.size, generator=torch.Generator().manual_seed(0))
+    cfg = make_tiny_config(train={"ppo_epochs": 1, "minibatches": 1, "max_grad_norm": 1e9,
+                                  "problems_per_step": len(PROMPTS)})
+    plugins = Plugins.from_config(cfg)
+    real = engine.response_logits
+
+    def with_graph_by_parts(b, rows=None, **kw):
+        return torch.cat([real(b, part, **kw) for part in micro_batches(rows, 5)])
+
+    grads = {}
+    for name, micro in (("micro", 5), ("reference", None), ("other masks", None)):
+        engine.response_logits = real if micro else with_graph_by_parts
+        torch.manual_seed(1 if name != "other masks" else 2)
+        grads[name], _ = _gradient(model, engine, batch, cfg, plugins, None, micro)
+    assert not all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads["reference"],
+                                                                             grads["other masks"]))
+    for a, b in zip(grads["reference"], grads["micro"], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()

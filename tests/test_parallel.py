@@ -30,13 +30,16 @@ SETTINGS = ["--config", str(ROOT / "configs" / "tiny.yaml"),
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # tests/ on the path: configs name task sources of tests/user_sources.py by import path
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     return env
 
 
-def _train(out: Path, processes: int, *extra: str, torchrun_one: bool = False) -> None:
+def _train(out: Path, processes: int, *extra: str, torchrun_one: bool = False,
+           ok: bool = True) -> subprocess.CompletedProcess:
+    """``explorl train`` in ``processes`` processes; it must succeed unless ``ok`` is false."""
     if processes == 1 and not torchrun_one:
         cmd = [sys.executable, "-m", "explorl"]
     else:
@@ -44,7 +47,9 @@ def _train(out: Path, processes: int, *extra: str, torchrun_one: bool = False) -
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(processes), "-m", "explorl"]
     done = subprocess.run([*cmd, "train", *SETTINGS, "--out", str(out), *extra], env=_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if ok:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
 
 
 def _weights(out: Path) -> dict:
@@ -82,16 +87,24 @@ def assert_close_values(x, y, where="eval.json"):
         assert x == y, where
 
 
+RECIPE_SETTINGS = {"submodular": ("--set", "advantage=[{name: submodular, set_function: facility_location, "
+                                          "credit: shapley, permutations: 5, verifier_coef: 1.0, gain_coef: 0.5}]")}
+
+
 @pytest.mark.parametrize("recipe,backend,parallel,micro", [
     ("grpo", "fast", "ddp", None), ("knapsack", "fast", "ddp", None), ("grpo", "hf", "ddp", None),
-    ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None), ("sft", "fast", "ddp", 3)])
+    ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None), ("salsa", "fast", "ddp", None),
+    ("submodular", "fast", "ddp", None), ("sft", "fast", "ddp", 3)])
 def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, micro):
     """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward;
-    FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows;
-    a supervised term aggregated apart (sft), with micro-batches."""
+    FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows; a
+    soup reference built on every rank; SubPO's Shapley orders drawn from its seeded generator
+    and facility location on the policy's hidden states; a supervised term aggregated apart (sft),
+    with micro-batches."""
     one, two = tmp_path / "one", tmp_path / "two"
     settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}",
-                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()))
+                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()),
+                *RECIPE_SETTINGS.get(recipe, ()))
     _train(one, 1, *settings)
     _train(two, 2, *settings)
     assert_same_run(one, two)
@@ -120,6 +133,65 @@ def test_a_two_process_run_resumes(tmp_path, parallel):
     _train(parts, 2, "--steps", "3", *mode)
     _train(parts, 2, "--steps", "5", "--resume", *mode)
     assert_same_run(whole, parts)
+
+
+def _faulty_tasks(kind: str) -> tuple[str, ...]:
+    """A source whose verifier fails on some completions (tests/user_sources.py) beside a sound
+    one; the warm start is the one of the other tests (trained on the usual tasks)."""
+    return ("--set", f'tasks={{faulty: {{kind: "user_sources:{kind}", digits: [1, 1]}}, addition: {{digits: [1, 1]}}}}',
+            "--set", "model.warmup.tasks={addition: {digits: [1, 1]}, reversal: {length: [2, 3]}}",
+            "--set", "verify.check_at_start=false", "--set", "train.parallel=ddp")
+
+
+@pytest.mark.slow  # about a minute on a loaded 2-core machine
+def test_two_processes_count_every_ranks_verifier_faults(tmp_path):
+    """Each rank verifies its share of the rollouts and of the evaluation; the faults of every rank
+    are counted, so a run of 2 processes logs the counts of a run of 1."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    settings = ("--steps", "2", "--set", "verify.max_error_share=1.0", *_faulty_tasks("FailsSometimes"))
+    _train(one, 1, *settings)
+    _train(two, 2, *settings)
+    counts = {run: [{k: v for k, v in m.items() if k.startswith("verify/")} for m in run_metrics(run)]
+              for run in (one, two)}
+    assert counts[one] == counts[two]
+    assert all(m["verify/errors/addition"] == m["verify/invalid/addition"] == 0 for m in counts[one])
+    assert sum(m["verify/errors/faulty"] for m in counts[one]) > 0 and sum(m["verify/invalid/faulty"]
+                                                                           for m in counts[one]) > 0
+    faults = {run: {k: v["verify_faults"] for k, v in json.loads((run / "eval.json").read_text()).items()}
+              for run in (one, two)}
+    assert faults[one] == faults[two] and faults[one]["start"] > 0
+    assert_same_run(one, two)
+
+
+@pytest.mark.slow  # about a minute on a loaded 2-core machine
+def test_the_error_budget_stops_both_ranks_with_its_message(tmp_path):
+    """Past verify.max_error_share in a training step, every rank stops with the message of the run
+    of one process (and none waits in a collective for the other: the command has a time limit)."""
+    settings = ("--steps", "2", *_faulty_tasks("FailsInTraining"))
+    stops = []
+    for processes in (1, 2):
+        done = _train(tmp_path / str(processes), processes, *settings, ok=False)
+        assert done.returncode != 0, done.stderr[-3000:]
+        lines = [line for line in done.stderr.splitlines() if line.startswith("explorl train: stopped: ")]
+        assert len(lines) == processes, done.stderr[-3000:]
+        stops.append({line.split("; first: ")[0] for line in lines})  # which fault is first follows the ranks
+    assert stops[0] == stops[1]
+    (message,) = stops[0]
+    assert "verifications in step 1 failed (over verify.max_error_share=0.1); most in source 'faulty'" in message
+
+
+@pytest.mark.slow  # five runs: a few minutes on a 2-core machine
+def test_an_fsdp_checkpoint_resumes_on_another_number_of_processes(tmp_path):
+    """FSDP checkpoints hold the full weights and optimizer state: saved by 2 processes and resumed
+    by 1, or the reverse, the run goes on as the unbroken one."""
+    mode = ("--set", "train.parallel=fsdp")
+    whole = tmp_path / "whole"
+    _train(whole, 1, "--steps", "4", *mode)
+    for before, after in ((2, 1), (1, 2)):
+        parts = tmp_path / f"{before}_then_{after}"
+        _train(parts, before, "--steps", "2", *mode)
+        _train(parts, after, "--steps", "4", "--resume", *mode)
+        assert_same_run(whole, parts)
 
 
 def test_fsdp_shards_the_training_model_and_keeps_a_whole_rollout_copy(tiny_config, tmp_path):

@@ -217,21 +217,26 @@ def _check_args(args) -> list[tuple[str, str]]:
 
 def _warm_start(args, pending: list[tuple[str, int]]) -> None:
     """Warm-start the testbed model(s) the pending runs share, here and once, so that no run's
-    wall time includes it (a recipe may change the model or tasks, hence one check per recipe)."""
+    wall time includes it (a recipe may change the model or tasks, hence one check per recipe;
+    the warm starts of a soup reference's members too)."""
     from explorl.config import load_config
+    from explorl.policy.reference import member_config
     from explorl.train.warmup import warm_model_dir, warmup
     done = set()
     for spec, seed in pending:
         cfg = load_config(args.config, _train_sets(args, seed), spec)
-        if cfg.model.path or warm_model_dir(cfg) in done:
-            continue
-        done.add(warm_model_dir(cfg))
-        if not warm_model_dir(cfg).exists():
-            print(f"warm start of the testbed model ({cfg.model.warmup.steps} steps, shared by the runs, "
-                  f"not counted in their time) ... ", end="", flush=True)
-            start = time.perf_counter()
-            warmup(cfg, log=lambda *_: None)
-            print(f"{time.perf_counter() - start:.1f} s", flush=True)
+        members = [member_config(cfg, m["warmup_seed"]) for m in cfg.reference.get("models", [])
+                   if "warmup_seed" in m]
+        for each in ([] if cfg.model.path else [cfg]) + members:
+            if warm_model_dir(each) in done:
+                continue
+            done.add(warm_model_dir(each))
+            if not warm_model_dir(each).exists():
+                print(f"warm start of the testbed model ({each.model.warmup.steps} steps, shared by the runs, "
+                      f"not counted in their time) ... ", end="", flush=True)
+                start = time.perf_counter()
+                warmup(each, log=lambda *_: None)
+                print(f"{time.perf_counter() - start:.1f} s", flush=True)
     _shared_start_evaluations(args, pending)
 
 

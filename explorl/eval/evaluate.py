@@ -9,7 +9,7 @@ from explorl.eval.passk import pass_at_k
 
 def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temperature: float = 1.0,
              max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048, verifier=None,
-             ledger=None, dp=None) -> dict:
+             ledger=None, dp=None, thinking=None) -> dict:
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
@@ -18,13 +18,17 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given. Under data
     parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
     of problems, each chunk exactly as one process would, and every rank gets the whole result.
+    ``thinking`` (a decoding's ``ThinkingRule``: soft tokens) decides each step of the samples.
     """
     from explorl.tasks.guard import GuardedVerifier
+    if thinking is not None and not getattr(engine, "soft_tokens", False):
+        raise ValueError(f"evaluating with soft tokens needs the built-in engine (model.backend auto, fast or hf), "
+                         f"not {type(engine).__name__}")
     own = verifier is None
     verifier = verifier or GuardedVerifier(tasks)
     try:
         per_problem = _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens,
-                                        seed, rows_per_batch, ledger, dp)
+                                        seed, rows_per_batch, ledger, dp, thinking)
     finally:
         if own:
             verifier.close()
@@ -32,14 +36,14 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
 
 
 def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens, seed, rows_per_batch,
-                      ledger, dp=None):
+                      ledger, dp=None, thinking=None):
     problems = [p for src in eval_sets for p in eval_sets[src]]
     chunk = max(1, rows_per_batch // samples)
     starts = list(range(0, len(problems), chunk))
     # chunk i -> (rows, faults); the chunks are the same on any number of ranks, each rank runs its share
     distributed = dp is not None and dp.distributed
     done = {i: _chunk(engine, verifier, problems[starts[i]:starts[i] + chunk], samples, temperature,
-                      max_new_tokens, seed + starts[i])
+                      max_new_tokens, seed + starts[i], thinking)
             for i in (dp.chunks(len(starts)) if distributed else range(len(starts)))}
     if distributed:
         for part in dp.all_gather_objects(done):
@@ -53,11 +57,12 @@ def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new
     return out
 
 
-def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed) -> tuple[list, list]:
+def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, thinking=None) -> tuple[list, list]:
     """``(source, correct count, distinct correct, entropy sum, token count)`` per problem of
     ``part``, and the verifier's faults."""
     per_problem = []
-    batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed)
+    batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed,
+                           **({} if thinking is None else {"thinking": thinking}))
     rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
     for i, problem in enumerate(part):
         rows = (batch.group == i).nonzero().squeeze(-1)
@@ -82,6 +87,28 @@ def summarize(per_problem, samples, ks) -> dict:
         out["distinct_correct"][src] = sum(r[2] for r in rows) / len(rows)
     out["tokens"] = int(sum(r[4] for r in per_problem))
     return out
+
+
+def eval_thinking(cfg, ckpt, spec: str | None = None):
+    """The ``ThinkingRule`` an evaluation of checkpoint ``ckpt`` of a run with config ``cfg``
+    samples with (``None``: plain sampling): that of the decoding ``spec`` (a name or a YAML
+    mapping with ``name``, ``explorl eval --decoding``), else the run's own decoding with the
+    state it had at that checkpoint (a trained CTRLS transition policy, for one)."""
+    import yaml
+
+    from explorl.registry import build
+    from explorl.train.checkpoint import read_state
+    from explorl.train.plugins import Plugins
+    state = read_state(ckpt)
+    if spec is not None:
+        try:
+            parsed = yaml.safe_load(spec)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--decoding {spec!r}: not a name or a YAML mapping ({err})") from None
+        return build("decoding", parsed, "--decoding").thinking(state["step"], evaluating=True)
+    plugins = Plugins.from_config(cfg)
+    plugins.load_state_dict(state["plugins"])
+    return plugins.decoding.thinking(state["step"], evaluating=True)
 
 
 def format_table(results: dict, ks=(1, 16)) -> str:

@@ -1,14 +1,16 @@
 """The start-of-run evaluation, computed once and shared by every run that would compute the
 same thing: the same starting model, task sources, evaluation settings, prompt format, response
-length and verifier settings, and the same explorl source code. A study of 20 recipes × 3 seeds
-on one warm start evaluates the start once instead of 60 times.
+length and verifier settings, and the same explorl source code (and, where ``reference:``
+starts the policy at a soup or one of its members, those members). A study of 20 recipes × 3
+seeds on one warm start evaluates the start once instead of 60 times.
 
 The key hashes all of that, the source of every ``explorl`` module included (a fix to a
 verifier or to the sampler must not reuse an evaluation made before it), and, for a model
 folder (``model.path``), the name, size and modification time of each of its files. Entries
 live in ``EXPLORL_HOME/evals/start-<key>.json``, written atomically; ``eval.share_start: false``
 turns sharing off. The recipe, the seed and the training settings are not in the key: before
-the first step they cannot change what the model answers.
+the first step they cannot change what the model answers, except a decoding that evaluates with
+soft tokens (``Decoding.thinking``): its configuration is then in the key.
 """
 from __future__ import annotations
 
@@ -40,6 +42,20 @@ def _folder_fingerprint(path: str) -> list:
             for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
+def _reference_start(cfg) -> list | None:
+    """What the ``reference:`` section changes of the policy's start (``None``: nothing): where it
+    starts, the weights, and each member's files or warm start."""
+    from explorl.config import reference_component
+    from explorl.policy.reference import member_config
+    from explorl.train.warmup import warm_model_dir
+    reference = reference_component(cfg)
+    if not reference.members:
+        return None
+    members = [_folder_fingerprint(m["path"]) if "path" in m
+               else warm_model_dir(member_config(cfg, m["warmup_seed"])).name for m in reference.members]
+    return [reference.spec(), members]
+
+
 def start_eval_path(cfg) -> Path | None:
     """Where the start evaluation of ``cfg`` is kept (``None`` with ``eval.share_start: false``)."""
     if not cfg.eval.share_start:
@@ -48,10 +64,21 @@ def start_eval_path(cfg) -> Path | None:
     d = cfg.to_dict()
     model = {k: v for k, v in d["model"].items() if k != "device"}  # where it runs does not change its answers
     start = _folder_fingerprint(cfg.model.path) if cfg.model.path else str(warm_model_dir(cfg).name)
+    reference = _reference_start(cfg)
+    if reference is not None:  # the policy starts at a soup or at one of its members
+        start = [start, reference]
     evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "share_start")}
-    key = config_key(model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
-                     source_fingerprint())
+    parts = [model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
+             source_fingerprint()]
+    if _decides_steps(cfg):  # a decoding with soft tokens evaluates with them: it changes the answers
+        parts.append(d["decoding"])
+    key = config_key(*parts)
     return cache_home() / "evals" / f"start-{key}.json"
+
+
+def _decides_steps(cfg) -> bool:
+    from explorl.registry import build
+    return build("decoding", cfg.decoding).thinking(0, evaluating=True) is not None
 
 
 def load_start_eval(cfg, warn=print) -> dict | None:

@@ -23,6 +23,9 @@ class Component:
 
     state_keys: tuple[str, ...] = ()
     registered_name: str = ""
+    #: True for a method that keeps the language model as it is (the trainer then skips its update,
+    #: and the recipe names no objective): e.g. CTRLS trains only a module of its own, in ``observe``.
+    freezes_policy: bool = False
 
     def observe(self, stats: "StepStats") -> dict[str, float]:
         """Feedback after each optimizer step; returns metrics to log."""
@@ -87,12 +90,68 @@ class Decoding(Component):
         """Temperature at each response position, shape ``(max_new_tokens,)``."""
         raise NotImplementedError
 
+    def thinking(self, step: int, evaluating: bool = False):
+        """A ``explorl.policy.soft_decode.ThinkingRule`` that decides each decoding step (soft
+        tokens: CoT2, SwiReasoning, CTRLS), used for training rollouts and, with ``evaluating``,
+        for held-out evaluation; ``None`` (the default): each step samples one token from the
+        temperature schedule, and evaluation samples at ``eval.temperature``."""
+        return None
+
+
+class Rollout(Component):
+    """The shape of a problem's rollouts: ``sample(request) -> (batch, metrics)`` returns the
+    scored batch (rewards set) with ``request.counts[i]`` rows for problem i.
+
+    ``flat`` draws independent sequences. A tree method (``explorl.policy.tree``) branches them
+    from shared prefixes: it sets ``batch.tree_node`` and ``batch.generated_tokens`` (a shared
+    prefix counted once, which is what the token budget counts) and reports ``rollout/`` metrics
+    (``accumulate`` adds those of several calls in a step: sums, and maxima of ``*_peak``).
+    ``data_parallel``: whether ``train.parallel`` may split its rows over processes;
+    ``any_engine``: whether it runs on an engine other than the built-in one (vLLM);
+    ``soft_tokens``: whether it passes a decoding's soft-token rule (``request.thinking``) on.
+    """
+
+    data_parallel: bool = False
+    any_engine: bool = False
+    soft_tokens: bool = False
+
+    def sample(self, request: "RolloutRequest") -> tuple[Any, dict[str, float]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def accumulate(into: dict, metrics: dict) -> None:
+        for key, value in metrics.items():
+            into[key] = max(into.get(key, value), value) if key.endswith("_peak") else into.get(key, 0) + value
+
+
+@dataclass
+class RolloutRequest:
+    """What a rollout method samples from: ``counts[i]`` responses to ``problems[i]`` with
+    ``engine`` under the per-position ``temperatures`` and ``top_p``, draws fixed by ``seed``,
+    at most ``max_rows`` decoded at once; ``score(problems, texts) -> rewards`` verifies."""
+
+    engine: Any
+    problems: list
+    counts: list
+    temperatures: Any
+    top_p: float
+    seed: int
+    score: Any
+    max_new_tokens: int | None = None
+    max_rows: int | None = None
+    thinking: Any = None   # a soft-token rule from the decoding (``Decoding.thinking``); None: discrete tokens
+
 
 class Advantage(Component):
     """``kind = "estimator"`` turns rewards into advantages; a ``"shaper"`` adjusts them.
 
     ``compute(groups, adv)`` returns ``(adv, metrics)`` with ``adv`` of shape ``(P, G)``,
     zero where ``groups.mask`` is 0. Estimators receive ``adv=None``.
+
+    An estimator whose advantage varies along a response (per node of a tree rollout) also sets
+    ``groups.extras["token_advantages"]``, ``(R, Lc)`` over the rows of
+    ``groups.extras["batch"]``; a shaper's change to a row's advantage is then added to every
+    token of the row.
     """
 
     kind = "estimator"
@@ -169,6 +228,39 @@ class Guidance(Component):
         is a ``GuideContext`` with ``draw(n)`` (problems from the curriculum),
         ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows)."""
         return {}
+
+
+class Reference(Component):
+    """The model that KL-type terms measure against (the ``reference:`` config section), and
+    where the policy starts.
+
+    ``weights(load, with_reference)`` returns ``(start, reference)`` state dicts: ``start``
+    replaces the policy's initial weights (``None``: keep those ``model.path`` or the warm start
+    gave); ``reference`` holds the reference's weights when it is not the policy's start
+    (``None``: the reference is the start, held as a frozen copy of the initial policy, or as
+    the LoRA base with the adapters off). ``load(i)`` returns the float32 state dict of
+    ``members[i]``, checked against the policy's architecture; with ``with_reference`` false only
+    the start is asked for. ``needs`` is added to the recipe's (``{"ref_logp"}``: compute the
+    reference's log-probs every step, also when no term reads them, for ``ref/kl``).
+    """
+
+    members: tuple = ()
+    policy_init: str = "initial"
+    needs: frozenset[str] = frozenset()
+
+    def weights(self, load, with_reference: bool = True) -> tuple[dict | None, dict | None]:
+        return None, None
+
+    def spec(self) -> dict:
+        """The config section this component stands for, every parameter written out."""
+        return {"kind": self.registered_name}
+
+    def describe(self) -> str:
+        return f"reference: {self.registered_name}"
+
+    def warnings(self, needs: set[str]) -> list[str]:
+        """What to tell the user about this reference given what the recipe's terms read."""
+        return []
 
 
 @dataclass

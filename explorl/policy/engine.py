@@ -22,6 +22,9 @@ from explorl.batch import OFF_POLICY, RolloutBatch
 
 
 class RolloutEngine:
+    #: whether ``rollout`` takes a ``thinking`` rule (soft tokens, ``explorl.policy.soft_decode``)
+    soft_tokens = True
+
     def __init__(self, model, tokenizer, backend: str = "auto", prompt_format=None):
         if backend not in ("auto", "fast", "hf"):
             raise ValueError(f"engine backend must be auto, fast or hf, got {backend!r}")
@@ -56,17 +59,22 @@ class RolloutEngine:
     @torch.no_grad()
     def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
                 max_new_tokens: int | None = None, noise: torch.Tensor | None = None,
-                max_rows: int | None = None) -> RolloutBatch:
+                max_rows: int | None = None, thinking=None) -> RolloutBatch:
         """``noise`` (``(R, max_new_tokens)`` uniforms, optional) fixes each row's draws
         independently of the others (``sample_next_token``); ``seed`` is used otherwise.
         Sampling stays on the model's device; the batch comes back on the CPU. ``max_rows``
         bounds the rows decoded at once (and so the KV cache): whole groups are sampled in
         consecutive calls of at most that many rows (one group larger than it alone), the
-        k-th call with ``seed + k`` (with ``noise``, each row keeps its own)."""
+        k-th call with ``seed + k`` (with ``noise``, each row keeps its own). ``thinking`` (a
+        ``explorl.policy.soft_decode.ThinkingRule``) decides each step instead: soft tokens."""
         check_counts(problems, counts)
         if max_rows is not None and sum(counts) > max_rows:
             return self._rollout_in_parts(problems, counts, temperatures, top_p, seed, max_new_tokens, noise,
-                                          max_rows)
+                                          max_rows, thinking)
+        if thinking is not None:
+            from explorl.policy.soft_decode import rollout_with_rule
+            return rollout_with_rule(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise,
+                                     thinking)
         max_new = max_new_tokens or len(temperatures)
         temps = [float(t) for t in temperatures[:max_new]]
         dev = self.device
@@ -114,12 +122,13 @@ class RolloutEngine:
                             mask=mask, behaviour_logp=out["b"][:, :Lc] * mask, old_logp=out["o"][:, :Lc] * mask,
                             entropy=out["h"][:, :Lc] * mask, texts=texts)
 
-    def _rollout_in_parts(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise, max_rows):
+    def _rollout_in_parts(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise, max_rows,
+                          thinking=None):
         batches, row = [], 0
         for k, (groups, rows) in enumerate(group_parts(counts, max_rows)):
             part_noise = None if noise is None else noise[row:row + rows]
             batches.append(self.rollout([problems[g] for g in groups], [counts[g] for g in groups], temperatures,
-                                        top_p, seed + k, max_new_tokens, part_noise))
+                                        top_p, seed + k, max_new_tokens, part_noise, thinking=thinking))
             row += rows
         return RolloutBatch.concat(batches, self.pad)
 
@@ -180,8 +189,9 @@ class RolloutEngine:
         rows = torch.arange(batch.size) if rows is None else rows
         prompts, group = torch.unique(batch.group[rows], return_inverse=True)
         dev = self.device
+        soft = {} if batch.soft is None else {"soft": batch.soft.rows(rows)}  # soft tokens fed while sampling
         return self.backend.response_logits(batch.prompt_ids[prompts].to(dev), batch.prompt_mask[prompts].to(dev),
-                                            group.to(dev), batch.response_ids[rows].to(dev), return_hidden)
+                                            group.to(dev), batch.response_ids[rows].to(dev), return_hidden, **soft)
 
 
 def check_counts(problems, counts) -> None:
@@ -218,21 +228,32 @@ class HFBackend:
         # newer transformers name the cache argument ``cache``; older ones ``past_key_values``
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
-    def _forward(self, ids, attention_mask, past=None, hidden=False):
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
-        return self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
+    def _forward(self, ids, attention_mask, past=None, hidden=False, embeds=None):
+        """``embeds`` (input embeddings) in place of ``ids`` where given (soft tokens)."""
+        width = (ids if embeds is None else embeds).shape[1]
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -width:]
+        inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
+        return self.model(**inputs, attention_mask=attention_mask, position_ids=positions,
                           use_cache=past is not None, output_hidden_states=hidden, **{self.cache_arg: past})
 
-    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens):
+    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens, want_hidden=False):
         from transformers import DynamicCache
         ids, mask = prompt_ids[group], prompt_mask[group]
-        out = self._forward(ids, mask, DynamicCache())
-        return out.logits[:, -1], {"past": self._cache(out), "mask": mask}
+        out = self._forward(ids, mask, DynamicCache(), hidden=want_hidden)
+        state = {"past": self._cache(out), "mask": mask}
+        if want_hidden:  # the last layer's output, after the final norm
+            state["hidden"] = out.hidden_states[-1][:, -1]
+        return out.logits[:, -1], state
 
-    def decode_step(self, state, tokens, t):
+    def decode_step(self, state, tokens, t, embeds=None):
+        """Feed ``tokens`` ``(Ra,)`` (or the input embeddings ``embeds`` ``(Ra, d)``: soft tokens)."""
         state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
-        out = self._forward(tokens[:, None], state["mask"], state["past"])
+        want_hidden = "hidden" in state
+        out = self._forward(tokens[:, None], state["mask"], state["past"], hidden=want_hidden,
+                            embeds=None if embeds is None else embeds[:, None])
         state["past"] = self._cache(out)
+        if want_hidden:
+            state["hidden"] = out.hidden_states[-1][:, -1]
         return out.logits[:, -1]
 
     @staticmethod
@@ -243,11 +264,17 @@ class HFBackend:
     def keep_rows(state, rows):
         state["past"].batch_select_indices(rows)
         state["mask"] = state["mask"][rows]
+        if "hidden" in state:
+            state["hidden"] = state["hidden"][rows]
 
-    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False):
+    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False, soft=None):
         ids = torch.cat([prompt_ids[group], response_ids], dim=1)
         mask = torch.cat([prompt_mask[group], torch.ones_like(response_ids)], dim=1)
-        out = self._forward(ids, mask, hidden=return_hidden)
+        embeds = None
+        if soft is not None:  # the soft tokens fed while sampling, in place of their tokens' embeddings
+            embed = self.model.get_input_embeddings()
+            embeds = torch.cat([embed(prompt_ids[group]), soft.input_embeddings(embed, response_ids)], dim=1)
+        out = self._forward(ids, mask, hidden=return_hidden, embeds=embeds)
         Lp, Lc = prompt_ids.shape[1], response_ids.shape[1]
         logits = out.logits[:, Lp - 1: Lp - 1 + Lc]
         if return_hidden:

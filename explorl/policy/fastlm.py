@@ -137,11 +137,13 @@ class FastLM:
         return h[:, -1], kv
 
     # ---- training forward --------------------------------------------------------------
-    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False):
+    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False, soft=None):
         """Logits predicting each response token, ``(R, Lc, V)``, with gradient.
 
         ``group`` ``(R,)`` maps each response to its prompt row. Response token j is
-        predicted from the position before it: the last prompt token for j = 0.
+        predicted from the position before it: the last prompt token for j = 0. ``soft``
+        (``explorl.policy.soft.SoftInputs`` of these rows) puts the soft tokens fed while
+        sampling in place of their positions' token embeddings.
         """
         self._checkpointing = gradient_checkpointing(self.model)
         last, kv = self.prefill(prompt_ids, prompt_mask)
@@ -154,7 +156,8 @@ class FastLM:
         prompt_part = prompt_mask.bool()[group][:, None, None, :].expand(R, 1, T, Lp)
         causal = torch.ones(T, T, dtype=torch.bool, device=inputs.device).tril()[None, None].expand(R, 1, T, T)
         mask = torch.cat([prompt_part, causal], dim=-1)
-        h = self.model.model.embed_tokens(inputs)
+        embed = self.model.model.embed_tokens
+        h = embed(inputs) if soft is None else soft.input_embeddings(embed, inputs)
         for layer, (pk, pv) in zip(self.layers, kv):
             h = self._train_layer(layer, h, positions, mask, (pk[group], pv[group]))[0]
         hidden = torch.cat([last[group][:, None], h], dim=1)
@@ -163,8 +166,9 @@ class FastLM:
         return (logits, hidden) if return_hidden else logits
 
     # ---- decoding ----------------------------------------------------------------------
-    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens):
-        """Prefill unique prompts, broadcast their cache to rollouts; returns first logits and state."""
+    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens, want_hidden=False):
+        """Prefill unique prompts, broadcast their cache to rollouts; returns first logits and state
+        (with ``want_hidden``, ``state["hidden"]`` is the final hidden state behind the logits)."""
         last, kv = self.prefill(prompt_ids, prompt_mask)
         R, Lp = group.shape[0], prompt_ids.shape[1]
         cache = []
@@ -177,25 +181,34 @@ class FastLM:
         key_mask = torch.zeros(R, Lp + max_new_tokens, dtype=torch.bool, device=prompt_ids.device)
         key_mask[:, :Lp] = prompt_mask.bool()[group]
         state = {"cache": cache, "key_mask": key_mask, "plen": prompt_mask.long().sum(-1)[group], "Lp": Lp}
-        return self.logits(last[group]), state
+        return self._next_logits(state, last[group], want_hidden), state
 
-    def decode_step(self, state, tokens, t):
-        """Feed response token ``t`` ``(Ra,)`` of each active row; returns next logits ``(Ra, V)``."""
+    def _next_logits(self, state, h, want_hidden):
+        if not want_hidden:
+            return self.logits(h)
+        state["hidden"] = self.final_hidden(h)
+        return self.model.lm_head(state["hidden"])
+
+    def decode_step(self, state, tokens, t, embeds=None):
+        """Feed response token ``t`` ``(Ra,)`` of each active row (or, with ``embeds`` ``(Ra, d)``,
+        those input embeddings: soft tokens); returns next logits ``(Ra, V)``."""
         slot = state["Lp"] + t
         state["key_mask"][:, slot] = True
         positions = (state["plen"] + t)[:, None]
         mask = state["key_mask"][:, None, None, : slot + 1]
-        h = self.model.model.embed_tokens(tokens[:, None])
+        h = self.model.model.embed_tokens(tokens[:, None]) if embeds is None else embeds[:, None]
         for layer, (ck, cv) in zip(self.layers, state["cache"]):
             q, k, v = self._qkv(layer, h, positions)
             ck[:, :, slot] = k[:, :, 0]
             cv[:, :, slot] = v[:, :, 0]
             h = self._finish(layer, h, q, ck[:, :, : slot + 1], cv[:, :, : slot + 1], mask)
-        return self.logits(h[:, 0])
+        return self._next_logits(state, h[:, 0], "hidden" in state)
 
     @staticmethod
     def keep_rows(state, rows):
         """Drop finished rows from the decoding state (``rows`` indexes the active rows)."""
+        if "hidden" in state:
+            state["hidden"] = state["hidden"][rows]
         state["cache"] = [(k[rows], v[rows]) for k, v in state["cache"]]
         state["key_mask"] = state["key_mask"][rows]
         state["plen"] = state["plen"][rows]

@@ -73,6 +73,21 @@ def load_pretrained(path: str | Path, dtype: str = "float32"):
     return model, tokenizer
 
 
+def weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """Name -> shape of every tensor in the safetensors files of a saved model folder, read from
+    their headers (no weights are loaded); ``None`` where the folder holds no safetensors file."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+    shapes = {}
+    for file in files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
 def unwrap(model):
     """The ``transformers`` model itself: under a peft wrapper, the base model (whose layers
     hold the adapters), else ``model``."""

@@ -95,6 +95,8 @@ class VLLMEngine(RolloutEngine):
     temporary folder, which it removes on ``close``.
     """
 
+    soft_tokens = False  # vLLM samples whole token sequences: no soft tokens
+
     def __init__(self, model, tokenizer, prompt_format=None, options=None, llm=None, sampling_params=None):
         super().__init__(model, tokenizer, "auto", prompt_format)  # the training-side forward
         self.options = options

@@ -7,6 +7,7 @@ from .arithmetic import Addition, Multiplication
 from .countdown import Countdown
 from .files import JsonlSource
 from .kinds import make_task_source
+from .mnns import MNNS
 from .problem import Problem, TaskSource
 from .scratchpad import AdditionSteps, MultiplicationSteps
 from .sequences import Reversal, Sorting
@@ -16,10 +17,10 @@ ALPHABET = "0123456789+-*/=(),:;<>?!. abcdefghijklmnopqrstuvwxyz"
 
 SOURCES: dict[str, type[TaskSource]] = {
     cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
-                              MultiplicationSteps)
+                              MultiplicationSteps, MNNS)
 }
 
-__all__ = ["ALPHABET", "SOURCES", "Addition", "AdditionSteps", "Countdown", "JsonlSource", "Multiplication",
+__all__ = ["ALPHABET", "MNNS", "SOURCES", "Addition", "AdditionSteps", "Countdown", "JsonlSource", "Multiplication",
            "MultiplicationSteps",
            "Problem", "Reversal", "Sorting", "TaskMix", "TaskSource", "make_source"]
 

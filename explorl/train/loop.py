@@ -19,9 +19,10 @@ import torch
 import yaml
 
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
+from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
-from explorl.explore.base import GuideContext, StepStats
-from explorl.policy import load_policy, make_engine
+from explorl.explore.base import GuideContext, RolloutRequest, StepStats
+from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
 from explorl.policy.lora import AdaptersOff, base_fingerprint, is_lora, load_adapters
@@ -42,6 +43,7 @@ from explorl.train.update import (
     UpdateLoss,
     optimise,
     recompute_old_logp,
+    reference_kl,
     reference_logp,
 )
 
@@ -61,21 +63,30 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # dropout (LoRA's) draws from the global generator; a resume restores it
         self.tasks = TaskMix.from_config(cfg.tasks)
         self.plugins = Plugins.from_config(cfg)
-        self.needs = self.plugins.needs()
+        self.reference = reference_component(cfg)  # what KL-type terms measure against, where the policy starts
+        self.needs = self.plugins.needs() | self.reference.needs
         if self.dp.is_main:
             self._check_folder(resume)  # before any work, again under the lock below
         v = cfg.verify
         self.verifier = GuardedVerifier(self.tasks, v.timeout, v.isolate)
         if v.check_at_start:
             self.verifier.check_sources()
-        self.model, self.tokenizer = load_policy(cfg, log=log)
+        self.model, self.tokenizer, reference_model = load_policy_and_reference(
+            cfg, log, self.reference, with_reference=bool(self.needs & {"ref_logp", "ref_model"}))
+        if self.reference.members:  # a reference made of other models: say what it is and where the policy starts
+            for line in [self.reference.describe(), *self.reference.warnings(self.plugins.needs())]:
+                log(line)
         self.prompt_format = prompts.for_config(cfg, self.tokenizer)
         check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
                         cfg.train.max_new_tokens, prompt_format=self.prompt_format)
         self.engine = make_engine(cfg, self.model, self.tokenizer, self.prompt_format)
+        self._check_thinking()
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
-            if is_lora(self.model):  # the base is the same model with its adapters off: no second copy
+            if reference_model is not None:  # a reference other than the start (a soup): its own frozen model
+                self.ref_engine = RolloutEngine(reference_model, self.tokenizer, self.engine.forward_backend,
+                                                self.prompt_format)
+            elif is_lora(self.model):  # the base is the same model with its adapters off: no second copy
                 self.ref_engine = AdaptersOff(self.engine)
             else:
                 ref = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -111,6 +122,22 @@ class Trainer:
                                                                                          sort_keys=False)):
             checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             crash_point("config.written")
+
+    def _check_thinking(self) -> None:
+        """A decoding that decides its steps itself (soft tokens) needs the built-in engine in one process."""
+        if self.plugins.decoding.thinking(0) is None:
+            return
+        name = self.plugins.decoding.registered_name
+        if not self.engine.soft_tokens:
+            raise ValueError(f"decoding {name} feeds soft tokens, which only the built-in engine does: set "
+                             f"model.backend to auto, fast or hf (got {self.cfg.model.backend})")
+        if self.dp.enabled:
+            raise ValueError(f"decoding {name} feeds soft tokens, which data-parallel sampling does not do yet: "
+                             f"set train.parallel: none")
+        if not self.plugins.rollout.soft_tokens:
+            raise ValueError(f"decoding {name} feeds soft tokens, which rollout "
+                             f"{self.plugins.rollout.registered_name} does not (tree rollouts decode discrete "
+                             f"tokens): use rollout: flat")
 
     def _check_folder(self, resume: bool) -> None:
         """A fresh run never reuses a folder holding a run; a resumed one keeps its configuration."""
@@ -166,14 +193,10 @@ class Trainer:
                 batch, metrics = component.augment(batch, sample)
                 m.update(metrics)
         with clock("update"):
-            if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
-                batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
-            ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
-            m.update(optimise(batch, self.train_engine, P, self.optimizer, self.cfg, step, self.needs, ref,
-                              guard=self.nonfinite, dp=self.dp))
-            if self.sharded:
-                self.sharded.sync(self.model)
-            self.engine.weights_updated()
+            if P.freezes_policy():  # the language model stays as it is (a component trains its own module)
+                m["loss/policy_frozen"] = 1.0
+            else:
+                self._update(batch, step, m)
         with clock("observe"):
             stats = self._stats(step, batch)
             for component in P.all():
@@ -185,6 +208,19 @@ class Trainer:
             m[key] = m.get(key, 0) + value
         self._before_training_metrics = {}
         return self._summary(m, batch)
+
+    def _update(self, batch, step, m) -> None:
+        cfg = self.cfg.train
+        if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
+            batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
+        ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
+        if ref is not None:
+            m["ref/kl"] = reference_kl(batch, ref)
+        m.update(optimise(batch, self.train_engine, self.plugins, self.optimizer, self.cfg, step, self.needs, ref,
+                          guard=self.nonfinite, dp=self.dp))
+        if self.sharded:
+            self.sharded.sync(self.model)
+        self.engine.weights_updated()
 
     def _sample(self, problems, counts, step, m, clock=None, temperatures=None):
         clock = clock or StageClock(m)
@@ -207,22 +243,26 @@ class Trainer:
                                                 score, max_rows=self.cfg.train.rollout_batch_size)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
+        def score(probs, texts):
+            with clock("verify"):  # nested in gen, which excludes it
+                rewards, faults = self.verifier.score(probs, [p.completed(t) for p, t in zip(probs, texts)])
+                self._ledger.add(len(rewards), faults)
+                return rewards
+
+        request = RolloutRequest(engine=self.engine, problems=problems, counts=counts, temperatures=temperatures,
+                                 top_p=decoding.top_p, seed=seed, score=score,
+                                 max_rows=self.cfg.train.rollout_batch_size, thinking=decoding.thinking(step))
         with clock("gen"):
-            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed,
-                                        max_rows=self.cfg.train.rollout_batch_size)
-        with clock("verify"):
-            group_problems = [problems[g] for g in batch.group.tolist()]
-            rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
-                                                                                              batch.texts)])
-            batch.rewards = torch.tensor(rewards)
-            self._ledger.add(len(rewards), faults)
+            batch, metrics = self.plugins.rollout.sample(request)
+        self.plugins.rollout.accumulate(m, metrics)
         return self._count_tokens(batch, step, m)
 
     def _count_tokens(self, batch, step, m):
         self._ledger.check(f"step {step}")
-        # every generated token counts toward the budget, also those of rollouts later dropped
-        self.tokens += batch.tokens
-        m["tokens/step"] = m.get("tokens/step", 0) + batch.tokens
+        # every generated token counts toward the budget, also those of rollouts later dropped; a
+        # prefix that tree rollouts share was generated once and counts once
+        self.tokens += batch.sampled_tokens
+        m["tokens/step"] = m.get("tokens/step", 0) + batch.sampled_tokens
         return batch
 
     def _guide_context(self, step, m, clock, sample) -> GuideContext:
@@ -263,10 +303,15 @@ class Trainer:
     def _advantages(self, batch):
         groups = batch.groups()
         groups.extras.update(batch=batch, engine=self.engine, ref_engine=self.ref_engine)
-        adv, metrics = None, {}
+        adv, estimated, metrics = None, None, {}
         for shaper in self.plugins.advantages:
             adv, m = shaper.compute(groups, adv)
             metrics.update(m)
+            estimated = adv if shaper.kind == "estimator" else estimated
+        per_token = groups.extras.get("token_advantages")
+        if per_token is not None:  # an estimator's advantage that varies along a response; shapers add theirs
+            shaped = batch.from_groups(adv).float() - batch.from_groups(estimated).float()
+            batch.token_advantages = (per_token + shaped[:, None]) * batch.mask
         return batch.from_groups(adv).float(), metrics
 
     def _stats(self, step, batch) -> StepStats:
@@ -420,7 +465,7 @@ class Trainer:
         ledger = self._new_ledger()
         results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
                            self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger,
-                           dp=self.dp)
+                           dp=self.dp, thinking=self.plugins.decoding.thinking(self.step, evaluating=True))
         ledger.check("an evaluation")
         results["verify_faults"] = ledger.faults
         return results

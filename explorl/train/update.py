@@ -12,14 +12,23 @@ from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
-from explorl.policy.sampling import token_logp_entropy
+from explorl.policy.sampling import token_logp_entropy  # noqa: F401  (read from here by callers and tests)
+from explorl.policy.soft import response_logp_entropy
 from explorl.train.optim import stepped_parameters
 
 
 @torch.no_grad()
 def reference_logp(ref_engine, batch) -> torch.Tensor:
     logits = ref_engine.response_logits(batch)
-    return token_logp_entropy(logits, batch.response_ids.to(logits.device), False)[0].cpu()
+    return response_logp_entropy(logits, batch, None, False)[0].cpu()
+
+
+def reference_kl(batch, ref_logp: torch.Tensor) -> float:
+    """``ref/kl``: the mean k3 estimate of KL(π_old ‖ π_ref) over the response tokens the policy
+    sampled this step (its own rows), before the update."""
+    from explorl.explore.objective.kl import k3
+    mask = batch.mask * batch.own_rows.unsqueeze(1)
+    return masked_mean(k3(batch.old_logp, ref_logp), mask)
 
 
 @torch.no_grad()
@@ -33,7 +42,7 @@ def recompute_old_logp(engine, batch, chunk: int | None = None) -> torch.Tensor:
     out = []
     for part in micro_batches(rows, chunk):
         logits = engine.response_logits(batch, part)
-        out.append(token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)[0].float().cpu())
+        out.append(response_logp_entropy(logits, batch, part, False)[0].float().cpu())
     engine.model.train(was_training)
     return torch.cat(out) * batch.mask
 
@@ -140,13 +149,16 @@ def _policy_and_regularizers(objectives, ctx: LossContext, policy_rows: torch.Te
 def loss_context(batch, rows, logp, entropy, logits, step: int, needs, ref_logp=None, extras=None) -> LossContext:
     """The loss context of ``batch``'s ``rows`` given the current policy's values on them."""
     dev = logp.device
-    adv = batch.advantages if batch.advantages is not None else torch.zeros(batch.size)  # e.g. a validation batch
+    if batch.advantages is None and batch.token_advantages is None:  # e.g. a validation batch
+        adv = torch.zeros_like(batch.mask)
+    else:
+        adv = batch.per_token_advantages()
+    extras = {**(extras or {}), "soft": None if batch.soft is None else batch.soft.rows(rows)}
     return LossContext(logp=logp, old_logp=batch.old_logp[rows].to(dev),
-                       behaviour_logp=batch.behaviour_logp[rows].to(dev),
-                       advantages=adv[rows].to(dev)[:, None].expand_as(logp),
+                       behaviour_logp=batch.behaviour_logp[rows].to(dev), advantages=adv[rows].to(dev),
                        mask=batch.grad_mask[rows].to(dev), step=step, entropy=entropy,
                        ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
-                       logits=logits if "logits" in needs else None, rows=rows, extras=dict(extras or {}),
+                       logits=logits if "logits" in needs else None, rows=rows, extras=extras,
                        kind=batch.row_kind[rows])
 
 
@@ -274,8 +286,7 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 loss, mask, entropy = _micro_batched_backward(batch, engine, parts, needs, loss_of)
             else:
                 logits = engine.response_logits(batch, rows)
-                logp, entropy = token_logp_entropy(logits, batch.response_ids[rows].to(logits.device),
-                                                   "entropy" in needs)
+                logp, entropy = response_logp_entropy(logits, batch, rows, "entropy" in needs)
                 loss, mask = loss_of(logp, entropy, logits)
                 if torch.isfinite(loss):
                     loss.backward()
@@ -338,7 +349,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
                 engine.response_logits(batch, part)  # the collectives only
                 continue
             logits = engine.response_logits(batch, part)
-            logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), want_entropy)
+            logp, entropy = response_logp_entropy(logits, batch, part, want_entropy)
             logps.append(logp)
             entropies.append(entropy)
             all_logits.append(logits if want_logits else None)
@@ -364,7 +375,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
         start += len(part)
         _set_rng_state(state, device)
         logits = engine.response_logits(batch, part)
-        logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), "entropy" in grads)
+        logp, entropy = response_logp_entropy(logits, batch, part, "entropy" in grads)
         values = {"logp": logp, "entropy": entropy, "logits": logits.float()}
         sum((values[k] * g[span].float()).sum() for k, g in grads.items()).backward()
     return loss, mask, leaves["entropy"]

@@ -33,16 +33,29 @@ def testbed_alphabet(cfg) -> str:
     return mix_alphabet(mixes, extra_text=extra)
 
 
+def data_seed(cfg) -> int:
+    """The seed of the warm-up's data order: ``model.warmup.seed``, or ``model.tiny.seed`` (which
+    also seeds the initialisation) when unset."""
+    warm = cfg.model.warmup
+    return warm.seed if warm.seed is not None else cfg.model.tiny.seed
+
+
 def warm_model_dir(cfg):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
-    key = config_key(vars(tiny), {k: v for k, v in vars(warm).items() if k != "tasks"},
+    # a data seed equal to the init seed is the warm start made before warmup.seed existed: same key
+    settings = {k: v for k, v in vars(warm).items() if k != "tasks" and k != "seed"}
+    if data_seed(cfg) != tiny.seed:
+        settings["seed"] = data_seed(cfg)
+    key = config_key(vars(tiny), settings,
                      warmup_tasks(cfg), testbed_alphabet(cfg), "v3",  # v2: countdown targets never equal a given number; v3: byte-level char tokenizer
                      *([] if cfg.prompt.template == "raw" else [vars(cfg.prompt)]))  # the warm start learns the template
     return cache_home() / "models" / f"testbed-{key}"
 
 
 def warmup(cfg, log=print, force: bool = False):
-    """Return ``(model, tokenizer)`` of the warm-started testbed model, training it if not cached."""
+    """Return ``(model, tokenizer)`` of the warm-started testbed model, training it if not cached.
+    Two warm starts that differ only in ``model.warmup.seed`` share their initialisation and
+    see the same data in another order (the members of a SALSA soup, ``reference: soup``)."""
     path = warm_model_dir(cfg)
     if path.exists() and not force:
         log(f"warmup: reusing {path}")
@@ -63,7 +76,7 @@ def _train_and_save(cfg, path, log):
                                   tiny.kv_heads, tiny.intermediate_size, tiny.max_positions, tiny.seed)
     tasks = TaskMix.from_config(warmup_tasks(cfg))
     prompt_format = for_config(cfg, tokenizer)
-    rng = random.Random(tiny.seed)
+    rng = random.Random(data_seed(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=warm.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=warm.lr, total_steps=warm.steps, pct_start=0.1)
     model.train()

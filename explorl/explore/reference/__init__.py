@@ -1,0 +1,1 @@
+from explorl.explore.reference import initial, soup  # noqa: F401
