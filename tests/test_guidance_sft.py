@@ -1,5 +1,6 @@
-"""``sft``: the supervised term coef(s)·(−log π_θ(e_t)) on teacher demonstrations, its coefficient
-schedules, and a step on it lowering the demonstrations' NLL (the SFT-then-GRPO recipe)."""
+"""``sft``: the supervised term coef(s)·(−log π_θ(e_t)) on teacher demonstrations, added to the RL
+loss as its own token mean, its coefficient schedules, and a step on it lowering the
+demonstrations' NLL (the SFT-then-GRPO recipe)."""
 import math
 
 import pytest
@@ -36,6 +37,26 @@ def test_the_linear_and_cosine_schedules_by_hand():
     ctx.step = 2
     loss, _ = SFT(coef=0.4, schedule="cosine", decay_steps=10).row_loss(ctx)
     assert loss.item() == pytest.approx(0.3618034 * math.log(2), rel=1e-6)
+
+
+def test_sft_loss_is_rl_plus_coef_times_its_own_token_mean():
+    """sft: L = L_RL + coef·L_SFT, the SFT loss the mean NLL over the demonstration tokens alone (LUFFY's
+    SFT+RL baseline: sft_loss·coef + pg_loss). Rollouts of 2, 3 and 1 tokens (Â = 2, −1, 0.5), one
+    demonstration of 3 tokens, every token at P(token 0) = 0.8, ratio 1."""
+    from explorl.explore.objective.ppo_clip import PPOClip
+    from update_helpers import TableEngine, one_update, policy_logp, table_batch, two_token_logits
+    batch = table_batch([ON_POLICY, ON_POLICY, ON_POLICY, DEMO], [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]],
+                        [[0, 0, 0]] * 3 + [[0, 0, 1]], [2.0, -1.0, 0.5, 0.0])
+    engine = TableEngine(torch.tensor([[two_token_logits(0.8)] * 3] * 4))
+    batch.old_logp = policy_logp(engine, batch)
+    loss, grad = one_update(engine, batch, [PPOClip(0.2, 0.2)], [SFT(coef=0.1)])
+    l_rl = -(2.0 * 2 - 1.0 * 3 + 0.5 * 1) / 6
+    l_sft = (-2 * math.log(0.8) - math.log(0.2)) / 3
+    assert loss == pytest.approx(l_rl + 0.1 * l_sft, rel=1e-5)
+    p, e = torch.tensor([0.8, 0.2]), torch.eye(2)
+    for t, y in enumerate([0, 0, 1]):
+        assert torch.allclose(grad[3, t], 0.1 / 3 * (p - e[y]), atol=1e-7), t
+    assert torch.allclose(grad[1, 0], 1.0 / 6 * (e[0] - p), atol=1e-7)     # Â = −1: −Â/6·(e_0 − p)
 
 
 def test_a_run_logs_the_scheduled_coefficient(tmp_path, tiny_config):

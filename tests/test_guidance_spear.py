@@ -130,7 +130,8 @@ def test_clip_cov_on_replayed_tokens_is_anchored_at_the_recorded_pi_old():
     ctx = LossContext(logp=logp, old_logp=old, behaviour_logp=recorded, advantages=adv, mask=torch.ones(3, 3),
                       step=100, kind=kind, extras={"generator": torch.Generator().manual_seed(0)})
     method = SPEAR(clip_cov_ratio_replay=1.0, clip_cov_lb_replay=1.0, clip_cov_ub_replay=6.0, max_replay_loss_steps=200)
-    loss, m = combine_terms([PPOClip()], ctx, [method])
+    (part,), m = combine_terms([PPOClip()], ctx, [method])
+    loss = part.loss
     # over the replayed tokens: mean A = 1, mean log π = −1.15, so Cov = 3(log π + 1.15) on row 1 and
     # −3(log π + 1.15) on row 2: [[3.15, −2.55, 1.95], [−2.55, 0.45, 5.55]]; in the band (1, 6): (1,0),
     # (1,2), (2,2). (1,0) has ratio 1.5 > 1.28 with A > 0: PPO already clips it, so it is not cut;

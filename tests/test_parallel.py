@@ -94,12 +94,13 @@ RECIPE_SETTINGS = {"submodular": ("--set", "advantage=[{name: submodular, set_fu
 @pytest.mark.parametrize("recipe,backend,parallel,micro", [
     ("grpo", "fast", "ddp", None), ("knapsack", "fast", "ddp", None), ("grpo", "hf", "ddp", None),
     ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None), ("salsa", "fast", "ddp", None),
-    ("submodular", "fast", "ddp", None)])
+    ("submodular", "fast", "ddp", None), ("sft", "fast", "ddp", 3)])
 def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, micro):
     """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward;
     FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows; a
     soup reference built on every rank; SubPO's Shapley orders drawn from its seeded generator
-    and facility location on the policy's hidden states."""
+    and facility location on the policy's hidden states; a supervised term aggregated apart (sft),
+    with micro-batches."""
     one, two = tmp_path / "one", tmp_path / "two"
     settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}",
                 "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()),

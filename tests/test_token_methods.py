@@ -307,10 +307,10 @@ def test_lp_reg_caches_the_proxy_of_each_row_on_its_first_pass():
 def test_entropy_quantile_masks_the_policy_gradient_to_high_entropy_tokens():
     ctx = make_ctx(torch.full((1, 10), -1.0), torch.full((1, 10), -1.0), [[1.0]])
     ctx.entropy = torch.arange(10.0).view(1, 10)
-    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)[0], ctx)
+    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)[0][0].loss, ctx)
     assert (g != 0).flatten().tolist() == [False] * 8 + [True] * 2   # top 20%: entropies 8, 9
     ctx.ref_logp = torch.full((1, 10), -2.0)                         # a regularizer is not masked
-    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2), KL(coef=0.1)], ctx)[0], ctx)
+    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2), KL(coef=0.1)], ctx)[0][0].loss, ctx)
     assert bool((g != 0).all())
     assert EntropyQuantile.kind == "token_mask"
 
@@ -329,8 +329,8 @@ def test_entropy_quantile_threshold_is_taken_over_valid_tokens_only():
     assert torch.equal(weight > 0, expect)
     ctx = make_ctx(torch.full((2, 10), -1.0), torch.full((2, 10), -1.0), [[1.0], [1.0]], mask)
     ctx.entropy = entropy
-    loss, m = combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)
-    assert torch.equal(grad_of(loss, ctx) != 0, expect)
+    (part,), m = combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)
+    assert torch.equal(grad_of(part.loss, ctx) != 0, expect)
     assert m["loss/entropy_mask_threshold"] == pytest.approx(11.2)
     assert m["loss/entropy_mask_frac"] == pytest.approx(3 / 15)
     # low garbage pulls the other way: 0.8-quantile of 0..14 plus five −50 would be 9.2 (keeps 10, 11)

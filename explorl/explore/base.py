@@ -191,12 +191,25 @@ class Guidance(Component):
     references', replayed ones; their tokens are counted apart) and holds the ``teachers``.
 
     ``handles`` is the set of row kinds whose loss ``row_loss(ctx)`` defines (per token, like an
-    objective term; it replaces the policy term on those rows). ``rl_weight(step)`` scales the
-    policy-gradient part of the loss (imitation/exploration balances); 1 by default.
+    objective term; it replaces the policy term on those rows). By default that loss is pooled
+    with the policy's rows: one aggregation (``train.loss_agg_mode``) over all of them. With
+    ``separate_term = True`` it is a term of its own, L = L_RL + L_method: aggregated over the
+    rows it handles alone (its own token mean under ``token-mean``) and added to the aggregate
+    of the other rows, as a supervised term beside RL is written (SFT+RL, AMFT, RED); the
+    regularizers (``kl``, ``entropy``, …) then do not cover its rows.
+
+    ``rl_weight(step)`` scales L_RL, the RL part of the loss: the policy term and the
+    regularizers on on-policy and prefix rows (imitation/exploration balances); 1 by default.
+
+    ``ratio_anchor(ctx)`` may replace π_old, the log-probs the policy term's ratio is taken against,
+    on the minibatch ``ctx`` (REX-RAG's mixture behaviour policy); ``None`` (default) keeps
+    ``ctx.old_logp``. It runs inside the loss, after ``train.recompute_old_logp`` has replaced
+    π_old, so a correction built on π_old survives the recompute.
     """
 
     handles: frozenset[int] = frozenset()
     needs: frozenset[str] = frozenset()
+    separate_term: bool = False
 
     def guide(self, batch, ctx: "GuideContext"):
         return batch, {}
@@ -206,6 +219,9 @@ class Guidance(Component):
 
     def rl_weight(self, step: int) -> float:
         return 1.0
+
+    def ratio_anchor(self, ctx: "LossContext") -> torch.Tensor | None:
+        return None
 
     def before_training(self, ctx) -> dict:
         """Called once before the first step of a run (not on resume): e.g. an SFT phase. ``ctx``
@@ -260,6 +276,7 @@ class GuideContext:
     verify: Any            # verify(problems, texts) -> list of rewards
     rng: Any = None        # random.Random of the step, for the method's draws
     extras: dict[str, Any] = field(default_factory=dict)
+    loss: Any = None       # the update's loss (explorl.train.update.UpdateLoss), for a method that needs its gradient
     # before_training only:
     draw: Any = None       # draw(n) -> n problems from the curriculum
     problems_per_step: int = 0

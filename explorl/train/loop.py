@@ -37,8 +37,15 @@ from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.runlock import FolderLock
-from explorl.train.update import (NonFiniteGuard, NonFiniteTraining, optimise, recompute_old_logp, reference_kl,
-                                  reference_logp)
+from explorl.train.update import (
+    NonFiniteGuard,
+    NonFiniteTraining,
+    UpdateLoss,
+    optimise,
+    recompute_old_logp,
+    reference_kl,
+    reference_logp,
+)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
@@ -277,7 +284,9 @@ class Trainer:
         return GuideContext(step=step, sample=sample, score=score, teachers=self.plugins.teachers or {},
                             engine=self.engine, verify=verify,
                             rng=random.Random((self.cfg.seed * 1_000_003 + step) * 7 + 1),
-                            extras={"teacher_context": TeacherContext(self.cfg.train.max_new_tokens, m)})
+                            extras={"teacher_context": TeacherContext(self.cfg.train.max_new_tokens, m)},
+                            loss=UpdateLoss(self.plugins.objectives, self.cfg.train.loss_agg_mode,
+                                            self.cfg.train.max_new_tokens, self.needs, self.ref_engine))
 
     def _verify_texts(self, problems, texts) -> list[float]:
         """Rewards of ``texts`` (a stored prefix included) under guard; faults go to the step's ledger."""
