@@ -222,3 +222,66 @@ def test_curve_arithmetic():
     assert heldout_curve(metrics, ev) == ([0.0, 100.0], [0.1, 0.4])  # the end replaces the last point
     s = spread([1.0, 3.0])
     assert s["mean"] == 2.0 and s["std"] == pytest.approx(2 ** 0.5) and (s["min"], s["max"]) == (1.0, 3.0)
+
+
+# A study folder written by hand: three recipes, GRPO with seeds 0-2, "alt" without seed 1, "steady"
+# with a seed 3 GRPO lacks, each recipe's seeds stored in another order; start and end pass@k differ. Per run: (end pass@1, end
+# pass@64, held-out pass@1 at 50 of 100 tokens, held-out AUC, frac_zero_std_mean, clipped share per
+# step, rollout entropy per quarter of the budget).
+HAND_RUNS = {
+    "grpo": {1: (0.70, 0.90, 0.60, 0.50, 0.4, 0.05, [1.2, 1.0, 0.8, 0.6]),
+             0: (0.40, 0.60, 0.35, 0.40, 0.2, 0.03, [1.0, 0.8, 0.6, 0.4]),
+             2: (0.50, 0.80, 0.45, 0.45, 0.3, 0.04, [0.8, 0.6, 0.4, 0.2])},
+    "alt": {2: (0.60, 0.95, 0.58, 0.52, 0.1, 0.02, [0.9, 0.9, 0.9, 0.9]),
+            0: (0.56, 0.85, 0.40, 0.48, 0.3, 0.04, [1.1, 1.1, 1.1, 1.1])},
+    "steady": {0: (0.45, 0.62, 0.40, 0.42, 0.5, 0.01, [1.0, 1.0, 0.5, 0.5]),
+               2: (0.56, 0.83, 0.50, 0.47, 0.5, 0.01, [1.0, 1.0, 0.5, 0.5]),
+               1: (0.76, 0.90, 0.70, 0.55, 0.5, 0.01, [1.0, 1.0, 0.5, 0.5]),
+               3: (0.79, 0.97, 0.70, 0.60, 0.5, 0.01, [1.0, 1.0, 0.5, 0.5])},
+}
+
+
+def _hand_study(folder):
+    start = {"pass@1": {"all": 0.30}, "pass@4": {"all": 0.45}, "pass@64": {"all": 0.55}}
+    runs = {}
+    for label, seeds in HAND_RUNS.items():
+        for seed, (p1, p64, mid, area, zero_std, clip, entropy) in seeds.items():
+            run = folder / "runs" / label / f"seed{seed}"
+            run.mkdir(parents=True)
+            steps = [{"step": i + 1, "tokens/step": 25, "tokens/total": 25 * (i + 1), "entropy/rollout": entropy[i],
+                      "loss/clip_frac_low": clip / 4, "loss/clip_frac_high": 3 * clip / 4} for i in range(4)]
+            steps[1]["heldout/pass@1"] = mid
+            (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in steps))
+            end = {"pass@1": {"all": p1}, "pass@4": {"all": (p1 + p64) / 2}, "pass@64": {"all": p64}}
+            runs.setdefault(label, {})[f"seed{seed}"] = {
+                "seed": seed, "tokens": 100, "auc_heldout_pass1_vs_tokens": area, "frac_zero_std_mean": zero_std,
+                "pass@k": {"start": start, "end": end}}
+    (folder / "results.json").write_text(json.dumps({"settings": {"tokens": 100}, "runs": runs}))
+
+
+def test_board_values_from_a_hand_made_results_json(tmp_path):
+    """Every number of the table recomputed by hand from the files above: means over each recipe's
+    seeds, Δ paired by seed with GRPO (alt over seeds 0 and 2 only, steady over 0-2), 95% t intervals (t(0.975, 1) =
+    12.7062, t(0.975, 2) = 4.3027), tokens to GRPO's mean final pass@1 from the held-out curves."""
+    from explorl.compare.board import board
+    _hand_study(tmp_path / "r")
+    table = board(tmp_path)
+    t1, t2 = 12.7062047, 4.30265273
+    # GRPO's final pass@1 (0.40 + 0.70 + 0.50)/3 = 0.533 > the start's 0.30: "tokens to GRPO" applies
+    assert "Start: pass@1 0.300, pass@64 0.550. 3 recipes; GRPO's final pass@1 0.533 (the level for" in table
+    # alt − grpo, pass@1: seed 0 0.16, seed 2 0.10 → +0.130 ± t1·0.0424264/√2; pass@64: 0.25, 0.15 → +0.200 ± t1·0.05
+    # tokens to 0.5333: seed 0 50 + 50·(0.1333/0.16) = 91.67, seed 2 50·(0.2333/0.28) = 41.67 → 66.67/100
+    assert (f"| `alt` | 2 | 0.580 | +0.130 ± {t1 * 0.03:.3f} | 0.900 | +0.200 ± {t1 * 0.05:.3f} | 0.500 | 0.67 (2/2) | "
+            f"1.00 / 1.00 / 1.00 / 1.00 | 0.800 | 0.0300 |") in table
+    # steady: means over its 4 seeds (pass@1 2.56/4, pass@64 3.32/4, AUC 2.04/4); Δ over the 3 seeds GRPO has,
+    # pass@1: 0.05, 0.06, 0.06 → +0.057, sd 0.0057735 → ± t2·0.0033333 = 0.014 (excludes 0: *);
+    # pass@64: 0.02, 0.00, 0.03 → +0.017, sd 0.0152753 → ± 0.038; tokens: seeds 1 and 3 50·(0.2333/0.40) =
+    # 29.17, seed 2 50 + 50·(0.0333/0.06) = 77.78, seed 0 never → 45.37/100 in 3 of 4
+    assert (f"| `steady` | 4 | 0.640 | +0.057 ± {t2 * 0.0057735 / 3 ** 0.5:.3f} * | 0.830 | "
+            f"+0.017 ± {t2 * 0.0152753 / 3 ** 0.5:.3f} | 0.510 | 0.45 (3/4) | 1.00 / 1.00 / 0.50 / 0.50 | 0.500 | "
+            f"0.0100 |") in table
+    assert ("| `grpo` | 3 | 0.533 | — | 0.767 | — | 0.450 | 0.39 (1/3) | 1.00 / 0.80 / 0.60 / 0.40 | 0.700 | "
+            "0.0400 |") in table
+    assert table.index("`steady`") < table.index("`alt`") < table.index("`grpo` |")   # by mean pass@1
+    assert "(every seed): none (GRPO's own runs first reached that mean level at 0.39 of the budget, in 1 of 3" in table
+    assert "Beat GRPO's pass@64 by 10 points or more (mean paired Δ): `alt`." in table

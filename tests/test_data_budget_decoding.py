@@ -115,6 +115,15 @@ def test_dump_unvisited_source_gets_the_exploration_bonus():
     assert ucb["sorting"] == pytest.approx(math.sqrt(2 * math.log(N + 1) / 1))
     assert ucb["addition"] == pytest.approx(0.5 + math.sqrt(2 * math.log(N + 1) / 81))
     assert max(cur.probabilities(), key=cur.probabilities().get) == "sorting"
+    # the probabilities are softmax(UCB / τ)
+    exps = {s: math.exp(ucb[s] / 0.1) for s in ucb}
+    assert cur.probabilities() == pytest.approx({s: e / sum(exps.values()) for s, e in exps.items()})
+    # c scales the exploration term: c = 0.5 on the same observations
+    half = DUMP(window=300, c=0.5, tau=0.1)
+    half.bind(mix(), seed=0)
+    half.observe(stats(probs, [[0.0] * 8 for _ in probs], [[0.5, -0.5] * 4 for _ in probs]))
+    assert half.scores()["addition"] == pytest.approx(0.5 + 0.5 * math.sqrt(2 * math.log(N + 1) / 81))
+    assert half.scores()["sorting"] == pytest.approx(0.5 * math.sqrt(2 * math.log(N + 1)))
 
 
 # ---- ALP-GMM ------------------------------------------------------------------------------
@@ -155,6 +164,17 @@ def test_learnability_samples_always_and_never_solved_problems_less():
             counts[kind[p.id]] += 1
     assert counts["mid"] > 0.85 * 500
     assert counts["easy"] < 0.1 * counts["mid"] and counts["hard"] < 0.1 * counts["mid"]
+
+
+def test_learnability_estimate_is_an_ema_of_the_success_rate():
+    cur = Learnability(pool_size=4, ema=0.25)
+    cur.bind(mix(addition={"digits": [1, 3]}), seed=0)
+    p = cur.problem("addition", cur.pool["addition"][0])
+    cur.observe(stats([p], [[1.0, 1.0, 0.0, 0.0]]))        # first visit: p̂ = 0.5
+    cur.observe(stats([p], [[1.0] * 4]))                    # then 0.75 · 0.5 + 0.25 · 1 = 0.625
+    assert cur.p_hat[p.id] == pytest.approx(0.625)
+    score = {q.id: s for q, s in cur.candidates()}
+    assert score[p.id] == pytest.approx(0.625 * 0.375 * cur.tasks.weights["addition"])   # p̂(1 − p̂)
 
 
 def test_learnability_prefers_unseen_problems_at_the_optimistic_prior():
@@ -546,7 +566,7 @@ def test_ead_behaviour_logprobs_are_the_tempered_ones_and_feed_the_tis_weight(ti
         m = batch.mask[:, t].bool()
         tempered = torch.log_softmax(logits[:, t] / temps[t], -1).gather(-1, ids[:, t]).squeeze(-1)
         assert torch.allclose(batch.behaviour_logp[m, t], tempered[m], atol=1e-5)
-    ctx = LossContext(logp=batch.old_logp.clone(), old_logp=batch.old_logp, behaviour_logp=batch.behaviour_logp,
+    ctx = LossContext(logp=batch.old_logp + 0.1, old_logp=batch.old_logp, behaviour_logp=batch.behaviour_logp,
                       advantages=torch.ones_like(batch.mask), mask=batch.mask)
     _, metrics = PPOClip(tis_cap=2.0).term(ctx)
     w = torch.exp(batch.old_logp - batch.behaviour_logp).clamp(max=2.0)

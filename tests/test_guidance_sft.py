@@ -1,0 +1,99 @@
+"""``sft``: the supervised term coef(s)·(−log π_θ(e_t)) on teacher demonstrations, its coefficient
+schedules, and a step on it lowering the demonstrations' NLL (the SFT-then-GRPO recipe)."""
+import math
+
+import pytest
+import torch
+
+from explorl.batch import DEMO, ON_POLICY
+from explorl.explore.guidance.sft import SFT
+from explorl.policy.sampling import token_logp_entropy
+from explorl.train.loop import Trainer
+from loss_records import kind_mask, record_row_loss
+from teacher_rows_helpers import loss_context
+from run_records import run_metrics
+
+
+def test_the_loss_is_coef_times_the_nll_and_its_gradient_raises_log_prob():
+    ctx = loss_context([0.5, 0.25], 0.0, kind=DEMO)
+    loss, _ = SFT(coef=0.3).row_loss(ctx)
+    assert loss[0].tolist() == pytest.approx([0.3 * math.log(2), 0.3 * math.log(4)], rel=1e-12)
+    loss.sum().backward()
+    # d(−c log π)/d log π = −c: descending the loss raises the demonstration's log-prob
+    assert ctx.logp.grad[0].tolist() == pytest.approx([-0.3, -0.3], rel=1e-12)
+
+
+def test_the_linear_and_cosine_schedules_by_hand():
+    linear = SFT(coef=0.4, schedule="linear", decay_steps=10)
+    assert [linear.coefficient(s) for s in (0, 2, 5, 10, 15)] == pytest.approx([0.4, 0.32, 0.2, 0.0, 0.0])
+    cosine = SFT(coef=0.4, schedule="cosine", decay_steps=10)
+    # 0.4·(1 + cos(π s/10))/2: s = 2 → 0.4·(1 + 0.809017)/2, s = 8 → 0.4·(1 − 0.809017)/2
+    assert [cosine.coefficient(s) for s in (0, 2, 5, 8, 10, 15)] == pytest.approx(
+        [0.4, 0.3618034, 0.2, 0.0381966, 0.0, 0.0], abs=1e-7)
+    assert [SFT(coef=0.4).coefficient(s) for s in (0, 5, 50)] == [0.4, 0.4, 0.4]
+    # the loss takes the step's coefficient in the joint phase
+    ctx = loss_context([0.5], 0.0, kind=DEMO)
+    ctx.step = 2
+    loss, _ = SFT(coef=0.4, schedule="cosine", decay_steps=10).row_loss(ctx)
+    assert loss.item() == pytest.approx(0.3618034 * math.log(2), rel=1e-6)
+
+
+def test_a_run_logs_the_scheduled_coefficient(tmp_path, tiny_config):
+    cfg = tiny_config(recipe="sft", teachers={"solver": {"kind": "solver"}}, tasks={"addition": {"digits": [1, 1]}},
+                      guidance=[{"name": "sft", "coef": 0.5, "schedule": "linear", "decay_steps": 4}],
+                      train={"steps": 3})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    calls = record_row_loss(trainer.plugins.guidance[0])
+    trainer.run()
+    rows = run_metrics(tmp_path / "run")
+    assert [r["guide/sft_coef"] for r in rows] == pytest.approx([0.375, 0.25, 0.125])   # 0.5·(1 − s/4)
+    assert all(r["rows/demo"] == 4 for r in rows)
+    # the demonstration tokens' loss in the run: that step's coefficient times their NLL
+    assert {c["step"] for c in calls} == {1, 2, 3}
+    for c in calls:
+        demo = kind_mask(c, DEMO)
+        assert demo.sum() > 0
+        assert torch.allclose(c["loss"] * demo, 0.5 * (1 - c["step"] / 4) * -c["logp"] * demo, atol=1e-6)
+
+
+def test_sft_then_grpo_trains_on_the_demos_at_coef_one_and_lowers_their_nll(tmp_path, tiny_config):
+    """The recipe's phase before: every update on teacher demonstrations lowers their NLL, and the
+    loss is 1·NLL whatever the step (no schedule in that phase)."""
+    cfg = tiny_config(recipe="sft_then_grpo", tasks={"addition": {"digits": [1, 1]}},
+                      guidance=[{"name": "sft", "phase": "before", "coef": 1.0, "teacher_tokens": 60}],
+                      train={"steps": 1, "lr": 1e-3})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    method = trainer.plugins.guidance[0]
+    assert (method.phase, method.coef, method.schedule) == ("before", 1.0, "constant")
+    ctx = loss_context([0.5], 0.0, kind=DEMO)
+    ctx.step = 10_000
+    loss, _ = method.row_loss(ctx)
+    assert loss.item() == pytest.approx(math.log(2), rel=1e-12)
+
+    def nll(batch):
+        with torch.no_grad():
+            logits = trainer.engine.response_logits(batch)
+            logp, _ = token_logp_entropy(logits, batch.response_ids, False)
+        return float(-(logp * batch.mask).sum() / batch.mask.sum())
+
+    changes = []
+    before_training = method.before_training
+
+    def spy(ctx):
+        update = ctx.update
+
+        def measured(batch):
+            assert (batch.row_kind == DEMO).all() and not (batch.row_kind == ON_POLICY).any()
+            start = nll(batch)
+            out = update(batch)
+            changes.append(nll(batch) - start)
+            return out
+        ctx.update = measured
+        return before_training(ctx)
+
+    method.before_training = spy
+    try:
+        trainer._before_training()
+    finally:
+        trainer.close()
+    assert len(changes) >= 2 and all(c < 0 for c in changes), changes
