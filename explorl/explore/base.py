@@ -23,6 +23,14 @@ class Component:
 
     state_keys: tuple[str, ...] = ()
     registered_name: str = ""
+    # which logged metrics show the mechanism acted (``explorl.explore.acted``): a tuple of
+    # criteria that must all hold; None for a baseline component with nothing to engage
+    engaged_when: tuple | None = None
+
+    def engagement(self) -> tuple | None:
+        """The criteria of ``engaged_when``; a component whose mechanism depends on its
+        parameters (the PPO clip is one only with clip-higher) overrides this."""
+        return self.engaged_when
 
     def observe(self, stats: "StepStats") -> dict[str, float]:
         """Feedback after each optimizer step; returns metrics to log."""
