@@ -18,8 +18,10 @@ drawn independently, hence the ten lines of numpy here.
 *p-value, from the same bootstrap.* For a null value m (0, or the margin of a "not lower than
 GRPO − 0.01" hypothesis) the two-sided p = min(1, 2·min(1 + #{Δ* ≤ m}, 1 + #{Δ* ≥ m}) / (B + 1)):
 the percentile interval inverted (its 95% interval excludes m about when p < 0.05), with the
-+1 that keeps a bootstrap p above 0. A difference that every resample gives as exactly m
-(identical runs) gets p = 1.
++1 that keeps a bootstrap p above 0. The Δ* are rounded to 12 decimals first, so that the
+rounding of sums in another order cannot move a resample that ties with m to one side (ties
+are common: pass@k of few samples takes few values). A difference that every resample gives
+as exactly m (identical runs) gets p = 1.
 
 **Training metrics** known only per seed (the share of groups with a gradient, the training
 reward) are compared by a paired t test over the seeds (``scipy.stats.ttest_rel``, its interval
@@ -119,7 +121,7 @@ def paired_bootstrap(a_num, a_den, b_num, b_den, null: float = 0.0, resamples: i
                          f"{a_num.shape}, {a_den.shape}, {b_num.shape}, {b_den.shape}")
     s, p = a_num.shape
     ws, wp = weights(s, resamples, seed), weights(p, resamples, seed + 1)
-    deltas = _values(a_num, a_den, ws, wp) - _values(b_num, b_den, ws, wp)
+    deltas = np.round(_values(a_num, a_den, ws, wp) - _values(b_num, b_den, ws, wp), 12)
     deltas = deltas[np.isfinite(deltas)]
     va, vb = value(a_num, a_den), value(b_num, b_den)
     low, high = (np.quantile(deltas, [0.025, 0.975]) if len(deltas) else (np.nan, np.nan))
