@@ -112,9 +112,13 @@ def spread(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": n}
 
 
+_ENGAGEMENT: dict = {}
+
+
 def engagement(run_dir: Path, metrics: list[dict]) -> dict | None:
     """Whether each mechanism of the run acted (``explorl.explore.acted.check_run``), from its
-    ``config.yaml`` and metrics; None without a config."""
+    ``config.yaml`` and metrics; None without a config. Kept per run folder for as long as its
+    two files are unchanged (compare collects every finished run after each run)."""
     import yaml
 
     from explorl.config import Config, _from_dict
@@ -122,8 +126,12 @@ def engagement(run_dir: Path, metrics: list[dict]) -> dict | None:
     path = run_dir / "config.yaml"
     if not path.exists():
         return None
-    cfg = _from_dict(Config, yaml.safe_load(path.read_text()), "")
-    return check_run(mechanism_components(cfg), metrics)
+    files = [path, run_dir / "metrics.jsonl"]
+    key = (str(run_dir), tuple((f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else None for f in files))
+    if key not in _ENGAGEMENT:
+        cfg = _from_dict(Config, yaml.safe_load(path.read_text()), "")
+        _ENGAGEMENT[key] = check_run(mechanism_components(cfg), metrics)
+    return _ENGAGEMENT[key]
 
 
 def mechanism_components(cfg) -> list:
