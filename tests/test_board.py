@@ -132,16 +132,19 @@ def test_hypotheses_on_a_board_with_controls(tmp_path):
     above GRPO but not above its step-matched control; C1 DUMP above GRPO and earlier."""
     grpo = {s: run([1] * P, along=[(75, [1] * P, 4)]) for s in range(3)}
     learn = {s: run([3] * P, along=[(75, [3] * P, 4)], engagement=engaged({"learnability": True})) for s in range(3)}
+    luffy = {s: run([3] * P, along=[(75, [3] * P, 4)], engagement=engaged({"luffy": True}), teacher_tokens=120 + s)
+             for s in range(3)}
     pool = {s: run([2] * P, along=[(75, [2] * P, 4)]) for s in range(3)}
     ds = {s: run([3] * P, along=[(75, [3] * P, 4)], engagement=engaged({"dynamic_sampling": True})) for s in range(3)}
     steps = {s: run([3] * P, along=[(75, [3] * P, 4)]) for s in range(3)}
     dump = {s: run([2] * P, along=[(75, [2] * P, 4)], engagement=engaged({"dump": True})) for s in range(3)}
     runs = {"grpo": grpo, "learnability": learn, "pool_ctl": pool, "dynamic_sampling": ds, "steps_ctl": steps,
-            "dump": dump}
+            "dump": dump, "luffy": luffy}
     entries = {lb: {"spec": lb, "seeds": [0, 1, 2]} for lb in runs}
     entries["pool_ctl"] = {"spec": "grpo", "seeds": [0, 1, 2], "control": {"of": "learnability", "match": "pool"}}
     entries["steps_ctl"] = {"spec": "grpo", "seeds": [0, 1, 2], "control": {"of": "dynamic_sampling", "match": "steps"}}
     write_regime(tmp_path / "default", runs, entries=entries)
+    write_regime(tmp_path / "exploration-limited", {"grpo": grpo, "luffy": luffy})
     table, _ = board(tmp_path)
     verdicts = {line.split(" | ")[0][2:]: line.split(" | ")[3] for line in table.splitlines() if re.match(r"\| [A-Z]\d+ \|", line)}
     assert verdicts["C3"] == "**supported**" and verdicts["C1"] == "**supported**"
@@ -149,6 +152,12 @@ def test_hypotheses_on_a_board_with_controls(tmp_path):
     b4 = next(line for line in table.splitlines() if line.startswith("| B4 |"))
     assert "its steps control +0.01: Δ +0.000" in b4 and "fails" in b4
     assert verdicts["C2"] == "**not run**" and verdicts["T2"] == "**not evaluated**" and verdicts["G10"] == "**control**"
+    # LUFFY's teacher tokens go beside its gains: in the table and with its hypothesis (G1 lacks its SFT control)
+    luffy_row = next(line for line in table.splitlines() if line.startswith("| `luffy`"))
+    assert luffy_row.split(" | ")[10] == "121"  # teacher tokens per run, mean of 120, 121, 122
+    g1 = next(line for line in table.splitlines() if line.startswith("| G1 |"))
+    assert "**not run**" in g1 and "no teacher_tokens control of luffy" in g1
+    assert "exploration-limited: 121 teacher tokens per run (not in the budget)" in g1
     # the controls sit under their rows
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     at = {re.search(r"`([^`]+)`", line).group(1): i for i, line in enumerate(lines) if "`" in line.split(" | ")[0]}

@@ -371,6 +371,11 @@ def hypotheses_section(judged: dict[str, Judged], hypotheses: list[Hypothesis]) 
             state, key = j.tests.get((h.id, i), ("not run: no GRPO runs", None))
             results.append((test, state, j.comparisons.get(key) if key else None))
         out = verdict(h, results)
+        for name in sorted({t.regime for t in h.tests}):  # a guidance gain is stated with its teacher tokens
+            runs = judged[name].regime.runs.get(h.recipe, {}) if name in judged else {}
+            teacher = _mean([r.row.get("teacher_tokens") for r in runs.values()])
+            if teacher:
+                out.evidence.append(f"{name}: {teacher:.0f} teacher tokens per run (not in the budget)")
         lines.append(f"| {h.id} | `{h.recipe}` | {h.hypothesis} | **{out.verdict}** | {'<br>'.join(out.evidence)} |")
     return "\n".join(lines) + "\n"
 
