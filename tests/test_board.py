@@ -57,7 +57,7 @@ def test_a_row_whose_mechanism_did_not_act_is_not_engaged_never_no_effect(tmp_pa
     assert row.count("not engaged") == 4 and "no effect" not in table  # the note and the three Δ cells
     # kl_cov's pass@1 and pass@2 (GRPO ends at its start: no ½ budget) and O3's entropy test (its pass@1 test
     # is the table's); none of clip_cov's
-    assert "over the 3 comparisons" in table
+    assert "of the 3 comparisons of this regime" in table
     assert "`clip_cov`" not in table.split("Beat GRPO's")[1].split("\n")[0]
     o2 = next(line for line in table.splitlines() if line.startswith("| O2 |"))
     o3 = next(line for line in table.splitlines() if line.startswith("| O3 |"))

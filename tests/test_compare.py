@@ -336,7 +336,7 @@ def test_board_values_from_a_hand_made_results_json(tmp_path):
                       (("steady", "grpo", "reach"), -1 / 6), (("ctl", "grpo", "pass@1"), 0.09375),
                       (("alt", "ctl", "pass@1"), 0.09375)):
         assert comps[key][0] == pytest.approx(hand, abs=1e-4), key
-    assert "over the 11 comparisons of this regime" in table
+    assert "of the 11 comparisons of this regime" in table
     # alt: mean pass@1 11/16, pass@2 (3.8333 + 3.8333)/4/2 = 0.958; tokens to 0.5833 on [0, 50, 100] x
     # [0.375, 0.625, 0.6875] at 50·0.2083/0.25 = 41.67 in both seeds; 300 teacher tokens, 4 steps
     assert (f"| `alt` | 2 | yes | 0.688 | {cell(('alt', 'grpo', 'pass@1'))} | 0.958 | {cell(('alt', 'grpo', 'pass@2'))} | "

@@ -260,7 +260,8 @@ def regime_table(j: Judged) -> str:
              + ("." if applies else " — not above its start, so \"½ budget\" and \"tokens to GRPO\" do not apply."),
              "",
              f"Δ: the row minus GRPO, paired by seed and by held-out problem, [95% paired bootstrap interval over "
-             f"seeds and problems, B = {stats.RESAMPLES}], q: Benjamini–Hochberg over the {family} comparisons of "
+             f"seeds and problems, B = {stats.RESAMPLES}], q: Benjamini–Hochberg over the two-sided bootstrap "
+             f"p-values (twice the share of resamples on the far side of 0) of the {family} comparisons of "
              f"this regime (this table's, its controls' and the hypotheses' tests); `*`: q < 0.05. A row whose "
              f"mechanism did not act in every seed shows **not engaged** and is not compared. Controls (↳) sit "
              f"under the row they control, with that row minus the control.", "",
