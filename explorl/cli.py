@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("board", help="the leaderboard of a study (compare --study): per regime, every recipe "
-                                     "against GRPO paired by seed, with 95% intervals")
+                                     "against GRPO paired by seed and held-out problem (bootstrap intervals, "
+                                     "Benjamini-Hochberg q-values, engagement, controls), then the verdicts on "
+                                     "docs/hypotheses.md; exit 1 if a regime was refused")
     p.add_argument("--out", required=True, help="the study folder (OUT of compare --study)")
     p.add_argument("--write", default=None, metavar="FILE", help="also write the markdown to FILE")
     p.add_argument("--figures", default=None, metavar="DIR", help="also draw one picture per regime into DIR")

@@ -27,6 +27,15 @@ class Component:
     #: and the recipe names no objective): e.g. CTRLS trains only a module of its own, in ``observe``.
     freezes_policy: bool = False
 
+    # which logged metrics show the mechanism acted (``explorl.explore.acted``): a tuple of
+    # criteria that must all hold; None for a baseline component with nothing to engage
+    engaged_when: tuple | None = None
+
+    def engagement(self) -> tuple | None:
+        """The criteria of ``engaged_when``; a component whose mechanism depends on its
+        parameters (the PPO clip is one only with clip-higher) overrides this."""
+        return self.engaged_when
+
     def observe(self, stats: "StepStats") -> dict[str, float]:
         """Feedback after each optimizer step; returns metrics to log."""
         return {}

@@ -368,8 +368,10 @@ class Trainer:
             results["start"] = self._start_evaluation()
             crash_point("eval.start_computed")
             self._write_eval(results)
-        if self.step == 0 and self.plugins.guidance:
-            self._before_training()
+        if self.step == 0 and self.plugins.guidance and self._before_training() and "after_phase" not in results:
+            # a phase before RL (SFT-then-RL) changed the model: measure "tokens to a level" from here
+            results["after_phase"] = self.evaluate()
+            self._write_eval(results)
         logger = (RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
                   if self.dp.is_main else _NoLogger())
         try:
@@ -411,7 +413,7 @@ class Trainer:
             store_start_eval(self.cfg, results)
         return results
 
-    def _before_training(self) -> None:
+    def _before_training(self) -> bool:
         """Each guidance method's phase before the first step (e.g. SFT-then-RL); runs again on a
         resume from no checkpoint, and is deterministic, so the run is the same."""
         m = {}
@@ -429,13 +431,17 @@ class Trainer:
             return out
 
         ctx.update = update
+        phase = {}
         for method in self.plugins.guidance:
             done = method.before_training(ctx)
             if done:
                 self.log(f"{method.registered_name} before training: "
                          + ", ".join(f"{k} {v:g}" for k, v in done.items()))
-        # its token counts (teacher tokens, what a model teacher generated) are logged with step 1
-        self._before_training_metrics = {k: v for k, v in m.items() if k.startswith("tokens/teacher")}
+                phase.update(done)
+        # its token counts (teacher tokens, what a model teacher generated) and what each method
+        # reported of its phase (e.g. guide/sft_steps: whether it ran) are logged with step 1
+        self._before_training_metrics = {**{k: v for k, v in m.items() if k.startswith("tokens/teacher")}, **phase}
+        return bool(phase)
 
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
@@ -450,20 +456,26 @@ class Trainer:
         every = self.cfg.eval.every_tokens
         if not every or self.tokens // every == before // every or self._token_budget_spent():
             return {}
-        res = self.evaluate()
+        res = self.evaluate(samples=self.cfg.eval.every_samples)
         out = {f"heldout/{k}": v["all"] for k, v in res.items() if k.startswith("pass@") or k == "entropy"}
         out.update({f"heldout/pass@1/{src}": v for src, v in res["pass@1"].items() if src != "all"})
+        # per problem, for intervals that resample problems (explorl.compare.stats)
+        out.update({"heldout/samples": res["samples"], "heldout/correct": res["per_problem"]["correct"]})
         return out
 
     def _token_budget_spent(self) -> bool:
         limit = self.cfg.train.max_tokens
         return limit is not None and self.tokens >= limit
 
-    def evaluate(self) -> dict:
+    def evaluate(self, samples: int | None = None) -> dict:
+        """Held-out evaluation with ``eval.samples`` samples per problem (``samples``: fewer, for
+        the cheaper evaluations along the way; only the ks up to it)."""
         e = self.cfg.eval
+        samples = samples or e.samples
+        ks = [k for k in e.ks if k <= samples] or [1]
         sets = self.tasks.eval_sets(e.problems_per_source, seed=0)
         ledger = self._new_ledger()
-        results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
+        results = evaluate(self.engine, self.tasks, sets, samples, ks, e.temperature,
                            self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger,
                            dp=self.dp, thinking=self.plugins.decoding.thinking(self.step, evaluating=True))
         ledger.check("an evaluation")
