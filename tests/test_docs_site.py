@@ -1,0 +1,49 @@
+"""The methods reference is generated from the registry: every registered component gets a
+page with its docstring, its parameters and defaults, its recipes and its board rows."""
+from explorl.docs_site import board_rows, method_pages, page_path, parameter_rows, recipes_using
+from explorl.registry import entries, lookup
+
+BOARD = """# Leaderboard
+## default
+| recipe | seeds | pass@1 |
+|---|---|---|
+| `clip_cov` | 5 | 0.480 |
+| `clip_cov_extra` | 5 | 0.470 |
+## collapse
+text
+| recipe | seeds | pass@1 |
+|---|---|---|
+| `grpo` | 10 | 0.430 |
+| `clip_cov` | 5 | 0.440 |
+"""
+
+
+def test_every_registered_component_has_a_page_with_its_parameters():
+    pages = {p.path: p.text for p in method_pages()}
+    for entry in entries():
+        text = pages[page_path(entry)]
+        assert f"# `{entry.name}` ({entry.level})" in text
+        for name, _, default in parameter_rows(entry):
+            assert f"| `{name}` |" in text and default.replace("|", "&#124;") in text
+        assert f"({entry.level}/{entry.name}.md)" in pages["methods/index.md"]
+
+
+def test_a_page_carries_the_docstring_and_the_recipe():
+    entry = lookup("objective", "ppo_clip")
+    text = next(p.text for p in method_pages() if p.path == page_path(entry))
+    assert "PPO clipped surrogate with decoupled clip range" in text  # the module docstring
+    assert "| `clip_ratio_high` | float | `0.2` |" in text
+    assert "`configs/recipes/clip_higher.yaml`" in text
+
+
+def test_board_rows_are_found_by_recipe_in_each_regime():
+    rows = board_rows("clip_cov", BOARD)
+    assert [(regime, row.split("|")[3].strip()) for regime, _, row in rows] == [("default", "0.480"),
+                                                                                ("collapse", "0.440")]
+    assert board_rows("clip", BOARD) == []  # a prefix of a recipe name is not that recipe
+
+
+def test_recipes_using_lists_the_methods_own_recipe_first():
+    found = [p.stem for p in recipes_using(lookup("objective", "clip_cov"))]
+    assert found[0] == "clip_cov" and "stack_dump_knapsack_clip_cov" in found
+    assert recipes_using(lookup("verifier", "exact")) == []
