@@ -33,6 +33,7 @@ bench: setup
 
 # The documentation site (docs/, mkdocs.yml): the methods reference is generated from the registry.
 docs: setup
+	$(VENV)/bin/explorl docs-pages --out docs/methods
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict
 
 clean:

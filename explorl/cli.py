@@ -213,6 +213,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_docs_pages(args) -> int:
+    from explorl.docs_site import write_pages
+    written, removed = write_pages(Path(args.out))
+    print(f"wrote {len(written)} method pages under {args.out}" + (f"; removed {len(removed)} stale" if removed else ""))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from explorl.bench import run_bench
     return run_bench(args)
@@ -313,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every registered component: level, name, paper, parameters")
     p.add_argument("--level", default=None, help="only this level")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("docs-pages", help="write the methods reference (one page per registered component) for the "
+                                          "documentation site; make docs runs it before building")
+    p.add_argument("--out", default="docs/methods", help="folder of the pages (default: docs/methods)")
+    p.set_defaults(func=cmd_docs_pages)
 
     p = sub.add_parser("bench", help="benchmarks that print their numbers")
     p.add_argument("which", choices=["throughput", "trl", "overhead", "scale"],

@@ -2,8 +2,9 @@
 registry (its docstring, its parameters as ``explorl list`` knows them), the recipes that use
 it and its rows on the board, so the code and its documentation cannot drift.
 
-``docs/gen_pages.py`` calls :func:`method_pages` while MkDocs builds the site (the
-``gen-files`` plugin); ``explorl docs-pages --out DIR`` writes the same pages to a folder.
+``explorl docs-pages`` writes them to ``docs/methods`` (``make docs`` does, before MkDocs builds
+the site); they are committed so that links to them work in the repository too, and a test
+fails when a committed page differs from what the registry gives now.
 """
 from __future__ import annotations
 
@@ -153,11 +154,17 @@ def method_pages() -> list[Page]:
     return [index_page(every)] + [method_page(e, board) for e in every]
 
 
-def write_pages(out: Path) -> list[Path]:
+def write_pages(out: Path) -> tuple[list[Path], list[Path]]:
+    """Write every page under ``out`` (``docs/methods``) and remove the pages of components no
+    longer registered; returns ``(written, removed)``."""
     written = []
     for page in method_pages():
-        path = out / page.path
+        path = out / Path(page.path).relative_to("methods")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page.text)
+        if not path.exists() or path.read_text() != page.text:
+            path.write_text(page.text)
         written.append(path)
-    return written
+    removed = [p for p in out.rglob("*.md") if p not in written]
+    for path in removed:
+        path.unlink()
+    return written, removed

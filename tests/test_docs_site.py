@@ -47,3 +47,15 @@ def test_recipes_using_lists_the_methods_own_recipe_first():
     found = [p.stem for p in recipes_using(lookup("objective", "clip_cov"))]
     assert found[0] == "clip_cov" and "stack_dump_knapsack_clip_cov" in found
     assert recipes_using(lookup("verifier", "exact")) == []
+
+
+def test_the_committed_pages_are_what_the_registry_gives_now():
+    """docs/methods is generated (`explorl docs-pages`, run by `make docs`) and committed so that
+    links to it work in the repository: a page that differs from the code is stale."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "docs"
+    stale = [p.path for p in method_pages() if not (root / p.path).exists() or (root / p.path).read_text() != p.text]
+    pages = {p.path for p in method_pages()}
+    extra = [str(f.relative_to(root)) for f in (root / "methods").rglob("*.md") if str(f.relative_to(root)) not in pages]
+    assert not stale and not extra, (f"run `explorl docs-pages`: stale or missing {stale}, no longer registered "
+                                     f"{extra}")
