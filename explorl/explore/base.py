@@ -28,6 +28,14 @@ class Component:
         """Feedback after each optimizer step; returns metrics to log."""
         return {}
 
+    def before_training(self, ctx: "GuideContext") -> dict:
+        """Called once before the first step of a run (not on resume): e.g. an SFT phase, or a
+        calibration set sampled to set the method up. ``ctx`` is a ``GuideContext`` with
+        ``draw(n)`` (problems from the curriculum), ``tasks`` (the run's task mix),
+        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows).
+        Returns counts to report (logged once)."""
+        return {}
+
     def augment(self, batch, sampler) -> tuple[object, dict[str, float]]:
         """Change the scored batch after advantages and before the update (guidance, replay,
         tempered samples). ``sampler(problems, counts, temperatures=None)`` generates and
@@ -79,13 +87,19 @@ class Budget(Component):
 
 
 class Decoding(Component):
-    """The sampling schedule: a temperature per response position, and top-p."""
+    """The sampling schedule: a temperature per response position, top-p, and optionally an
+    activation intervention the engine applies while it samples (``explorl.policy.intervention``)."""
 
     top_p: float = 1.0
 
     def temperatures(self, step: int, max_new_tokens: int) -> torch.Tensor:
         """Temperature at each response position, shape ``(max_new_tokens,)``."""
         raise NotImplementedError
+
+    def intervention(self, step: int):
+        """What the engine changes in the residual stream while it samples at ``step`` (never
+        in the update's or an evaluation's forward); ``None``: the model as it is."""
+        return None
 
 
 class Advantage(Component):
@@ -148,12 +162,6 @@ class Guidance(Component):
     def rl_weight(self, step: int) -> float:
         return 1.0
 
-    def before_training(self, ctx) -> dict:
-        """Called once before the first step of a run (not on resume): e.g. an SFT phase. ``ctx``
-        is a ``GuideContext`` with ``draw(n)`` (problems from the curriculum),
-        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows)."""
-        return {}
-
 
 @dataclass
 class GuideContext:
@@ -170,6 +178,7 @@ class GuideContext:
     extras: dict[str, Any] = field(default_factory=dict)
     # before_training only:
     draw: Any = None       # draw(n) -> n problems from the curriculum
+    tasks: Any = None      # the run's TaskMix (problems drawn apart from the curriculum's stream)
     problems_per_step: int = 0
     update: Any = None     # update(batch) -> metrics of one optimizer update on those rows
 

@@ -174,10 +174,11 @@ class Trainer:
         m["time/step"] = time.perf_counter() - start
         self.step = step
         m.update(self._ledger.metrics())
+        m = self._summary(m, batch)
         for key, value in self._before_training_metrics.items():  # the first step carries that phase's counts
             m[key] = m.get(key, 0) + value
         self._before_training_metrics = {}
-        return self._summary(m, batch)
+        return m
 
     def _sample(self, problems, counts, step, m, clock=None, temperatures=None):
         clock = clock or StageClock(m)
@@ -188,6 +189,7 @@ class Trainer:
             temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
         elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
             temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
+        intervention = decoding.intervention(step)  # the engine applies it while sampling only
         self._calls += 1  # distinct seeds for repeated sampling in a step
         seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self._calls
         if self.dp.enabled:  # this rank samples and verifies its share; the whole batch comes back
@@ -197,12 +199,13 @@ class Trainer:
 
             with clock("gen"):
                 batch, faults = self.dp.rollout(self.engine, problems, counts, temperatures, decoding.top_p, seed,
-                                                score, max_rows=self.cfg.train.rollout_batch_size)
+                                                score, max_rows=self.cfg.train.rollout_batch_size,
+                                                intervention=intervention)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
         with clock("gen"):
             batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed,
-                                        max_rows=self.cfg.train.rollout_batch_size)
+                                        max_rows=self.cfg.train.rollout_batch_size, intervention=intervention)
         with clock("verify"):
             group_problems = [problems[g] for g in batch.group.tolist()]
             rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
@@ -272,7 +275,8 @@ class Trainer:
                 advs[g].append(a)
         entropy = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1))
         return StepStats(step=step, problems=batch.problems, rewards=rewards, advantages=advs,
-                         entropy=entropy, tokens=batch.tokens, extras={"batch": batch})
+                         entropy=entropy, tokens=batch.tokens,
+                         extras={"batch": batch, "engine": self.engine, "tasks": self.tasks})
 
     def _summary(self, m, batch) -> dict:
         groups = batch.groups()
@@ -314,7 +318,7 @@ class Trainer:
             results["start"] = self._start_evaluation()
             crash_point("eval.start_computed")
             self._write_eval(results)
-        if self.step == 0 and self.plugins.guidance:
+        if self.step == 0:
             self._before_training()
         logger = (RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
                   if self.dp.is_main else _NoLogger())
@@ -358,12 +362,14 @@ class Trainer:
         return results
 
     def _before_training(self) -> None:
-        """Each guidance method's phase before the first step (e.g. SFT-then-RL); runs again on a
-        resume from no checkpoint, and is deterministic, so the run is the same."""
+        """Each component's phase before the first step (SFT-then-RL, a decoding method's
+        calibration); runs again on a resume from no checkpoint, and is deterministic, so the
+        run is the same."""
         m = {}
         clock = StageClock(m)
         ctx = self._guide_context(0, m, clock, lambda *a, **k: self._sample(*a[:2], 0, m, clock, *a[2:]))
         ctx.draw = lambda n: self.plugins.curriculum.next(n)[0]
+        ctx.tasks = self.tasks
         ctx.problems_per_step = self.cfg.train.problems_per_step
 
         def update(batch):
@@ -375,13 +381,16 @@ class Trainer:
             return out
 
         ctx.update = update
-        for method in self.plugins.guidance:
+        guidance = list(self.plugins.guidance)  # first: their phases change the weights the others see
+        for method in guidance + [c for c in self.plugins.all() if c not in guidance]:
             done = method.before_training(ctx)
             if done:
                 self.log(f"{method.registered_name} before training: "
                          + ", ".join(f"{k} {v:g}" for k, v in done.items()))
-        # its token counts (teacher tokens, what a model teacher generated) are logged with step 1
-        self._before_training_metrics = {k: v for k, v in m.items() if k.startswith("tokens/teacher")}
+        # its token counts (teacher tokens, what a model teacher generated, rollouts it sampled) are
+        # logged with step 1, so the steps' tokens/step still add up to tokens/total
+        self._before_training_metrics = {k: v for k, v in m.items()
+                                         if k.startswith("tokens/teacher") or k == "tokens/step"}
 
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
