@@ -84,13 +84,15 @@ def assert_close_values(x, y, where="eval.json"):
 
 @pytest.mark.parametrize("recipe,backend,parallel,micro", [
     ("grpo", "fast", "ddp", None), ("knapsack", "fast", "ddp", None), ("grpo", "hf", "ddp", None),
-    ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None)])
+    ("knapsack", "fast", "fsdp", 3), ("luffy", "fast", "ddp", None), ("east", "hf", "ddp", None)])
 def test_two_processes_make_the_run_of_one(tmp_path, recipe, backend, parallel, micro):
     """Fixed and variable rollout counts; the fast path and the generic Hugging Face forward;
-    FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows."""
+    FSDP with micro-batches that leave the ranks with unequal numbers of parts; teacher rows;
+    a steering vector computed on every rank (EAST, refreshed at step 2)."""
     one, two = tmp_path / "one", tmp_path / "two"
     settings = ("--recipe", recipe, "--steps", "4", "--set", f"model.backend={backend}",
-                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()))
+                "--set", f"train.parallel={parallel}", *(("--set", f"train.micro_batch_size={micro}") if micro else ()),
+                *(("--set", "decoding.refresh_every=2") if recipe == "east" else ()))
     _train(one, 1, *settings)
     _train(two, 2, *settings)
     assert_same_run(one, two)
