@@ -176,6 +176,9 @@ class EAST(Decoding):
         return True
 
     def observe(self, stats):
+        if not {"batch", "tasks", "engine"} <= set(stats.extras):
+            raise ValueError("decoding east: observe needs the step's batch, task mix and engine in stats.extras "
+                             "(the trainer gives them)")
         batch, tasks = stats.extras["batch"], stats.extras["tasks"]
         problems, entropies = group_answer_entropies(batch, tasks)
         m = {"decode/beta": self.beta}
