@@ -112,6 +112,8 @@ def test_east_scales_beta_to_the_residual_norm_and_steers_the_middle_layer():
     raw._compute(StubEngine(h), problems(), [0.0, 1.0, 3.0], step=0)
     assert torch.allclose(raw.added_vector(), 0.5 * (h[1] + 3 * h[2]) / 4) and raw.steer_layer == 1
     assert EAST().intervention(step=1) is None  # no vector yet: plain decoding
+    with pytest.raises(ValueError, match="decoding east: layer 4 is past the model's 4 decoder layers"):
+        EAST(layer=4)._compute(StubEngine(h), problems(), [0.0, 1.0, 3.0], step=0)
 
 
 # ---- the intervention in the engine ---------------------------------------------------------

@@ -167,6 +167,9 @@ class EAST(Decoding):
             return False
         if self.steer_layer is None:
             self.steer_layer = engine.num_layers // 2
+        if self.steer_layer >= engine.num_layers:
+            raise ValueError(f"decoding east: layer {self.steer_layer} is past the model's {engine.num_layers} decoder "
+                             f"layers (0 to {engine.num_layers - 1}; null: the middle one)")
         h = engine.prompt_activations(problems, self.steer_layer)
         u = steering_vector(h, entropies, self.centre)
         if u is None or not float(u.norm()) > 0:
