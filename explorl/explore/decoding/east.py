@@ -49,6 +49,15 @@ The steered sampler is not π_θ: the engine records its log-probs as ``behaviou
 evaluation's forwards never see the intervention (``explorl.policy.intervention``). ``ppo_clip``
 with ``tis_cap`` weights each token by min(π_old / π_behaviour, cap), as for EAD.
 
+**On the testbed** (printed by the slow test of ``tests/test_east.py``: the warm start of
+``configs/testbed.yaml``, u from 64 calibration problems at layer 2 of 4, the 160 held-out
+problems × 8 rollouts at temperature 1 with the same noise): the mean answer entropy is 1.135
+unsteered and 1.235 steered with β = 0.3 (mean reward 0.444 → 0.410); along −u it is 1.198 and
+along random directions of the same norm 1.182–1.194, so the entropy-weighted direction does
+more than a push of that size. Temperature 1.1 gives 1.213 (reward 0.420): here steering trades
+reward for answer entropy at about temperature's rate. β = 0.3 is the default and the recipe's;
+a larger β costs reward fast (the paper's pitfall: formatting breaks, reward 0).
+
 Metrics: ``decode/beta``; ``decode/u_norm`` (‖u‖), ``decode/steer_norm`` (the added vector's
 norm), ``decode/residual_norm`` (r), ``decode/u_step`` (the step u was computed at, 0 for the
 calibration set) once u exists; ``decode/logp_gap``, the mean over response tokens of
@@ -104,7 +113,7 @@ def steering_vector(h: torch.Tensor, entropies, centre: bool = True) -> torch.Te
 class EAST(Decoding):
     state_keys = ("vector", "residual_norm", "steer_layer", "vector_step", "window")
 
-    def __init__(self, beta: float = 1.0, layer: int | None = None, centre: bool = True, scale: str = "residual",
+    def __init__(self, beta: float = 0.3, layer: int | None = None, centre: bool = True, scale: str = "residual",
                  positions: str = "all", refresh_every: int = 10, calibration_problems: int = 32,
                  calibration_rollouts: int = 8, temperature: float = 1.0, top_p: float = 1.0):
         if not math.isfinite(beta):
