@@ -25,7 +25,8 @@ from explorl.policy.engine import RolloutEngine
 from explorl.tasks import Problem, TaskMix
 from explorl.batch import RolloutBatch
 
-RECIPES = ["dump", "alp_gmm", "learnability", "bandit", "broad", "knapsack", "xrpo", "dynamic_sampling", "ead"]
+RECIPES = ["dump", "alp_gmm", "learnability", "bandit", "broad", "knapsack", "xrpo", "dynamic_sampling", "ead",
+           "east"]
 
 
 # ---- helpers ------------------------------------------------------------------------------
