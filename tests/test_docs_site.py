@@ -59,3 +59,17 @@ def test_the_committed_pages_are_what_the_registry_gives_now():
     extra = [str(f.relative_to(root)) for f in (root / "methods").rglob("*.md") if str(f.relative_to(root)) not in pages]
     assert not stale and not extra, (f"run `explorl docs-pages`: stale or missing {stale}, no longer registered "
                                      f"{extra}")
+
+
+def test_the_readme_links_every_method_and_only_to_files_that_exist():
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    missing = [t for t in targets if not t.startswith("http") and not (root / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
+    unlinked = [f"{e.level}/{e.name}" for e in entries() if e.level not in ("teacher", "verifier")
+                and f"(docs/{page_path(e)})" not in readme]
+    assert not unlinked, f"README.md's methods at a glance misses {unlinked}"
+    assert len(readme.splitlines()) <= 250, "the README is the front door: keep it short, move detail to docs/"
