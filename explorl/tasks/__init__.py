@@ -5,6 +5,7 @@ import random
 
 from .arithmetic import Addition, Multiplication
 from .countdown import Countdown
+from .countdown_search import CountdownSearch
 from .files import JsonlSource
 from .kinds import make_task_source
 from .problem import Problem, TaskSource
@@ -16,10 +17,10 @@ ALPHABET = "0123456789+-*/=(),:;<>?!. abcdefghijklmnopqrstuvwxyz"
 
 SOURCES: dict[str, type[TaskSource]] = {
     cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
-                              MultiplicationSteps)
+                              MultiplicationSteps, CountdownSearch)
 }
 
-__all__ = ["ALPHABET", "SOURCES", "Addition", "AdditionSteps", "Countdown", "JsonlSource", "Multiplication",
+__all__ = ["ALPHABET", "SOURCES", "Addition", "AdditionSteps", "Countdown", "CountdownSearch", "JsonlSource", "Multiplication",
            "MultiplicationSteps",
            "Problem", "Reversal", "Sorting", "TaskMix", "TaskSource", "make_source"]
 
