@@ -47,17 +47,12 @@ def cmd_warmup(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def _run_policy(run: Path):
+    """``(cfg, model, tokenizer, checkpoint folder)`` of the latest checkpoint of a run folder."""
     import yaml
     from explorl.config import Config, _from_dict
-    from explorl.eval.evaluate import evaluate, format_table
-    from explorl.policy import make_engine
-    from explorl.policy.prompts import for_config
     from explorl.policy.model import load_pretrained
-    from explorl.train.parallel import resolve_device
-    from explorl.tasks import TaskMix
     from explorl.train import checkpoint
-    run = Path(args.run)
     if not (run / "config.yaml").exists():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
     cfg = _from_dict(Config, yaml.safe_load((run / "config.yaml").read_text()), "")
@@ -72,6 +67,18 @@ def cmd_eval(args) -> int:
         load_adapters(model, ckpt / "model")
     else:
         model, tokenizer = load_pretrained(ckpt / "model", cfg.model.dtype)
+    return cfg, model, tokenizer, ckpt
+
+
+def cmd_eval(args) -> int:
+    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.policy import make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.train.parallel import resolve_device
+    from explorl.tasks import TaskMix
+    from explorl.train import checkpoint
+    run = Path(args.run)
+    cfg, model, tokenizer, ckpt = _run_policy(run)
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
     samples = args.samples or e.samples
@@ -85,6 +92,39 @@ def cmd_eval(args) -> int:
     out = run / f"eval_{ckpt.name}.json"
     checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
+    return 0
+
+
+def cmd_entropy(args) -> int:
+    from explorl.eval.entropy_profile import ProfileCollector, format_profile
+    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.policy import load_policy, make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.train.parallel import resolve_device
+    if args.run:
+        if args.config or args.recipe or args.overrides:
+            raise ValueError("entropy: --run takes the run's own configuration; drop --config, --recipe and --set")
+        cfg, model, tokenizer, where = _run_policy(Path(args.run))
+        model = model.to(resolve_device(cfg.model.device))
+    else:
+        cfg = config_from_args(args)
+        model, tokenizer = load_policy(cfg)
+        where = "the start of " + (args.config or "configs/testbed.yaml")
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    ks = [k for k in e.ks if k <= e.samples]
+    engine = make_engine(cfg, model, tokenizer, for_config(cfg, tokenizer))
+    collect = ProfileCollector(tasks, tokenizer, engine.stop_ids.tolist())
+    try:
+        results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), e.samples, ks, e.temperature,
+                           cfg.train.max_new_tokens, seed=e.seed, on_batch=collect)
+    finally:
+        engine.close()
+    shown = [k for k in (1, 2, 4, 8, 16, 32, 64) if k in ks]
+    print(f"{where}: {e.problems_per_source} held-out problems per source, {e.samples} samples each, "
+          f"temperature {e.temperature:g}, {results['tokens']} generated tokens\n"
+          f"{format_table(results, shown)}\n{format_profile(collect.profile(args.threshold))}")
     return 0
 
 
@@ -175,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder written by explorl train")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("entropy", help="pass@k and the token-entropy profile of held-out responses (the share of "
+                                       "tokens above a threshold, by role: decision, arithmetic, ...) of a config's "
+                                       "start or a run's latest checkpoint")
+    add_config_args(p)
+    p.add_argument("--run", default=None, help="a run folder: profile its latest checkpoint (default: the config's start)")
+    p.add_argument("--threshold", type=float, default=0.5, help="entropy in nats above which a token is a fork "
+                                                                "(default 0.5)")
+    p.set_defaults(func=cmd_entropy)
 
     p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "
                                           "task mix to a folder, for model.path")

@@ -9,7 +9,7 @@ from explorl.eval.passk import pass_at_k
 
 def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temperature: float = 1.0,
              max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048, verifier=None,
-             ledger=None, dp=None) -> dict:
+             ledger=None, dp=None, on_batch=None) -> dict:
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
@@ -18,13 +18,15 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given. Under data
     parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
     of problems, each chunk exactly as one process would, and every rank gets the whole result.
+    ``on_batch(problems, batch)`` is called with each rollout batch this process samples (the
+    entropy profile, ``explorl.eval.entropy_profile``, reads the tokens there).
     """
     from explorl.tasks.guard import GuardedVerifier
     own = verifier is None
     verifier = verifier or GuardedVerifier(tasks)
     try:
         per_problem = _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens,
-                                        seed, rows_per_batch, ledger, dp)
+                                        seed, rows_per_batch, ledger, dp, on_batch)
     finally:
         if own:
             verifier.close()
@@ -32,14 +34,14 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
 
 
 def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens, seed, rows_per_batch,
-                      ledger, dp=None):
+                      ledger, dp=None, on_batch=None):
     problems = [p for src in eval_sets for p in eval_sets[src]]
     chunk = max(1, rows_per_batch // samples)
     starts = list(range(0, len(problems), chunk))
     # chunk i -> (rows, faults); the chunks are the same on any number of ranks, each rank runs its share
     distributed = dp is not None and dp.distributed
     done = {i: _chunk(engine, verifier, problems[starts[i]:starts[i] + chunk], samples, temperature,
-                      max_new_tokens, seed + starts[i])
+                      max_new_tokens, seed + starts[i], on_batch)
             for i in (dp.chunks(len(starts)) if distributed else range(len(starts)))}
     if distributed:
         for part in dp.all_gather_objects(done):
@@ -53,11 +55,13 @@ def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new
     return out
 
 
-def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed) -> tuple[list, list]:
+def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, on_batch=None) -> tuple[list, list]:
     """``(source, correct count, distinct correct, entropy sum, token count)`` per problem of
     ``part``, and the verifier's faults."""
     per_problem = []
     batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed)
+    if on_batch is not None:
+        on_batch(part, batch)
     rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
     for i, problem in enumerate(part):
         rows = (batch.group == i).nonzero().squeeze(-1)
