@@ -128,6 +128,17 @@ def cmd_entropy(args) -> int:
     return 0
 
 
+def cmd_curves(args) -> int:
+    from explorl.eval.curves import draw_curves, format_curves, run_curves
+    ks = tuple(int(k) for k in args.ks.split(","))
+    points = run_curves(Path(args.run), ks)
+    print(f"{args.run}: training reward (mean since the previous point), held-out entropy and pass@k\n"
+          f"{format_curves(points)}")
+    if args.figure:
+        print(f"figure: {draw_curves(points, Path(args.figure), args.title or str(args.run))}")
+    return 0
+
+
 def cmd_make_model(args) -> int:
     from explorl.policy.factory import build_random_model
     out = Path(args.out)
@@ -224,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="entropy in nats above which a token is a fork "
                                                                 "(default 0.5)")
     p.set_defaults(func=cmd_entropy)
+
+    p = sub.add_parser("curves", help="a run's training reward beside its held-out pass@k and entropy, at the "
+                                      "start, every eval.every_tokens and the end (and a figure)")
+    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p.add_argument("--ks", default="1,16", help="the pass@k to show (comma-separated, default 1,16)")
+    p.add_argument("--figure", default=None, metavar="PNG", help="also draw the curves into this file")
+    p.add_argument("--title", default=None, help="the figure's title (default: the run folder)")
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "
                                           "task mix to a folder, for model.path")
