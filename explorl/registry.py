@@ -18,8 +18,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
-LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective", "guidance", "teacher", "verifier",
-          "reference")
+LEVELS = ("curriculum", "budget", "decoding", "rollout", "advantage", "objective", "guidance", "teacher",
+          "verifier", "reference")
 
 
 @dataclass(frozen=True)

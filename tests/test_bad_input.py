@@ -82,7 +82,8 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 2, "model.tiny.layers": 1, "mode
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
            "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1,
-           "model.vllm.max_model_len": 1, "model.warmup.seed": 0, "model.warmup.references_per_problem": 1}
+           "model.vllm.max_model_len": 1, "model.warmup.seed": 0, "eval.every_samples": 1,
+           "model.warmup.references_per_problem": 1}
 SEEDS = {"seed", "model.tiny.seed", "eval.seed", "model.warmup.seed"}
 #: the keys the optional mappings accept
 OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
@@ -431,7 +432,7 @@ def test_fuzz_the_reference_section(value, fuzz_cases):
 
 # ---- property-based: every component parameter ---------------------------------------------------
 
-LEVELS = ("curriculum", "budget", "decoding", "advantage", "objective")
+LEVELS = ("curriculum", "budget", "decoding", "rollout", "advantage", "objective")
 PARAMS = [(e.level, e.name, key, hint) for e in entries() if e.level in LEVELS
           for key, hint in typing.get_type_hints(e.cls.__init__).items()
           if key != "return" and hint is not typing.Any]

@@ -19,7 +19,13 @@ def test_train_resume_eval_and_warmup(tmp_path, tiny_overrides, capsys):
     assert main(["eval", "--run", str(out)]) == 0
     assert "pass@1" in capsys.readouterr().out and (out / "eval_step_000003.json").exists()
     assert main(["warmup", *base]) == 0
-    assert "addition" in capsys.readouterr().out
+    warm = capsys.readouterr().out
+    assert "addition" in warm
+    # eval without --run: the config's starting model (here the warm start), untrained
+    assert main(["eval", *base]) == 0
+    printed = capsys.readouterr().out
+    table = warm[warm.index("source"):]
+    assert f"the testbed model, before training:\n{table}" in printed
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
@@ -27,6 +33,8 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "unknown config key 'train.lrr'" in capsys.readouterr().err
     assert main(["eval", "--run", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path), "--set", "train.lr=1"]) == 2
+    assert "--set and --seed are for evaluating a config's starting model (without --run)" in capsys.readouterr().err
 
 
 def test_list_through_the_installed_entry_point():

@@ -49,6 +49,45 @@ def test_the_same_noise_samples_the_same_tokens_on_cpu_and_gpu(tiny_model):
     torch.testing.assert_close(cpu.old_logp[:1], gpu.old_logp[:1], rtol=1e-3, atol=1e-3)
 
 
+def test_cuda_graphs_sample_what_the_fast_path_samples(tiny_model):
+    """model.cuda_graphs: the captured decoding steps sample what FastLM samples on the same GPU
+    under the same noise, through row drops and padded buckets; weights updated in place (as by
+    an optimizer step) are read by the graphs as they are, and moved weights are captured again."""
+    import copy
+    import random
+    from explorl.policy.engine import RolloutEngine
+    from explorl.policy.static_decode import StaticDecoder
+    from explorl.tasks import TaskMix
+    model, tokenizer = tiny_model
+    gpu = copy.deepcopy(model).to("cuda")
+    graphs, today = RolloutEngine(gpu, tokenizer, cuda_graphs=True), RolloutEngine(gpu, tokenizer, cuda_graphs=False)
+    assert isinstance(graphs.backend, StaticDecoder) and isinstance(RolloutEngine(gpu, tokenizer).backend, StaticDecoder)
+    graphs.stop_ids = today.stop_ids = torch.arange(0, len(tokenizer), 3)  # rows end at different steps
+    mix = TaskMix.from_config({"reversal": {"length": [2, 4]}})
+    problems = [mix.sample(random.Random(i)) for i in range(4)]
+    noise = torch.rand(7, 10, generator=torch.Generator().manual_seed(0))
+
+    def assert_same():
+        a = today.rollout(problems, [3, 1, 2, 1], [1.0] * 10, noise=noise)
+        b = graphs.rollout(problems, [3, 1, 2, 1], [1.0] * 10, noise=noise)
+        assert torch.equal(a.response_ids, b.response_ids)
+        torch.testing.assert_close(a.behaviour_logp, b.behaviour_logp, rtol=1e-4, atol=1e-4)
+        assert a.mask.sum(1).min() < a.mask.sum(1).max()
+
+    assert_same()
+    captured = graphs.backend.captures
+    assert captured >= 2  # the first bucket and at least one smaller one after rows were dropped
+    with torch.no_grad():
+        for param in gpu.parameters():
+            param.mul_(1.25)
+    assert_same()
+    assert graphs.backend.captures == captured  # replayed with the new weights, not captured again
+    weight = gpu.model.layers[0].self_attn.q_proj.weight
+    weight.data = weight.data.clone()  # the weight moves to another address
+    assert_same()
+    assert graphs.backend.captures > captured
+
+
 def test_a_bfloat16_run_trains_on_the_gpu(tmp_path, tiny_config):
     from explorl.train.loop import Trainer
     # a warm start long enough that some groups have both right and wrong answers (a gradient)
@@ -151,3 +190,26 @@ def test_a_vllm_run_learns(tmp_path, tiny_config, sleep):
     assert len(rows) == 40 and all(torch.isfinite(torch.tensor(r["loss/total"])) for r in rows)
     evals = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert evals["end"]["pass@1"]["all"] > evals["start"]["pass@1"]["all"]
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+def test_soft_tokens_on_the_gpu(tiny_model, backend):
+    """CoT2 with K = 1 is ordinary decoding bit for bit on the device too, and the training forward
+    recomputes the log-probs that soft-token rollouts recorded (MTS, Dirichlet, SwiReasoning)."""
+    import copy
+    from explorl.explore.decoding.cot2 import CoT2Steps
+    from explorl.explore.decoding.swireasoning import SwiReasoning
+    from explorl.policy.engine import RolloutEngine
+    from explorl.policy.soft import response_logp_entropy
+    from explorl.tasks import Problem
+    model, tokenizer = tiny_model
+    engine = RolloutEngine(copy.deepcopy(model).to("cuda"), tokenizer, backend)
+    problems = [Problem(id=str(i), prompt=p, answer="", source="x") for i, p in enumerate(["12+3=", "9=", "rev:ab="])]
+    plain = engine.rollout(problems, [3, 2, 2], [1.0] * 8, seed=4)
+    one = engine.rollout(problems, [3, 2, 2], [1.0] * 8, seed=4, thinking=CoT2Steps(3, "mts", 1, True, 1.0, 1e-3))
+    assert torch.equal(plain.response_ids, one.response_ids) and torch.equal(plain.old_logp, one.old_logp)
+    for rule in (CoT2Steps(3, "mts", 3, True, 1.0, 1e-3), CoT2Steps(3, "dirichlet", 1, True, 1.0, 1e-3),
+                 SwiReasoning(window_size=1, max_switch_count=1).thinking(0)):
+        batch = engine.rollout(problems, [3, 2, 2], [1.0] * 8, seed=4, thinking=rule)
+        logp, _ = response_logp_entropy(engine.response_logits(batch), batch, None, False)
+        torch.testing.assert_close(logp.cpu() * batch.grad_mask, batch.old_logp * batch.grad_mask, rtol=1e-4, atol=1e-4)

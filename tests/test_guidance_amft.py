@@ -9,15 +9,10 @@ import torch
 
 from explorl.batch import DEMO, ON_POLICY
 from explorl.explore.base import LossContext
-from explorl.explore.guidance.amft import (
-    AMFT,
-    gradients,
-    meta_gradient,
-    token_mean_loss,
-    update_mu,
-)
+from explorl.explore.guidance.amft import AMFT, gradients, meta_gradient, update_mu
 from explorl.tasks.problem import Problem
 from run_records import unbroken_and_resumed
+from update_helpers import TableEngine, one_update, policy_logp, table_batch, two_token_logits
 
 
 def test_mu_update_by_hand():
@@ -87,56 +82,84 @@ def tiny_batch():
     return model, engine, batch, val
 
 
+def update_loss():
+    """The amft recipe's objectives (PPO clip 0.2, entropy bonus 0.01), token-mean."""
+    from explorl.explore.objective.entropy import EntropyBonus
+    from explorl.explore.objective.ppo_clip import PPOClip
+    from explorl.train.update import UpdateLoss
+    return UpdateLoss([PPOClip(0.2, 0.2), EntropyBonus(0.01)], "token-mean", 6, {"entropy"})
+
+
 def test_gradients_of_the_three_losses_match_finite_differences(tiny_batch):
-    """Each loss's autograd gradient, read along a random direction d, equals the finite difference
-    (L(θ + εd) − L(θ − εd)) / 2ε of that loss computed through the model."""
+    """Each loss's gradient as the meta-gradient takes it (``UpdateLoss.gradient``: the value over all
+    rows from a pass without a graph, back-propagated in parts of 2 rows), read along a random
+    direction d, equals the finite difference (L(θ + εd) − L(θ − εd)) / 2ε of that loss."""
+    from explorl.explore.guidance.amft import token_mean_nll
+    from explorl.explore.guidance.sft import nll
     model, engine, batch, val = tiny_batch
+    loss = update_loss()
     params = [p for p in model.parameters() if p.requires_grad]
     kinds = batch.row_kind
     own = (kinds == ON_POLICY).nonzero().squeeze(-1)
     demo = (kinds == DEMO).nonzero().squeeze(-1)
-    adv, old = batch.advantages, batch.old_logp
-    losses = {"val": token_mean_loss(engine, val, torch.arange(val.size), lambda lp, r: -lp),
-              "sft": token_mean_loss(engine, batch, demo, lambda lp, r: -lp),
-              "rl": token_mean_loss(engine, batch, own, lambda lp, r: -adv[r][:, None] * torch.exp(lp - old[r]),
-                                    chunk=2)}                     # chunks add up to the whole loss
+    losses = {"val": (val, torch.arange(val.size), token_mean_nll),
+              "sft": (batch, demo, lambda ctx: loss.aggregate(nll(ctx), ctx.mask)),
+              "rl": (batch, own, loss.rl)}
     gen = torch.Generator().manual_seed(0)
     d = [torch.randn(p.shape, generator=gen) for p in params]
     norm = math.sqrt(sum(float((x * x).sum()) for x in d))
     d = [x / norm for x in d]
     eps = 1e-2
-    for name, parts in losses.items():
-        with torch.enable_grad():
-            grad = gradients(params, parts)
+    for name, (rows_batch, rows, value) in losses.items():
+        _, grad = loss.gradient(engine, rows_batch, rows, value, params, chunk=2)
+        assert all(p.grad is None for p in params)                # the model's own gradients are left alone
         along = sum(float((g * x).sum()) for g, x in zip(grad, d))
         values = []
         for sign in (1, -1):
             with torch.no_grad():
                 for p, x in zip(params, d):
                     p.add_(sign * eps * x)
-                values.append(float(sum(part() for part in parts)))
+            values.append(loss.gradient(engine, rows_batch, rows, value, params)[0])
+            with torch.no_grad():
                 for p, x in zip(params, d):
                     p.sub_(sign * eps * x)
         fd = (values[0] - values[1]) / (2 * eps)
         assert fd == pytest.approx(along, rel=2e-2, abs=2e-4), name
 
 
-def test_meta_step_uses_the_batch_and_the_validation_set(tiny_batch):
-    """On a meta step, augment computes g_meta = −lr·⟨∇L_val, ∇L_SFT − ∇L_RL⟩ from the batch's
-    demonstration and on-policy rows and the validation rows, then μ moves by the formula."""
+def direct_gradient(engine, batch, rows, per_token, params):
+    """∇ of the token mean over ``rows`` of ``per_token(logp, entropy, rows)``, in one forward."""
+    from explorl.policy.sampling import token_logp_entropy
+    with torch.enable_grad():
+        logits = engine.response_logits(batch, rows)
+        logp, ent = token_logp_entropy(logits, batch.response_ids[rows], True)
+        mask = batch.mask[rows]
+        value = (per_token(logp, ent, rows) * mask).sum() / mask.sum()
+        return gradients(params, lambda: value)
+
+
+def test_meta_step_differentiates_the_two_terms_as_optimised(tiny_batch):
+    """On a meta step, augment computes g_meta = −lr·⟨∇L_val, ∇L_SFT − ∇L_RL⟩ with L_RL the loss
+    the update optimises on the rollouts: −Â·π_θ/π_old minus the 0.01 entropy bonus, their token
+    mean (ppo_loss.py: rl_loss = policy loss − 0.01·mean entropy); L_SFT and L_val token-mean NLL.
+    Each gradient is taken here by hand in one forward; then μ moves by the formula."""
     model, engine, batch, val = tiny_batch
     amft = AMFT(mu=0.5, meta_lr=10.0, entropy_lr=0.0, policy_lr=1e-2)
-    amft._engine, amft._step, amft._val_batch = engine, 1, val
+    amft._engine, amft._loss, amft._step, amft._val_batch = engine, update_loss(), 1, val
     _, m = amft.augment(batch, None)
     params = [p for p in model.parameters() if p.requires_grad]
     kinds = batch.row_kind
-    with torch.enable_grad():
-        gv = gradients(params, token_mean_loss(engine, val, torch.arange(2), lambda lp, r: -lp))
-        gs = gradients(params, token_mean_loss(engine, batch, (kinds == DEMO).nonzero().squeeze(-1), lambda lp, r: -lp))
-    d_sft = sum(float((a * b).sum()) for a, b in zip(gv, gs))
-    assert m["guide/amft_dot_val_sft"] == pytest.approx(d_sft, rel=1e-4)
-    assert m["guide/amft_g_meta"] == pytest.approx(-1e-2 * (m["guide/amft_dot_val_sft"] - m["guide/amft_dot_val_rl"]))
-    assert amft.mu == pytest.approx(min(max(0.5 + 10.0 * m["guide/amft_g_meta"], 0.05), 0.95))
+    adv, old = batch.advantages, batch.old_logp
+    gv = direct_gradient(engine, val, torch.arange(2), lambda lp, h, r: -lp, params)
+    gs = direct_gradient(engine, batch, (kinds == DEMO).nonzero().squeeze(-1), lambda lp, h, r: -lp, params)
+    gr = direct_gradient(engine, batch, (kinds == ON_POLICY).nonzero().squeeze(-1),
+                         lambda lp, h, r: -adv[r][:, None] * torch.exp(lp - old[r]) - 0.01 * h, params)
+    dot = lambda a, b: sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+    assert m["guide/amft_dot_val_sft"] == pytest.approx(dot(gv, gs), rel=1e-4)
+    assert m["guide/amft_dot_val_rl"] == pytest.approx(dot(gv, gr), rel=1e-4, abs=1e-7)
+    g_meta = -1e-2 * (dot(gv, gs) - dot(gv, gr))
+    assert m["guide/amft_g_meta"] == pytest.approx(g_meta, rel=1e-4)
+    assert amft.mu == pytest.approx(min(max(0.5 + 10.0 * g_meta, 0.05), 0.95), rel=1e-6)
     # H* was measured on the demonstration rows (the first step's), H on the rollouts
     dm = batch.row_kind == DEMO
     assert amft.target == pytest.approx(float((batch.entropy[dm] * batch.mask[dm]).sum() / batch.mask[dm].sum()))
@@ -146,19 +169,47 @@ def test_meta_step_uses_the_batch_and_the_validation_set(tiny_batch):
     assert "guide/amft_g_meta" not in m2
 
 
-def test_rl_weight_and_demo_loss_scale():
+def demo_batch():
+    """Three rollouts of 2, 3 and 1 tokens (Â = 2, −1, 0.5) and one demonstration of 3 tokens, each
+    token at P(token 0) = 0.8 under π_θ = π_old; the rollouts drew token 0, the demonstration 0, 0, 1."""
+    batch = table_batch([ON_POLICY, ON_POLICY, ON_POLICY, DEMO],
+                        [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], [[0, 0, 0]] * 3 + [[0, 0, 1]],
+                        [2.0, -1.0, 0.5, 0.0])
+    engine = TableEngine(torch.tensor([[two_token_logits(0.8)] * 3] * 4))
+    batch.old_logp = policy_logp(engine, batch)
+    return engine, batch
+
+
+P = torch.tensor([0.8, 0.2])
+H = float(-(P * P.log()).sum())                        # entropy of every token
+DH = -P * (P.log() + H)                                # ∂H/∂z at every token
+NLL = [-math.log(0.8), -math.log(0.8), -math.log(0.2)]  # the demonstration's tokens
+
+
+@pytest.mark.parametrize("micro", [None, 2])
+def test_loss_is_one_minus_mu_rl_plus_mu_sft_each_its_own_token_mean(micro):
+    """L = (1 − μ)·L_RL + μ·L_SFT (amft_trainer.py ~L145 with ppo_loss.py): L_RL = mean over the 6
+    rollout tokens of −Â·ratio (ratio 1) minus 0.01·mean H over those tokens; L_SFT = mean NLL over
+    the 3 demonstration tokens. The entropy bonus is on the rollouts only and scaled by 1 − μ."""
+    from explorl.explore.objective.entropy import EntropyBonus
     from explorl.explore.objective.ppo_clip import PPOClip
-    from explorl.train.update import combine_terms
-    amft = AMFT(mu=0.7)
-    assert amft.rl_weight(3) == pytest.approx(0.3)
-    logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.25]]))
-    ctx = LossContext(logp=logp, old_logp=logp.clone(), behaviour_logp=logp.clone(),
-                      advantages=torch.tensor([[2.0, 2.0], [0.0, 0.0]]), mask=torch.ones(2, 2),
-                      kind=torch.tensor([ON_POLICY, DEMO]), rows=torch.arange(2))
-    loss, _ = combine_terms([PPOClip()], ctx, [amft])
-    # on-policy row: (1 − μ)·(−Â·ratio) = 0.3·(−2); demonstration row: μ·(−log π)
-    assert loss[0].tolist() == pytest.approx([-0.6, -0.6])
-    assert loss[1].tolist() == pytest.approx([0.7 * math.log(2), 0.7 * math.log(4)])
+    mu = 0.8
+    engine, batch = demo_batch()
+    loss, grad = one_update(engine, batch, [PPOClip(0.2, 0.2), EntropyBonus(0.01)], [AMFT(mu=mu)],
+                            micro_batch_size=micro)
+    l_rl = -(2.0 * 2 - 1.0 * 3 + 0.5 * 1) / 6 - 0.01 * H
+    l_sft = sum(NLL) / 3
+    assert loss == pytest.approx((1 - mu) * l_rl + mu * l_sft, rel=1e-5)
+    # per term, in the gradient on the logits: a rollout token of advantage Â gets
+    # (1 − μ)/6·(−Â·(e_0 − p) − 0.01·∂H/∂z); a demonstration token y gets μ/3·(p − e_y)
+    e = torch.eye(2)
+    for row, adv, n in ((0, 2.0, 2), (1, -1.0, 3), (2, 0.5, 1)):
+        for t in range(3):
+            want = (1 - mu) / 6 * (-adv * (e[0] - P) - 0.01 * DH) if t < n else torch.zeros(2)
+            assert torch.allclose(grad[row, t], want, atol=1e-7), (row, t)
+    for t, y in enumerate([0, 0, 1]):
+        assert torch.allclose(grad[3, t], mu / 3 * (P - e[y]), atol=1e-7), t
+    assert AMFT(mu=0.7).rl_weight(3) == pytest.approx(0.3)
 
 
 def test_recipe_runs_end_to_end(tiny_config, tmp_path):

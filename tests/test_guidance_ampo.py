@@ -38,21 +38,28 @@ def teacher_rows(batch, g):
             if k == OFF_POLICY and grp == g]
 
 
-def test_best_k_picks_the_candidate_the_policy_comprehends_best(tiny_model):
+def test_one_line_solutions_score_their_format_alone_and_keep_pool_order(tiny_model):
+    """A one-line solution is all answer: A (the answer after the prompt alone) equals B, so its
+    score is 0.1·format, 0 without answer tags, whatever the policy's comprehension: best_k keeps
+    pool order (the teachers in turn) and no second forward pass is made."""
     engine, mix = setup(tiny_model)
     asc, desc, found = two_solvers(engine, mix)
     problem, a, d = found[0]
-    for favoured, other in ((a, d), (d, a)):
-        def hook(batch, favoured=favoured):  # force the comprehension scores: 0.9 per token for one candidate, 0.05 for the other
+    for favoured in (d, a):
+        def hook(batch, favoured=favoured):  # 0.9 per token for one candidate, 0.05 for the other
             for r, text in enumerate(batch.texts):
                 batch.old_logp[r] = batch.mask[r] * math.log(0.9 if text == favoured else 0.05)
 
         ctx = guide_context(engine, mix, {"solver_asc": asc, "solver_desc": desc}, score_hook=hook)
         out, m = AMPO(num_off_policy_targets=1).guide(rollouts(engine, [problem], [[0.0] * 4]), ctx)
-        assert teacher_rows(out, 0) == [favoured]
-        assert m["guide/ampo_comprehension"] == pytest.approx(0.9, rel=1e-5)
+        assert teacher_rows(out, 0) == [a]                             # the pool's first: solver_asc's
+        assert m["guide/ampo_score"] == 0.0 and m["guide/ampo_score_pool"] == 0.0
+        b = 0.9 if favoured == a else 0.05
+        assert m["guide/ampo_comprehension"] == pytest.approx(b, rel=1e-5)
+        assert m["guide/ampo_comprehension_prompt"] == pytest.approx(b, rel=1e-5)
         assert m["guide/ampo_candidates"] == 2 and ctx.scored == [2]  # the whole pool was read once
     assert select_targets([0.2, 0.7, 0.5], 2, "best_k") == [1, 2]
+    assert select_targets([0.0, 0.0, 0.0], 2, "best_k") == [0, 1]     # ties keep pool order
     assert select_targets([0.2, 0.7, 0.5], 2, "first") == [0, 1]
 
 
@@ -64,7 +71,7 @@ def test_comprehension_score_is_the_policys_mean_token_probability(tiny_model):
     n = int(rows.lengths[0]) - 1  # the solution's tokens, its stop token left out
     assert n == len(a)
     by_hand = rows.old_logp[0, :n].exp().mean().item()
-    assert AMPO().scores(rows, engine.tokenizer) == pytest.approx([by_hand])
+    assert AMPO().answer_comprehension(rows, engine.tokenizer)[0] == pytest.approx([by_hand])
     logp = torch.log(torch.tensor([0.5, 0.2]))
     assert comprehension_score(logp) == pytest.approx(0.35)
     assert comprehension_score(logp, "exp_mean_log_softmax") == pytest.approx(math.sqrt(0.1))
@@ -74,6 +81,79 @@ def test_comprehension_score_is_the_policys_mean_token_probability(tiny_model):
     tokenizer = lambda text, add_special_tokens=False: SimpleNamespace(input_ids=list(text))
     assert answer_span(tokenizer, "3+4=7\n7*2=14\n14", 15) == (13, 15)
     assert answer_span(tokenizer, "3*4+2", 5) == (0, 5)
+
+
+def test_the_score_is_0_9_times_the_gain_over_the_prompt_alone_plus_0_1_format():
+    """prob.py: score = (1 − 0.1)·threshold_0(B − A) + 0.1·format, threshold_0(x) = 0 below 0."""
+    from explorl.explore.guidance.ampo import answer_tag_format, target_score
+    assert target_score(0.9, 0.5, 0.0) == pytest.approx(0.9 * 0.4)
+    assert target_score(0.9, 0.5, 1.0) == pytest.approx(0.9 * 0.4 + 0.1)
+    assert target_score(0.5, 0.9, 1.0) == pytest.approx(0.1)              # a negative gain counts 0
+    assert target_score(0.5, 0.9, 0.0) == 0.0
+    # format_reward(format_mode='R1_nothink'): exactly one <answer> and one </answer>, in order
+    assert answer_tag_format("so <answer>7</answer>.") == 1.0
+    assert answer_tag_format("<answer>7</answer><answer>7</answer>") == 0.0
+    assert answer_tag_format("</answer>7<answer>") == 0.0
+    assert answer_tag_format("7") == 0.0
+
+
+def test_fewer_wrong_rollouts_than_k_take_the_candidate_at_j_mod_available():
+    """mix_dapo_trainer.py: the replaced rollouts, in group order, take available[j % len(left)]."""
+    from explorl.explore.guidance.ampo import assign_targets
+    assert assign_targets([5, 2], [1]) == [2]          # one wrong rollout at position 1: the second-ranked
+    assert assign_targets([5, 2], [0]) == [5]
+    assert assign_targets([5, 2], [3, 6]) == [2, 5]    # position 3 -> index 1; then one left
+    assert assign_targets([5, 2, 7], [4]) == [2]       # 4 % 3 = 1
+    assert assign_targets([5], [1, 2]) == [5]          # no candidate left for position 2
+
+
+@pytest.fixture(scope="module")
+def newline_model():
+    """The tiny model over the testbed alphabet and a newline (worked, multi-line solutions)."""
+    from explorl.policy.model import build_tiny
+    from explorl.tasks import ALPHABET
+    return build_tiny("qwen2", ALPHABET + "\n", 32, 2, 4, 2, 64, 64, seed=0)
+
+
+def forced_scores(probs):
+    """A score hook giving every token of a scored row the probability ``probs[text]``."""
+    def hook(batch):
+        for r, text in enumerate(batch.texts):
+            batch.old_logp[r] = batch.mask[r] * math.log(probs[text])
+    return hook
+
+
+# B (after the reasoning line) and A (the answer line alone) of three candidates:
+# X: B 0.9, A 0.5 -> 0.9·0.4 = 0.36; Y: B 0.95, A 0.9 -> 0.045; Z, one line with answer tags: B = A -> 0.1
+PROBS = {"a\n7": 0.9, "7": 0.5, "b\n8": 0.95, "8": 0.9, "<answer>9</answer>": 0.2}
+
+
+def test_best_k_ranks_by_the_gain_over_the_prompt_alone_not_by_b(newline_model):
+    engine, mix = setup(newline_model, {"addition": {"digits": [1, 1]}})
+    problem = mix.sources["addition"].problem(0)
+    teachers = {"t": Fixed("b\n8", "a\n7", "<answer>9</answer>")}
+    ctx = guide_context(engine, mix, teachers, score_hook=forced_scores(PROBS))
+    out, m = AMPO(num_off_policy_targets=1).guide(rollouts(engine, [problem], [[0.0] * 4]), ctx)
+    assert teacher_rows(out, 0) == ["a\n7"]                        # not "b\n8", whose B is higher
+    assert m["guide/ampo_score"] == pytest.approx(0.9 * (0.9 - 0.5), rel=1e-5)
+    assert m["guide/ampo_comprehension"] == pytest.approx(0.9, rel=1e-5)
+    assert m["guide/ampo_comprehension_prompt"] == pytest.approx(0.5, rel=1e-5)
+    assert m["guide/ampo_score_pool"] == pytest.approx((0.36 + 0.9 * 0.05 + 0.1) / 3, rel=1e-5)
+    assert ctx.scored == [3, 2]                                    # the pool, then its two answer lines alone
+
+
+@pytest.mark.parametrize("rewards,expect", [([1.0, 0.0, 1.0, 1.0], "<answer>9</answer>"),
+                                            ([0.0, 1.0, 1.0, 1.0], "a\n7")])
+def test_one_wrong_rollout_and_k_2_takes_the_candidate_at_its_position_mod_2(newline_model, rewards, expect):
+    """Ranked X (0.36), Z (0.1), Y (0.045): the available two are X, Z; the one wrong rollout at
+    position j takes available[j % 2]: Z at position 1, X at position 0."""
+    engine, mix = setup(newline_model, {"addition": {"digits": [1, 1]}})
+    problem = mix.sources["addition"].problem(0)
+    teachers = {"t": Fixed("b\n8", "a\n7", "<answer>9</answer>")}
+    ctx = guide_context(engine, mix, teachers, score_hook=forced_scores(PROBS))
+    out, _ = AMPO(injection_strategy="always", num_off_policy_targets=2).guide(
+        rollouts(engine, [problem], [rewards]), ctx)
+    assert teacher_rows(out, 0) == [expect]
 
 
 def test_the_pool_takes_the_teachers_in_turn():
@@ -173,7 +253,15 @@ def test_ampo_recipe_trains(tmp_path, tiny_config):
     assert len(rows) == 2
     for r in rows:
         assert r["rollouts"] == 16 and r["rows/off_policy"] == r["guide/ampo_teacher_rows"] > 0  # replaced
-        assert r["guide/ampo_candidates"] >= r["guide/ampo_teacher_rows"] and math.isfinite(r["loss/total"])
+        # the testbed's solutions are one line without answer tags: every score is 0 (B = A, format 0),
+        # best_k keeps pool order (the teachers in turn: solver_asc first)
+        assert r["guide/ampo_score"] == r["guide/ampo_score_pool"] == 0.0
+        assert r["guide/ampo_comprehension"] == r["guide/ampo_comprehension_prompt"]
+        assert r["guide/ampo_from/solver_asc"] == r["guide/ampo_groups_injected"]
+        # pools of at most 2 distinct solutions here (addition: one answer; countdown over 2 numbers: the two
+        # orders), so k = 2 injects every candidate, each read once: all teacher tokens are injected ones
+        assert r["guide/ampo_teacher_rows"] == r["guide/ampo_candidates"]
+        assert r["tokens/teacher"] == r["guide/ampo_teacher_tokens"] and math.isfinite(r["loss/total"])
     assert rows[-1]["tokens/total"] == sum(r["tokens/step"] for r in rows)
 
 

@@ -5,6 +5,7 @@ import math
 import random
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from explorl.batch import ON_POLICY, REPLAYED
@@ -14,6 +15,7 @@ from explorl.policy.engine import RolloutEngine
 from explorl.tasks import TaskMix
 from explorl.train.checkpoint import decode_state, encode_state
 from explorl.train.loop import Trainer
+from loss_records import kind_mask, masked_mean, mean_centred, per_step_mean, record_batches, record_row_loss
 from run_records import run_metrics
 
 PARITY = {"parity": {"kind": "user_sources:Parity", "length": [2, 3]}}
@@ -165,7 +167,10 @@ def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
     # on a source the tiny model solves about half the time, the buffer fills and replay happens
     cfg = tiny_config(recipe="exgrpo", tasks=PARITY, train={"steps": 3},
                       model={"warmup": {"steps": 150, "batch_size": 16}})
-    Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None).run()
+    trainer = Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None)
+    method = trainer.plugins.guidance[0]
+    calls, batches = record_row_loss(method), record_batches(method)
+    trainer.run()
     rows = run_metrics(tmp_path / "parity")
     assert rows[0]["guide/exgrpo_mixing"] == 1.0                       # solve rate above 0.35 at step 1
     assert rows[1]["guide/exgrpo_buffer_trajectories"] > 0             # filled at step 2
@@ -173,7 +178,27 @@ def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
     assert last["rows/replayed"] > 0 and last["guide/exgrpo_experience_problems"] == last["rows/replayed"]
     assert last["guide/exgrpo_replayed_reward"] == 1.0
     assert last["rollouts"] == 16 + 4 * last["rows/replayed"]           # extra groups: G - 1 fresh + 1 replayed each
-    assert 0 < last["loss/exgrpo_weight_mean"] < 1
+    # recomputed from what the method saw: the mixed group's mean-centred advantage; each replayed row
+    # carries, as μ_b, the behaviour log-probs recorded when that answer was sampled at an earlier step;
+    # its tokens' loss is −Â·f(π_θ/μ_b), f(x) = x/(x + 0.1); the logged mean weight is f's
+    for batch in batches:
+        assert torch.allclose(batch.advantages, mean_centred(batch), atol=1e-6)
+    earlier = [(b.problems[int(b.group[r])].id, b.response_ids[r][b.mask[r] > 0], b.behaviour_logp[r][b.mask[r] > 0])
+               for b in batches[:2] for r in (b.row_kind == ON_POLICY).nonzero().squeeze(-1).tolist()]
+    final = batches[2]
+    replayed = (final.row_kind == REPLAYED).nonzero().squeeze(-1).tolist()
+    assert len(replayed) == last["rows/replayed"]
+    for r in replayed:
+        pid, ids = final.problems[int(final.group[r])].id, final.response_ids[r][final.mask[r] > 0]
+        records = [lp for p, i, lp in earlier if p == pid and torch.equal(i, ids)]
+        assert records and any(torch.equal(final.behaviour_logp[r][final.mask[r] > 0], lp) for lp in records)
+    f = lambda c: (c["logp"] - c["behaviour_logp"]).exp() / ((c["logp"] - c["behaviour_logp"]).exp() + 0.1)  # noqa: E731
+    assert calls and {c["step"] for c in calls} == {3}
+    for c in calls:
+        replay = kind_mask(c, REPLAYED)
+        assert torch.allclose(c["loss"] * replay, -c["advantages"] * f(c) * replay, atol=1e-6)
+    weights = per_step_mean(calls, lambda c: masked_mean(f(c), kind_mask(c, REPLAYED)))
+    assert last["loss/exgrpo_weight_mean"] == pytest.approx(weights[3], abs=1e-6)
 
 
 def test_exgrpo_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_config):

@@ -19,6 +19,7 @@ from explorl.explore.guidance.go_explore import (
     visit_weight,
 )
 from explorl.tasks.problem import Problem
+from loss_records import mean_centred, record_batches
 from run_records import unbroken_and_resumed
 
 P = [Problem(id=f"p{i}", prompt=f"{i}+1=", answer=str(i + 1), source="addition") for i in range(3)]
@@ -155,10 +156,10 @@ def test_returning_puts_the_prefix_in_the_prompt(tiny_model):
     assert out.rewards[rows].tolist() == [source.score(returned, "1" + t) for _, t in seen]
 
 
-def test_fr3e_scaling_by_hand(tok):
+def test_fr3e_deltas_along_a_chain(tok):
     """Chain root → c1 ("1") → c2 ("12") → c3 ("123"); the root group's V was 0.5.
     Explored: c1 with rewards [1, 1, 1, 0] (V = 0.75), c2 with [1, 0, 0, 0] (V = 0.25).
-    Δ(c1) = 0.75 − 0.5 = 0.25, Δ(c2) = 0.25 − 0.75 = −0.5; advantages are divided by exp(Δ).
+    Δ(c1) = 0.75 − 0.5 = 0.25, Δ(c2) = 0.25 − 0.75 = −0.5.
     c3's parent c2 now has a value; a cell whose ancestors were never explored falls back to the
     root group's V."""
     q = Problem(id="q", prompt="12+7=", answer="19", source="addition")
@@ -172,17 +173,46 @@ def test_fr3e_scaling_by_hand(tok):
     deltas = gx.record_values({("q", "1"): [1, 1, 1, 0], ("q", "12"): [1, 0, 0, 0]})
     assert deltas[("q", "1")] == pytest.approx(0.25) and deltas[("q", "12")] == pytest.approx(-0.5)
     assert gx.parent_value(("q", "123")) == 0.25
-    # augment divides each explored group's advantages by exp(Δ); on-policy rows are untouched
-    p1, p2 = returned_problem(q, "1"), returned_problem(q, "12")
-    batch = scored_batch(tok, [q, p1, p2], [["9", "1"], ["9", "9"], ["9", "9"]], [[1, 0], [1, 0], [1, 0]])
-    batch.kind = torch.tensor([ON_POLICY, ON_POLICY, PREFIX, PREFIX, PREFIX, PREFIX])
-    batch.advantages = torch.tensor([0.5, -0.5, 0.5, -0.5, 0.5, -0.5])
-    gx._scale = {p1.id: math.exp(-0.25), p2.id: math.exp(0.5)}
+
+
+def test_fr3e_scaling_from_rollouts(tok):
+    """One step through ``guide`` and ``augment``: the problem's group [1, 0, 0, 0] has V(S_0) = 0.25;
+    its correct response "12" gives the chain S_0 → S_1 ("1") → S_2 ("12") (K = 2 anchors at its two
+    least probable positions). Exploring S_1 gives [1, 1, 1, 0] (V = 0.75), S_2 gives [1, 0, 0, 0]
+    (V = 0.25): Δ_1 = 0.75 − 0.25 = 0.5, Δ_2 = 0.25 − 0.75 = −0.5, and each explored group's
+    mean-centred advantages are divided by exp(Δ_j). The problem's own group keeps its advantages (the
+    root's exp(1 − V(S_0)) is not applied: see the module docstring)."""
+    q = Problem(id="q", prompt="12+7=", answer="19", source="addition")
+    base = scored_batch(tok, [q], [["12", "34", "56", "78"]], [[1, 0, 0, 0]],
+                        old_logp=[[-0.1, -5, -4]] + [[-0.1, -0.1, -0.1]] * 3)
+    explored_rewards = {"1": [1, 1, 1, 0], "12": [1, 0, 0, 0]}
+
+    def sample(problems, counts, temperatures=None):
+        assert counts == [4] * len(problems)
+        return scored_batch(tok, problems, [["9"] * 4] * len(problems), [explored_rewards[p.prefix] for p in problems])
+
+    gx = GoExplore(anchors=2, correct_per_problem=1, wrong_per_problem=0, cells_per_step=2, rollouts_per_cell=4,
+                   deepen=False, fr3e_scaling=True)
+    ctx = SimpleNamespace(engine=SimpleNamespace(tokenizer=tok, pad=tok.pad_token_id), rng=random.Random(0), step=1,
+                          sample=sample, extras={"teacher_context": SimpleNamespace(max_new_tokens=6)})
+    batch, m = gx.guide(base, ctx)
+    assert m["guide/gx_new_cells"] == 2 and m["guide/gx_explored"] == 2
+    assert gx.archive[("q", "12")]["parent"] == ("q", "1") and gx.archive[("q", "1")]["parent_value"] == 0.25
+    prefixes = [p.prefix for p in batch.problems]
+    assert prefixes[0] == "" and sorted(prefixes[1:]) == ["1", "12"]
+    # the estimator's mean-centred advantages (adv_no_use_std), then augment
+    grid, _ = batch.to_groups(batch.rewards)
+    batch.advantages = batch.rewards - batch.from_groups(grid.sum(1, keepdim=True).expand_as(grid) / 4)
     out, m = gx.augment(batch, None)
     e = math.exp
-    assert out.advantages.tolist() == pytest.approx([0.5, -0.5, 0.5 / e(0.25), -0.5 / e(0.25),
-                                                     0.5 * e(0.5), -0.5 * e(0.5)])
-    assert m["guide/gx_fr3e_scale"] == pytest.approx((e(-0.25) + e(0.5)) / 2)
+    expected = {"": [0.75, -0.25, -0.25, -0.25],
+                "1": [a / e(0.5) for a in (0.25, 0.25, 0.25, -0.75)],
+                "12": [a / e(-0.5) for a in (0.75, -0.25, -0.25, -0.25)]}
+    for g, prefix in enumerate(prefixes):
+        rows = (out.group == g).nonzero().squeeze(-1)
+        assert out.advantages[rows].tolist() == pytest.approx(expected[prefix], rel=1e-6), prefix
+    assert m["guide/gx_fr3e_scale"] == pytest.approx((e(-0.5) + e(0.5)) / 2)
+    assert gx.augment(out, None) == (out, {})        # the factors are used once
 
 
 def run(tiny_config, tmp_path, steps=3, **sections):
@@ -193,25 +223,35 @@ def run(tiny_config, tmp_path, steps=3, **sections):
     cfg = tiny_config(recipe="go_explore", tasks={"parity": {"kind": "user_sources:Parity", "length": [2, 3]},
                                                   "addition": {"digits": [1, 1]}},
                       model={"warmup": {"steps": 100}}, train={"steps": steps}, **sections)
-    batches = []
-    observe = go_explore.GoExplore.observe
-
-    def spy(self, stats):
-        batches.append(stats.extras["batch"])
-        return observe(self, stats)
-    go_explore.GoExplore.observe = spy
-    try:
-        Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
-    finally:
-        go_explore.GoExplore.observe = observe
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    method = next(g for g in trainer.plugins.guidance if isinstance(g, go_explore.GoExplore))
+    batches = record_batches(method)
+    trainer.run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    return cfg, batches, rows
+    return cfg, batches, rows, method
+
+
+def explored_groups(batch):
+    """{group index: rewards} of the groups of prefix rows."""
+    groups = {}
+    for r in (batch.row_kind == PREFIX).nonzero().squeeze(-1).tolist():
+        groups.setdefault(int(batch.group[r]), []).append(float(batch.rewards[r]))
+    return groups
 
 
 def test_recipe_runs_end_to_end(tiny_config, tmp_path):
     from explorl.tasks import TaskMix
-    cfg, batches, rows = run(tiny_config, tmp_path)
+    cfg, batches, rows, _ = run(tiny_config, tmp_path)
     assert rows[-1]["guide/gx_cells"] > 0 and any(r.get("rows/prefix", 0) > 0 for r in rows)
+    # the logged counts and pass rate recomputed from each step's batch; without fr3e_scaling every group
+    # (explored ones included, each on its own) keeps the mean-centred advantage of the recipe's grpo
+    for r, batch in zip(rows, batches):
+        prefix = batch.row_kind == PREFIX
+        if "guide/gx_explored" in r:
+            assert r["guide/gx_prefix_rows"] == r["rows/prefix"] == int(prefix.sum()) == 8 * r["guide/gx_explored"]
+            assert r["guide/gx_prefix_pass_rate"] == pytest.approx(float((batch.rewards[prefix] >= 1).float().mean()),
+                                                                   abs=5e-7)
+        assert torch.allclose(batch.advantages, mean_centred(batch), atol=1e-6)
     tasks = TaskMix.from_config(cfg.tasks)
     prefix_rows, needs_prefix = 0, 0
     for batch in batches:
@@ -228,10 +268,27 @@ def test_recipe_runs_end_to_end(tiny_config, tmp_path):
 
 
 def test_stacks_with_knapsack_and_clip_cov(tiny_config, tmp_path):
-    _, _, rows = run(tiny_config, tmp_path, steps=2, budget={"name": "knapsack"},
-                           objective=[{"name": "clip_cov"}],
-                           guidance=[{"name": "go_explore", "fr3e_scaling": True, "anchor": "entropy"}])
+    _, batches, rows, gx = run(tiny_config, tmp_path, steps=2, budget={"name": "knapsack"},
+                               objective=[{"name": "clip_cov"}],
+                               guidance=[{"name": "go_explore", "fr3e_scaling": True, "anchor": "entropy"}])
     assert (tmp_path / "run" / "eval.json").exists() and len(rows) == 2
+    # FR3E's scale recomputed from the last step's rollouts: each explored group's mean-centred advantages
+    # divided by exp(V(cell) − V(parent)), V the share of rewards above the group mean
+    batch, factors = batches[-1], []
+    centred, groups = mean_centred(batch), explored_groups(batch)
+    assert groups and rows[-1]["guide/gx_explored"] == len(groups)
+    for g, rewards in groups.items():
+        problem = batch.problems[g]
+        key = (problem.id.split("|go_explore:")[0], problem.prefix)
+        mean = sum(rewards) / len(rewards)
+        value = sum(x > mean for x in rewards) / len(rewards)
+        factor = math.exp(-(value - gx.parent_value(key)))
+        rows_g = (batch.group == g).nonzero().squeeze(-1)
+        assert batch.advantages[rows_g].tolist() == pytest.approx((centred[rows_g] * factor).tolist(), abs=1e-6)
+        factors += [factor] * len(rewards)
+    own = batch.row_kind != PREFIX
+    assert torch.allclose(batch.advantages[own], centred[own], atol=1e-6)
+    assert rows[-1]["guide/gx_fr3e_scale"] == pytest.approx(sum(factors) / len(factors), abs=5e-7)
 
 
 def test_a_resumed_run_equals_an_unbroken_one(tiny_config, tmp_path):

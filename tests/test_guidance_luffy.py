@@ -11,6 +11,7 @@ from explorl.explore.guidance.luffy import Luffy
 from explorl.explore.objective.ppo_clip import PPOClip
 from explorl.teachers.solver import Solver
 from explorl.train.loop import Trainer
+from loss_records import kind_mask, masked_mean, mean_centred, per_step_mean, record_batches, record_row_loss
 from teacher_rows_helpers import guide_context, loss_context, rollouts, setup
 from run_records import run_metrics
 
@@ -106,14 +107,25 @@ def test_teacher_tokens_are_not_in_the_policys_budget(tmp_path, tiny_config):
 
 
 def test_luffy_recipe_trains(tmp_path, tiny_config):
+    """A run of the recipe, its numbers recomputed from what the method saw: the mixed group's
+    mean-centred advantage, −Â·π/(π + 0.1) on every teacher token, and the logged mean weight."""
     cfg = tiny_config(recipe="luffy", tasks=TASKS, train={"steps": 2})
     assert cfg.train.loss_agg_mode == "seq-mean-token-sum-norm"
-    Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    method = trainer.plugins.guidance[0]
+    calls, batches = record_row_loss(method), record_batches(method)
+    trainer.run()
     rows = run_metrics(tmp_path / "run")
-    assert len(rows) == 2
-    for r in rows:
-        assert r["rows/off_policy"] == 4 and r["guide/luffy_teacher_reward"] == 1.0
-        assert math.isfinite(r["loss/total"]) and 0 < r["loss/luffy_off_weight"] < 1
+    assert len(rows) == 2 and len(batches) == 2 and {c["step"] for c in calls} == {1, 2}
+    for r, batch in zip(rows, batches):
+        assert r["rows/off_policy"] == 4 and r["guide/luffy_teacher_reward"] == 1.0 and math.isfinite(r["loss/total"])
+        assert torch.allclose(batch.advantages, mean_centred(batch), atol=1e-6)   # teacher rows in the group mean
+    for c in calls:
+        off = kind_mask(c, OFF_POLICY)
+        p = c["logp"].exp()
+        assert torch.allclose(c["loss"] * off, -c["advantages"] * p / (p + 0.1) * off, atol=1e-6)
+    weights = per_step_mean(calls, lambda c: masked_mean(c["logp"].exp() / (c["logp"].exp() + 0.1), kind_mask(c, OFF_POLICY)))
+    assert [r["loss/luffy_off_weight"] for r in rows] == pytest.approx([weights[1], weights[2]], abs=1e-6)
     assert rows[-1]["tokens/total"] == sum(r["tokens/step"] for r in rows)
     assert rows[-1]["tokens/teacher_total"] == sum(r["tokens/teacher"] for r in rows)
 

@@ -129,8 +129,16 @@ def test_recipe_runs_end_to_end(tiny_config, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["rows/demo"] > 0 and r["tokens/teacher"] > 0 for r in rows)
     assert rows[0]["guide/red_weight"] == 1.0                   # the initial weight
-    assert 1.0 <= rows[0]["guide/red_next_weight"] <= 5.0
+    # w = clip(|ΔH_off| / |ΔH_on|, 1, 5) of the EMAs (decay 0.9), which start at the first step's changes;
+    # the logged changes carry 6 decimals (~2e-4 of their size), hence rel=1e-3
+    off, on = abs(rows[0]["guide/red_dH_offline"]), abs(rows[0]["guide/red_dH_online"])
+    assert rows[0]["guide/red_next_weight"] == pytest.approx(red_weight(off, on), rel=1e-3)
+    off = 0.9 * off + 0.1 * abs(rows[1]["guide/red_dH_offline"])
+    on = 0.9 * on + 0.1 * abs(rows[1]["guide/red_dH_online"])
+    assert rows[1]["guide/red_next_weight"] == pytest.approx(red_weight(off, on), rel=1e-3)
     assert rows[1]["guide/red_weight"] == pytest.approx(rows[0]["guide/red_next_weight"])
+    # every problem's rollouts failed (accuracy 0): f_acc = 5 on every demonstration
+    assert [r["guide/red_acc_factor"] for r in rows] == [5.0, 5.0]
     state = torch.load(max((tmp_path / "run" / "ckpt").glob("step_*")) / "trainer.pt", weights_only=True)
     assert any(isinstance(s, dict) and s.get("weight") == pytest.approx(rows[1]["guide/red_next_weight"])
                for s in state["plugins"])
@@ -151,3 +159,34 @@ def test_a_resumed_run_equals_an_unbroken_one(tiny_config, tmp_path):
                       train={"steps": 3})
     full, part = unbroken_and_resumed(cfg, tmp_path)
     assert part == full
+
+
+@pytest.mark.parametrize("micro", [None, 2])
+def test_loss_is_rl_plus_coef_weight_sft_each_its_own_token_mean(micro):
+    """L = L_RL + coef·w·L_SFT (the docstring's equation; third-party dp_actor: policy loss +
+    coef·SFT loss, the SFT loss a token mean over the demonstration batch). Three rollouts of 2, 3
+    and 1 tokens (Â = 2, −1, 0.5; rewards 1, 0, 0: accuracy 1/3, f_acc = 5^(1/3)) and one
+    demonstration of 3 tokens, every token at P(token 0) = 0.8, ratio 1: L_RL = mean of −Â over the
+    6 rollout tokens, L_SFT = mean of f_acc·NLL over the 3 demonstration tokens."""
+    from explorl.explore.objective.ppo_clip import PPOClip
+    from update_helpers import TableEngine, one_update, policy_logp, table_batch, two_token_logits
+    batch = table_batch([ON_POLICY, ON_POLICY, ON_POLICY, DEMO], [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]],
+                        [[0, 0, 0]] * 3 + [[0, 0, 1]], [2.0, -1.0, 0.5, 0.0], rewards=[1.0, 0.0, 0.0, 1.0])
+    engine = TableEngine(torch.tensor([[two_token_logits(0.8)] * 3] * 4))
+    batch.old_logp = policy_logp(engine, batch)
+    red = RED(coef=0.1)
+    red.weight = 2.0
+    red.augment(batch, None)
+    f = 5 ** (1 / 3)
+    loss, grad = one_update(engine, batch, [PPOClip(0.2, 0.2)], [red], micro_batch_size=micro)
+    l_rl = -(2.0 * 2 - 1.0 * 3 + 0.5 * 1) / 6
+    l_sft = f * (-2 * math.log(0.8) - math.log(0.2)) / 3
+    assert loss == pytest.approx(l_rl + 0.1 * 2.0 * l_sft, rel=1e-5)
+    # per term, in the gradient on the logits: a rollout token gets (1/6)·(−Â)·(e_0 − p),
+    # a demonstration token y gets coef·w·f/3·(p − e_y)
+    p, e = torch.tensor([0.8, 0.2]), torch.eye(2)
+    for row, adv, n in ((0, 2.0, 2), (1, -1.0, 3), (2, 0.5, 1)):
+        for t in range(n):
+            assert torch.allclose(grad[row, t], -adv / 6 * (e[0] - p), atol=1e-7), (row, t)
+    for t, y in enumerate([0, 0, 1]):
+        assert torch.allclose(grad[3, t], 0.1 * 2.0 * f / 3 * (p - e[y]), atol=1e-7), t

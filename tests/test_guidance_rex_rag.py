@@ -127,12 +127,16 @@ def test_the_mixture_behaviour_probability_and_the_corrected_ratio():
     method._error_rate = 0.5
     out, m = method.augment(batch, None)
     assert m["guide/rex_alpha"] == pytest.approx(1 / 3)
-    mu = out.old_logp.exp()
+    assert torch.equal(out.old_logp, old)                 # the batch keeps pi_old: the mixture is built in the loss
+    minibatch = LossContext(logp=old.clone(), old_logp=old.clone(), behaviour_logp=old.clone(),
+                            advantages=out.advantages[:, None].expand(3, 2), mask=mask, rows=torch.arange(3),
+                            kind=out.kind)
+    mu = method.ratio_anchor(minibatch).exp()
     assert torch.allclose(mu[:2], torch.tensor([[0.5, 0.5], [0.4, 0.9]]) * 2 / 3)      # mu_probe = 0 on originals
     assert torch.allclose(mu[2], torch.tensor([2 / 3 * 0.5 + 1 / 3 * 0.5 / 0.5, 2 / 3 * 0.8 + 1 / 3 * 1.0]))
     # the corrected ratio pi_theta / mu_b under the clipped PPO loss, with pi_theta = pi_old
-    ctx = LossContext(logp=old.clone().requires_grad_(True), old_logp=out.old_logp, behaviour_logp=out.behaviour_logp,
-                      advantages=out.advantages[:, None].expand(3, 2), mask=mask)
+    ctx = LossContext(logp=old.clone().requires_grad_(True), old_logp=method.ratio_anchor(minibatch),
+                      behaviour_logp=out.behaviour_logp, advantages=out.advantages[:, None].expand(3, 2), mask=mask)
     loss, _ = PPOClip(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0).term(ctx)
     # originals: ratio 1 / (2/3) = 1.5 -> A = 1 clipped at 1.2, A = -1 unclipped 1.5 (below the dual clip 3)
     assert torch.allclose(loss[0], torch.tensor([-1.2, -1.2])) and torch.allclose(loss[1], torch.tensor([1.5, 1.5]))
@@ -141,10 +145,39 @@ def test_the_mixture_behaviour_probability_and_the_corrected_ratio():
     # the alternative: original rollouts keep pi_theta / pi_old
     method = RexRAG(probes=[""], original_correction="none")
     method._pending = {(SOURCE.problem(0).id, (7, 8)): [(1, [1.0])]}
-    batch.old_logp = old.clone()
-    out, _ = method.augment(batch, None)
-    assert torch.allclose(out.old_logp[:2], old[:2])
-    assert math.isclose(float(out.old_logp[2, 1].exp()), 2 / 3 * 0.8 + 1 / 3, rel_tol=1e-6)
+    method.augment(batch, None)
+    anchor = method.ratio_anchor(minibatch)
+    assert torch.allclose(anchor[:2], old[:2])
+    assert math.isclose(float(anchor[2, 1].exp()), 2 / 3 * 0.8 + 1 / 3, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("micro", [None, 2])
+def test_with_recompute_old_logp_the_ratio_is_pi_theta_over_the_mixture(micro):
+    """train.recompute_old_logp: the update's forward replaces pi_old after augment; the correction
+    is kept, built on the recomputed pi_old as the authors' actor builds it (dp_actor.py ~L447-497
+    mixes data["old_log_probs"], which verl has recomputed). 2 originals and 1 clone (1 prefix token,
+    a 1-token probe with mu_probe 1), alpha = 1/3, err = 0.5. pi_theta (the table) = the recomputed
+    pi_old: originals [0.5, 0.5], [0.4, 0.9]; the clone [0.5, 0.8]; the sampler's pi_old differs.
+    mu_b: originals 2/3 pi -> ratio 1.5; clone prefix 2/3*0.5 + 1/3*0.5/0.5 = 2/3 -> ratio 0.75;
+    probe 2/3*0.8 + 1/3*1 -> ratio 0.8/0.8667. PPO clip 0.2, dual clip 3, A = 1, -1, 1."""
+    from update_helpers import TableEngine, one_update, table_batch, two_token_logits
+
+    from explorl.train.update import recompute_old_logp
+    batch = table_batch([ON_POLICY, ON_POLICY, PREFIX], [[1, 1]] * 3, [[0, 0], [0, 0], [0, 1]], [1.0, -1.0, 1.0])
+    batch.old_logp = torch.log(torch.tensor([[0.6, 0.6], [0.5, 0.8], [0.3, 0.7]]))   # the sampler's
+    engine = TableEngine(torch.tensor([[two_token_logits(0.5), two_token_logits(0.5)],
+                                       [two_token_logits(0.4), two_token_logits(0.9)],
+                                       [two_token_logits(0.5), two_token_logits(0.2)]]))
+    method = RexRAG(probes=[""])
+    method._pending = {(batch.problems[0].id, (0, 1)): [(1, [1.0])]}
+    method._error_rate = 0.5
+    method.augment(batch, None)
+    batch.old_logp = recompute_old_logp(engine, batch)                       # as the trainer does, after augment
+    assert torch.allclose(batch.old_logp.exp(), torch.tensor([[0.5, 0.5], [0.4, 0.9], [0.5, 0.8]]))
+    loss, _ = one_update(engine, batch, [PPOClip(0.2, 0.2, clip_ratio_c=3.0)], [method], micro_batch_size=micro)
+    probe = 0.8 / (2 / 3 * 0.8 + 1 / 3)
+    tokens = [-1.2, -1.2, 1.5, 1.5, -0.75, -probe]
+    assert loss == pytest.approx(sum(tokens) / 6, rel=1e-5)
 
 
 def test_the_recipe_runs_on_the_tiny_config(tmp_path, tiny_config):
@@ -153,9 +186,13 @@ def test_the_recipe_runs_on_the_tiny_config(tmp_path, tiny_config):
     Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
     rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2
-    for r in rows:                                       # floor(16 * keep_ratio) = 1 clone kept per step
-        assert r["guide/rex_kept"] == r["rows/prefix"] == 1 and r["guide/rex_alpha"] == pytest.approx(1 / 17, abs=1e-5)
-    assert rows[1]["guide/rex_keep_ratio"] == pytest.approx(0.9 * 0.08 + 0.1 * rows[0]["guide/rex_clone_success"], abs=1e-5)
+    for r in rows:                      # min(floor(16 * keep_ratio), candidates) clones kept: 1 per step here
+        assert r["guide/rex_kept"] == r["rows/prefix"] == min(int(16 * r["guide/rex_keep_ratio"] + 1e-9),
+                                                              r["guide/rex_candidates"]) == 1
+        assert r["guide/rex_alpha"] == pytest.approx(r["rows/prefix"] / r["rollouts"], abs=1e-6)   # 1/17
+    assert rows[0]["guide/rex_keep_ratio"] == 0.08
+    assert rows[1]["guide/rex_keep_ratio"] == pytest.approx(0.9 * 0.08 + 0.1 * rows[0]["guide/rex_clone_success"],
+                                                            abs=1e-6)
 
 
 def test_rex_rag_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_config):

@@ -9,6 +9,7 @@ from explorl.batch import OFF_POLICY, ON_POLICY
 from explorl.explore.guidance.rl_plus import RLPlus, exploration_advantage, mis_ratio
 from explorl.teachers.solver import Solver
 from explorl.train.loop import Trainer
+from loss_records import kind_mask, masked_mean, mean_centred, per_step_mean, record_batches, record_row_loss
 from teacher_rows_helpers import guide_context, loss_context, rollouts, setup
 from run_records import run_metrics
 
@@ -68,13 +69,26 @@ def test_teacher_rows_are_added_to_the_groups(tiny_model):
 
 
 def test_rl_plus_recipe_trains(tmp_path, tiny_config):
+    """A run of the recipe, its numbers recomputed from what the method saw: the mixed group's
+    mean-centred advantage, −r_MIS·Â·(1 − π)^0.5 with r_MIS = π/(0.75·π_old + 0.25) on every teacher
+    token, and the logged mean r_MIS."""
     cfg = tiny_config(recipe="rl_plus", tasks=TASKS, train={"steps": 2})
-    Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    method = trainer.plugins.guidance[0]
+    calls, batches = record_row_loss(method), record_batches(method)
+    trainer.run()
     rows = run_metrics(tmp_path / "run")
-    assert len(rows) == 2
-    for r in rows:
+    assert len(rows) == 2 and len(batches) == 2 and {c["step"] for c in calls} == {1, 2}
+    for r, batch in zip(rows, batches):
         assert r["rows/off_policy"] == 4 and r["tokens/teacher"] > 0 and math.isfinite(r["loss/total"])
-        assert 0 < r["loss/rl_plus_mis_ratio"] < 2  # 2π/(π_old + ω) stays below 4/3 when π ≈ π_old
+        assert torch.allclose(batch.advantages, mean_centred(batch), atol=1e-6)
+    mis = lambda c: c["logp"].exp() / (0.75 * c["old_logp"].exp() + 0.25)  # noqa: E731
+    for c in calls:
+        off = kind_mask(c, OFF_POLICY)
+        expected = -mis(c) * c["advantages"] * (1 - c["logp"].exp()).clamp_min(0) ** 0.5
+        assert torch.allclose(c["loss"] * off, expected * off, atol=1e-6)
+    ratios = per_step_mean(calls, lambda c: masked_mean(mis(c), kind_mask(c, OFF_POLICY)))
+    assert [r["loss/rl_plus_mis_ratio"] for r in rows] == pytest.approx([ratios[1], ratios[2]], abs=1e-6)
     assert rows[-1]["tokens/total"] == sum(r["tokens/step"] for r in rows)
 
 

@@ -4,6 +4,7 @@ import io
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from explorl.tasks import TaskMix
 from explorl.train.checkpoint import decode_state, encode_state
 from explorl.train.loop import Trainer
 from explorl.train.update import combine_terms
+from loss_records import kind_mask, record_batches, record_row_loss
 from run_records import run_metrics
 
 PARITY = {"parity": {"kind": "user_sources:Parity", "length": [2, 3]}}
@@ -114,23 +116,39 @@ def test_entries_are_evicted_after_the_tolerance(tiny_model):
                for a, b in zip(restored.buffer, method.buffer))
 
 
-def test_clip_cov_cuts_replayed_tokens_only():
-    # row 0 on-policy; rows 1 and 2 replayed with A = 4 and 0 (the covariance is over replayed tokens only)
+def test_clip_cov_on_replayed_tokens_is_anchored_at_the_recorded_pi_old():
+    """Row 0 on-policy (A = 10); rows 1 and 2 replayed with A = 4 and −2, recorded π_old set so that
+    their ratios π_θ/π_old are [1.5, 1.1, 0.9] and [0.7, 1.2, 1.1]; π_old recomputed now (old_logp =
+    −5) is not the anchor. Clip 0.2/0.28, Clip-Cov r = 1, band (1, 6), step 100 of a 200-step ramp."""
     logp = torch.tensor([[-0.2, -2.5, -0.1], [-0.1, -2.0, -0.5], [-0.3, -1.0, -3.0]], requires_grad=True)
+    ratios = torch.tensor([[1.0, 1.0, 1.0], [1.5, 1.1, 0.9], [0.7, 1.2, 1.1]])
+    recorded = logp.detach() - ratios.log()
     kind = torch.tensor([ON_POLICY, REPLAYED, REPLAYED])
-    adv = torch.tensor([10.0, 4.0, 0.0])[:, None].expand(3, 3)
+    adv = torch.tensor([10.0, 4.0, -2.0])[:, None].expand(3, 3)
     old = logp.detach().clone()
-    old[1:] = -5.0                                        # pi_old now: not the anchor of replayed rows
-    ctx = LossContext(logp=logp, old_logp=old, behaviour_logp=logp.detach().clone(), advantages=adv,
-                      mask=torch.ones(3, 3), step=300, kind=kind, extras={"generator": torch.Generator().manual_seed(0)})
-    method = SPEAR(clip_cov_ratio_replay=1.0, clip_cov_lb_replay=1.0, clip_cov_ub_replay=5.0, max_replay_loss_steps=200)
-    loss, m = combine_terms([PPOClip()], ctx, [method])
-    # replayed: mean A = 2, mean log pi = -1.15; Cov = [[2.1, -1.7, 1.3], [-1.7, -0.3, 3.7]]: band (1, 5) = 3 tokens
-    cut = torch.tensor([[True, False, True], [False, False, True]])
-    assert torch.equal(loss[1:] == 0, cut | (adv[1:] == 0))
-    assert torch.allclose(loss[1], torch.tensor([0.0, -4.0, 0.0]))   # ratio 1 against the recorded anchor, c = 1
-    assert torch.allclose(loss[0], -adv[0])                            # the on-policy row: plain PPO, nothing cut
-    assert m["loss/spear_clip_cov_frac"] == pytest.approx(3 / 6) and m["loss/spear_coef"] == 1.0
+    old[1:] = -5.0
+    ctx = LossContext(logp=logp, old_logp=old, behaviour_logp=recorded, advantages=adv, mask=torch.ones(3, 3),
+                      step=100, kind=kind, extras={"generator": torch.Generator().manual_seed(0)})
+    method = SPEAR(clip_cov_ratio_replay=1.0, clip_cov_lb_replay=1.0, clip_cov_ub_replay=6.0, max_replay_loss_steps=200)
+    (part,), m = combine_terms([PPOClip()], ctx, [method])
+    loss = part.loss
+    # over the replayed tokens: mean A = 1, mean log π = −1.15, so Cov = 3(log π + 1.15) on row 1 and
+    # −3(log π + 1.15) on row 2: [[3.15, −2.55, 1.95], [−2.55, 0.45, 5.55]]; in the band (1, 6): (1,0),
+    # (1,2), (2,2). (1,0) has ratio 1.5 > 1.28 with A > 0: PPO already clips it, so it is not cut;
+    # (2,0) has ratio 0.7 < 0.8 with A < 0: clipped, loss −A·0.8. ⌊1·6⌋ ≥ 2: both candidates are cut.
+    # c(100) = (1 − cos(π/2))/2 = 0.5
+    c = 0.5
+    expected = torch.tensor([[-10.0, -10.0, -10.0],
+                             [-c * 4 * 1.28, -c * 4 * 1.1, 0.0],
+                             [c * 2 * 0.8, c * 2 * 1.2, 0.0]])
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert m["loss/spear_coef"] == pytest.approx(c)
+    assert m["loss/spear_clip_cov_frac"] == pytest.approx(2 / 6)
+    assert m["loss/spear_ratio_mean"] == pytest.approx((1.5 + 1.1 + 0.9 + 0.7 + 1.2 + 1.1) / 6, rel=1e-5)
+    loss.sum().backward()
+    # gradient −c·A·ratio where the token is neither clipped nor cut; the on-policy row's is −A
+    grad = torch.tensor([[-10.0, -10.0, -10.0], [0.0, -c * 4 * 1.1, 0.0], [0.0, c * 2 * 1.2, 0.0]])
+    assert torch.allclose(logp.grad, grad, atol=1e-5)
 
 
 def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
@@ -140,11 +158,55 @@ def test_the_recipe_runs_and_replays_on_the_tiny_config(tmp_path, tiny_config):
     assert len(run_metrics(tmp_path / "run")) == 2
     cfg = tiny_config(recipe="spear", tasks=PARITY, train={"steps": 3}, model={"warmup": {"steps": 150, "batch_size": 16}},
                       guidance=[{"name": "spear", "trajectory_buffer_size": 2}])
-    Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None).run()
+    trainer = Trainer(cfg, tmp_path / "parity", progress=False, log=lambda *_: None)
+    method = trainer.plugins.guidance[0]
+    calls, batches = record_row_loss(method), record_batches(method)
+    trainer.run()
     rows = run_metrics(tmp_path / "parity")
     assert rows[0]["guide/spear_stored"] > 3 and "rows/replayed" not in rows[0]   # nothing stored before step 1
     assert rows[1]["rows/replayed"] == 2 and rows[1]["rollouts"] == 16 + 2        # 2^1 <= capacity 2, extra rows
-    assert 0 < rows[1]["loss/spear_coef"] < 1e-3                                  # early on the ramp: c(2) ~ 2.5e-4
+    ramp = lambda step: (1 - math.cos(math.pi * step / 200)) / 2                  # c(s), coef 1, S = 200
+    assert all(call["metrics"]["loss/spear_coef"] == pytest.approx(ramp(call["step"]), rel=1e-12) for call in calls)
+    assert rows[1]["loss/spear_coef"] == pytest.approx(ramp(2), abs=5e-7)          # metrics.jsonl keeps 6 decimals
+    # recomputed from the run: the baseline is the median of step 1's group means; each replayed row is an
+    # answer of step 1 with Â' = r − baseline and its π_old recorded then
+    first, second = batches[0], batches[1]
+    own = first.row_kind == ON_POLICY
+    means = [float(first.rewards[(first.group == g) & own].mean()) for g in range(len(first.problems))]
+    baseline = float(np.percentile(means, 50))
+    assert rows[1]["guide/spear_baseline_mean"] == pytest.approx(baseline, abs=5e-7)
+    replayed = (second.row_kind == REPLAYED).nonzero().squeeze(-1).tolist()
+    assert len(replayed) == 2
+    for r in replayed:
+        n = int(second.mask[r].sum())
+        assert float(second.advantages[r]) == pytest.approx(float(second.rewards[r]) - baseline, abs=1e-6)
+        assert float(second.advantages[r]) > 0
+        pid = second.problems[int(second.group[r])].id
+        source = [q for q in own.nonzero().squeeze(-1).tolist() if first.problems[int(first.group[q])].id == pid
+                  and int(first.mask[q].sum()) == n and torch.equal(first.response_ids[q, :n], second.response_ids[r, :n])]
+        assert source and torch.equal(second.behaviour_logp[r, :n], first.old_logp[source[0], :n])
+    # the loss on replayed tokens: c(s)·PPO(0.2/0.28) with ratio π_θ/π_old(recorded), zero on the Clip-Cov cut
+    # (max(⌊0.02·N⌋, 1) tokens, or all candidates if fewer: unclipped, 1 < Cov < 40 over the replayed tokens)
+    assert 2 in {call["step"] for call in calls}
+    fractions, ratio_means = {}, {}
+    for call in calls:
+        replay = kind_mask(call, REPLAYED) > 0
+        adv, logp = call["advantages"], call["logp"]
+        ratio = (logp - call["behaviour_logp"]).exp()
+        ppo = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
+        clipped = (ppo != -adv * ratio) & replay
+        cut = replay & (call["loss"] == 0) & (ppo != 0)
+        c = ramp(call["step"])
+        assert torch.allclose(call["loss"][replay & ~cut], c * ppo[replay & ~cut], rtol=1e-5, atol=1e-9)
+        n = int(replay.sum())
+        cov = (adv - adv[replay].mean()) * (logp - logp[replay].mean())
+        candidates = replay & ~clipped & (cov > 1.0) & (cov < 40.0)
+        assert not (cut & ~candidates).any() and int(cut.sum()) == min(int(candidates.sum()), max(int(0.02 * n), 1))
+        fractions.setdefault(call["step"], []).append(int(cut.sum()) / n)
+        ratio_means.setdefault(call["step"], []).append(float(ratio[replay].mean()))
+    for step, values in fractions.items():
+        assert rows[step - 1]["loss/spear_clip_cov_frac"] == pytest.approx(sum(values) / len(values), abs=5e-7)
+        assert rows[step - 1]["loss/spear_ratio_mean"] == pytest.approx(sum(ratio_means[step]) / len(values), abs=1e-6)
 
 
 def test_spear_stacks_with_a_knapsack_budget_and_clip_cov(tmp_path, tiny_config):

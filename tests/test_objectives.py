@@ -70,11 +70,16 @@ def test_ppo_clip_low_side_and_dual_clip():
 
 
 def test_truncated_importance_weight_uses_behaviour_logprobs():
-    c = ctx([[0.5]], [[0.5]], [[1.0]])
-    c.behaviour_logp = torch.tensor([[0.1]]).log()  # sampled from a sharper/tempered distribution
+    # π_θ = 0.45, π_old = 0.5, π_behaviour = 0.1 (sampled from a sharper/tempered distribution): the
+    # weight is π_old/π_behaviour = 5 (π_θ/π_behaviour would be 4.5), the ratio 0.9 is inside the clip
+    c = ctx([[0.45]], [[0.5]], [[1.0]])
+    c.behaviour_logp = torch.tensor([[0.1]]).log()
     loss, m = PPOClip(tis_cap=2.0).term(c)
-    assert m["loss/tis_weight_mean"] == pytest.approx(2.0)  # 0.5/0.1 = 5, capped at 2
-    assert loss.item() == pytest.approx(-2.0)
+    assert m["loss/tis_weight_mean"] == pytest.approx(2.0)  # 5, capped at 2
+    assert loss.item() == pytest.approx(-0.9 * 2.0)
+    loss, m = PPOClip(tis_cap=10.0).term(c)
+    assert m["loss/tis_weight_mean"] == pytest.approx(5.0)
+    assert loss.item() == pytest.approx(-0.9 * 5.0)
 
 
 def test_k3_kl_value_and_sign():

@@ -35,6 +35,7 @@ def test_a_stack_runs_with_every_level_it_names(recipe, tiny_config, tmp_path):
     assert p.budget.registered_name == name(spec["budget"])
     assert [o.registered_name for o in p.objectives] == [name(o) for o in spec["objective"]]
     assert [g.registered_name for g in p.guidance or []] == [name(g) for g in spec.get("guidance", [])]
+    assert p.rollout.registered_name == name(spec.get("rollout", "flat"))
     trainer.run()
     rows = run_metrics(tmp_path / "run")
     assert len(rows) == 2

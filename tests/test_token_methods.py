@@ -225,6 +225,23 @@ def test_lp_reg_regularises_only_negative_low_probability_non_noise_tokens():
     assert LpReg(logp_neg_k_percent=0.15).term(ctx)[1]["loss/lp_reg_frac"] == 0.0
 
 
+def test_lp_reg_keeps_the_ratio_unclipped_on_regularised_tokens():
+    """π_old off π_θ (ratio e^−0.5 = 0.61 < 0.8) with a 0.2 clip: the regularised tokens (A < 0) take
+    −A·ρ unclipped plus the KL, every other token the clipped PPO loss (−A·0.8 where A < 0)."""
+    ctx, logits = lp_ctx()
+    ctx.old_logp = ctx.logp.detach() + 0.5
+    obj = LpReg(min_p_threshold=0.02, logp_neg_k_percent=0.5, ppo_kl_coef=1.0, clip_ratio_low=0.2, clip_ratio_high=0.2)
+    proxy = min_p_proxy_logp(logits, ctx.logp, 0.02)
+    chosen = obj.select(ctx, proxy)
+    assert chosen.any()
+    loss, _ = obj.term(ctx)
+    ratio, adv = math.exp(-0.5), ctx.advantages
+    x = proxy - ctx.logp.detach()
+    kl = (torch.exp(x) - x - 1).clamp(-10, 10)
+    ppo = torch.where(adv < 0, -adv * 0.8, -adv * ratio)
+    assert torch.allclose(loss.detach(), torch.where(chosen, -adv * ratio + kl, ppo), atol=1e-5)
+
+
 def padded_lp_ctx():
     """lp_ctx with padding: row 1 ends after 3 tokens, row 3 after 4. The padding holds garbage that
     looks like the best candidates: negative advantages (row 3's pad gets A = −5) and the lowest
@@ -290,10 +307,10 @@ def test_lp_reg_caches_the_proxy_of_each_row_on_its_first_pass():
 def test_entropy_quantile_masks_the_policy_gradient_to_high_entropy_tokens():
     ctx = make_ctx(torch.full((1, 10), -1.0), torch.full((1, 10), -1.0), [[1.0]])
     ctx.entropy = torch.arange(10.0).view(1, 10)
-    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)[0], ctx)
+    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)[0][0].loss, ctx)
     assert (g != 0).flatten().tolist() == [False] * 8 + [True] * 2   # top 20%: entropies 8, 9
     ctx.ref_logp = torch.full((1, 10), -2.0)                         # a regularizer is not masked
-    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2), KL(coef=0.1)], ctx)[0], ctx)
+    g = grad_of(combine_terms([PPOClip(), EntropyQuantile(0.2), KL(coef=0.1)], ctx)[0][0].loss, ctx)
     assert bool((g != 0).all())
     assert EntropyQuantile.kind == "token_mask"
 
@@ -312,8 +329,8 @@ def test_entropy_quantile_threshold_is_taken_over_valid_tokens_only():
     assert torch.equal(weight > 0, expect)
     ctx = make_ctx(torch.full((2, 10), -1.0), torch.full((2, 10), -1.0), [[1.0], [1.0]], mask)
     ctx.entropy = entropy
-    loss, m = combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)
-    assert torch.equal(grad_of(loss, ctx) != 0, expect)
+    (part,), m = combine_terms([PPOClip(), EntropyQuantile(0.2)], ctx)
+    assert torch.equal(grad_of(part.loss, ctx) != 0, expect)
     assert m["loss/entropy_mask_threshold"] == pytest.approx(11.2)
     assert m["loss/entropy_mask_frac"] == pytest.approx(3 / 15)
     # low garbage pulls the other way: 0.8-quantile of 0..14 plus five −50 would be 9.2 (keeps 10, 11)
@@ -367,6 +384,13 @@ def test_epo_smoothing_penalises_entropy_outside_the_band_with_a_gradient():
     loss, _ = obj.term(ctx)
     (g,) = torch.autograd.grad(loss.sum(), entropy)
     assert g[0].tolist() == pytest.approx([-0.011, -0.01, -0.01, -0.009])   # bonus everywhere
+    # with the phase weight: step 76 of E = 100 is e = 75 >= E/2, w = 0.8·exp(−3·25/50) scales the penalty
+    weighted = EPO(entropy_coef=0.01, smooth_coef=1.0, kappa_low=0.8, kappa_high=1.2, smooth_penalty=0.1,
+                   total_steps=100)
+    weighted.load_state_dict(obj.state_dict())
+    w = 0.8 * math.exp(-1.5)
+    assert weighted.smoothing_penalty(entropy, torch.ones(1, 4), step=76)[0].detach()[0].tolist() == pytest.approx(
+        [w * 0.0005, 0, 0, w * 0.001])
     squared = EPO(entropy_coef=0.01, smoothing="square", phase_weighting=False)
     squared.load_state_dict(obj.state_dict())
     assert squared.smoothing_penalty(entropy, torch.ones(1, 4), 1)[0][0, 3].item() == pytest.approx(0.001)
@@ -499,6 +523,8 @@ def test_xrpo_novelty_low_likelihood_correct_responses_gain_capped_at_kappa_a():
     assert out[0, 2:].tolist() == pytest.approx(adv[0, 2:].tolist())  # wrong responses unchanged
     capped, _ = XRPONovelty(novelty_coef=100.0, kappa=0.5).compute(g, adv)
     assert capped[0, 1] == pytest.approx(1.5 * adv[0, 1])           # capped at kappa * A
+    half, _ = XRPONovelty(novelty_coef=0.5, kappa=1.0).compute(g, adv)
+    assert half[0, 1] == pytest.approx(adv[0, 1] + 0.5 * (1 - eta[1].item()))   # λ(1 − η) = 0.31 < κA = 0.87
 
 
 # ---- RepExp ------------------------------------------------------------------------------
@@ -540,6 +566,8 @@ def test_repr_bonus_uses_the_frozen_models_mean_response_hidden_state(tiny_model
     out, _ = ReprBonus(apply_to="advantage", bonus_coef=1.0).compute(groups, adv)
     assert torch.equal(out[1], adv[1])                   # no correct response: no bonus
     assert (out[0] - adv[0]).abs().sum() > 0
+    half, _ = ReprBonus(apply_to="advantage", bonus_coef=0.5).compute(groups, adv)
+    assert torch.allclose(half - adv, 0.5 * (out - adv), atol=1e-6)   # A + β·b
     out_r, _ = ReprBonus(apply_to="reward").compute(groups, adv)
     assert torch.equal(out_r[1], adv[1])
     boosted = groups.rewards + 0.01 * (out[0:1] - adv[0:1]).expand_as(groups.rewards) * torch.tensor([[1.0], [0], [0]])

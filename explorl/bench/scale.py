@@ -127,10 +127,13 @@ def rollout_comparison(cfg, device: torch.device, shape: dict, dtype: torch.dtyp
     t = cfg.train
     problems = fixed_problems(TaskMix.from_config(cfg.tasks), t.problems_per_step, cfg.seed)
     counts = [t.rollouts_per_problem] * len(problems)
-    engine = RolloutEngine(model, tokenizer)
+    engine = RolloutEngine(model, tokenizer, cuda_graphs=cfg.model.cuda_graphs)
     runners = {f"RolloutEngine ({type(engine.backend).__name__})": make_engine(engine, problems, counts,
-                                                                               t.max_new_tokens),
-               "model.generate": make_generate(model, tokenizer, problems, counts, t.max_new_tokens)}
+                                                                               t.max_new_tokens)}
+    if type(engine.backend).__name__ == "StaticDecoder":  # CUDA graphs: also the fast path without them
+        runners["RolloutEngine (FastLM)"] = make_engine(RolloutEngine(model, tokenizer, cuda_graphs=False), problems,
+                                                        counts, t.max_new_tokens)
+    runners["model.generate"] = make_generate(model, tokenizer, problems, counts, t.max_new_tokens)
     vllm = None
     if importlib.util.find_spec("vllm") is not None:
         from explorl.config import VLLMOptions

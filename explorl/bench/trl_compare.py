@@ -2,7 +2,8 @@
 
 Both start from the same weights (the warm-started testbed model, saved with
 ``save_pretrained`` to a temporary folder and loaded from there by each), see the same
-prompts in the same order (a fixed list of problems from the config's task mix, given to TRL
+prompts in the same order (a fixed list of problems from the config's task mix, rendered as
+the policy reads them (``prompt.template``: a chat template is applied here) and given to TRL
 as plain-string prompts in a ``datasets.Dataset``), score with the same verifier (wrapped as a
 TRL reward function that maps the prompt text back to its problem) and share every training
 setting that both expose: prompts per step, group size, max completion length, temperature 1,
@@ -29,6 +30,7 @@ import warnings
 from pathlib import Path
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
+from explorl.bench.memory import PeakMemory
 from explorl.train.parallel import resolve_device
 
 INSTALL_HINT = "explorl bench trl needs TRL: pip install -e .[bench]"
@@ -83,7 +85,7 @@ class ExplorlSteps:
 
 
 def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rewards: str, eps_low, eps_high,
-                    explorl_step: ExplorlSteps, out_dir: Path) -> dict:
+                    explorl_step: ExplorlSteps, out_dir: Path, render=prompt_text, memory=None) -> dict:
     """Train TRL for ``steps + 1`` steps, running one explorl step after each TRL step (so load
     from other processes hits both alike); explorl's time is excluded from TRL's."""
     import torch
@@ -93,7 +95,7 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     from trl import GRPOConfig, GRPOTrainer
 
     t = cfg.train
-    by_prompt = {prompt_text(p): p for p in problems}
+    by_prompt = {render(p): p for p in problems}
     rewards, tokens = [], []
 
     def reward(prompts, completions, completion_ids=None, **kw) -> list[float]:
@@ -104,15 +106,33 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
         return out
 
     class Interleave(TrainerCallback):
+        """Times each TRL step and runs an explorl step after it; with ``memory`` (a
+        ``PeakMemory``), each side's peak over its timed steps (the warm-up step is left out)."""
+
         def __init__(self):
-            self.times, self.start = [], None
+            self.times, self.start, self.stretch = [], None, None
+
+        def _open(self, name, after_steps):
+            """Measure ``name``'s next step once ``after_steps`` TRL steps are done (its warm-up is not)."""
+            self.stretch = memory.measure(name) if memory is not None and len(self.times) >= after_steps else None
+            if self.stretch is not None:
+                self.stretch.__enter__()
+
+        def _close(self):
+            if self.stretch is not None:
+                self.stretch.__exit__(None, None, None)
+                self.stretch = None
 
         def on_train_begin(self, args, state, control, **kw):
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.start)
+            self._close()
+            self._open("explorl", 2)  # explorl's first step, after TRL's first, is its warm-up
             explorl_step()
+            self._close()
+            self._open("TRL GRPOTrainer", 1)
             self.start = time.perf_counter()
 
     timer = Interleave()
@@ -120,7 +140,7 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.model.dtype))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
-    dataset = Dataset.from_dict({"prompt": [prompt_text(p) for p in problems]})
+    dataset = Dataset.from_dict({"prompt": [render(p) for p in problems]})
     args = GRPOConfig(
         output_dir=str(out_dir), use_cpu=on_cpu, bf16=False, fp16=False, gradient_checkpointing=False,
         report_to="none", use_vllm=False, save_strategy="no", logging_strategy="no", disable_tqdm=True,
@@ -151,6 +171,7 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     trainer._generate = timed_generate
     with contextlib.redirect_stdout(sys.stderr):  # anything else TRL prints stays off the results
         trainer.train()
+    timer._close()
     return {"times": timer.times, "gen": gen_times, "reward": rewards, "tokens": tokens}
 
 
@@ -171,6 +192,7 @@ def run(args) -> int:
         return 1
     from explorl.config import config_from_args
     from explorl.policy import load_policy
+    from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
 
     machine = machine_line()  # measured before this process starts working
@@ -186,6 +208,7 @@ def run(args) -> int:
     eps_low, eps_high = getattr(policy, "eps_low", 0.2), getattr(policy, "eps_high", 0.2)
     _quiet()
     model, tokenizer = load_policy(cfg, log=note)
+    prompt_format = for_config(cfg, tokenizer)
     tasks = TaskMix.from_config(cfg.tasks)
     problems = fixed_problems(tasks, (steps + 1) * t.problems_per_step, cfg.seed)
 
@@ -201,8 +224,10 @@ def run(args) -> int:
         note(f"bench trl: TRL GRPOTrainer and explorl, interleaved, {steps} + 1 warm-up steps each")
         import trl
         explorl_step = ExplorlSteps(ecfg, problems, tmp / "explorl")
+        memory = PeakMemory(resolve_device(cfg.model.device))
         theirs = run_interleaved(model_dir, problems, tasks, cfg, steps, "group" if scale_by_std else "none",
-                                 eps_low, eps_high, explorl_step, tmp / "trl")
+                                 eps_low, eps_high, explorl_step, tmp / "trl",
+                                 render=lambda p: prompt_format.render(p) + p.prefix, memory=memory)
         ours = explorl_step.result
 
     import torch
@@ -211,12 +236,15 @@ def run(args) -> int:
           f"torch {torch.__version__}); {machine}")
     print(f"{steps} timed steps after 1 warm-up step, the two trainers alternating step by step; each step: "
           f"{t.problems_per_step} prompts x {t.rollouts_per_problem} completions, max {t.max_new_tokens} new tokens\n")
-    print(table([_row("explorl", ours, steps), _row("TRL GRPOTrainer", theirs, steps)],
+    print(table([_row("explorl", ours, steps) + list(memory.row("explorl")),
+                 _row("TRL GRPOTrainer", theirs, steps) + list(memory.row("TRL GRPOTrainer"))],
                 ["trainer", "warm-up s", "mean s/step", "median s/step", "gen s/step", "gen tokens/step",
-                 "tokens/s (step)", "reward"]))
+                 "tokens/s (step)", "reward", "peak MiB", "rise MiB"]))
+    print(memory.legend())
     print("gen tokens/step: generated completion tokens per step, up to and including the first EOS, counted "
           "on each side; tokens/s (step): those tokens over the mean wall time of a whole training step")
-    same = ["model weights (same save_pretrained folder)", "prompts and their order",
+    same = ["model weights (same save_pretrained folder)",
+            f"prompts and their order (prompt.template: {prompt_format.template}, given to TRL as text)",
             "reward (task verifier)", f"group size {t.rollouts_per_problem}",
             f"{t.problems_per_step} prompts/step", f"max_new_tokens {t.max_new_tokens}",
             "temperature 1, top_p 1, no top_k", f"lr {t.lr} (constant)", f"weight decay {t.weight_decay}",

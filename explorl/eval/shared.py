@@ -9,7 +9,8 @@ verifier or to the sampler must not reuse an evaluation made before it), and, fo
 folder (``model.path``), the name, size and modification time of each of its files. Entries
 live in ``EXPLORL_HOME/evals/start-<key>.json``, written atomically; ``eval.share_start: false``
 turns sharing off. The recipe, the seed and the training settings are not in the key: before
-the first step they cannot change what the model answers.
+the first step they cannot change what the model answers, except a decoding that evaluates with
+soft tokens (``Decoding.thinking``): its configuration is then in the key.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from explorl.policy.model import cache_home, config_key
+from explorl.policy.model import cache_home, config_key, model_folder
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -62,14 +63,22 @@ def start_eval_path(cfg) -> Path | None:
     from explorl.train.warmup import warm_model_dir
     d = cfg.to_dict()
     model = {k: v for k, v in d["model"].items() if k != "device"}  # where it runs does not change its answers
-    start = _folder_fingerprint(cfg.model.path) if cfg.model.path else str(warm_model_dir(cfg).name)
+    start = _folder_fingerprint(model_folder(cfg.model.path)) if cfg.model.path else str(warm_model_dir(cfg).name)
     reference = _reference_start(cfg)
     if reference is not None:  # the policy starts at a soup or at one of its members
         start = [start, reference]
-    evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "share_start")}
-    key = config_key(model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
-                     source_fingerprint())
+    evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "every_samples", "share_start")}
+    parts = [model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
+             source_fingerprint()]
+    if _decides_steps(cfg):  # a decoding with soft tokens evaluates with them: it changes the answers
+        parts.append(d["decoding"])
+    key = config_key(*parts)
     return cache_home() / "evals" / f"start-{key}.json"
+
+
+def _decides_steps(cfg) -> bool:
+    from explorl.registry import build
+    return build("decoding", cfg.decoding).thinking(0, evaluating=True) is not None
 
 
 def load_start_eval(cfg, warn=print) -> dict | None:

@@ -1,2 +1,2 @@
 """Exploration plug-ins, one sub-package per level; importing registers them."""
-from explorl.explore import advantage, budget, curriculum, decoding, guidance, objective, reference  # noqa: F401
+from explorl.explore import advantage, budget, curriculum, decoding, guidance, objective, reference, rollout  # noqa: F401

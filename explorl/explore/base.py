@@ -23,9 +23,29 @@ class Component:
 
     state_keys: tuple[str, ...] = ()
     registered_name: str = ""
+    #: True for a method that keeps the language model as it is (the trainer then skips its update,
+    #: and the recipe names no objective): e.g. CTRLS trains only a module of its own, in ``observe``.
+    freezes_policy: bool = False
+
+    # which logged metrics show the mechanism acted (``explorl.explore.acted``): a tuple of
+    # criteria that must all hold; None for a baseline component with nothing to engage
+    engaged_when: tuple | None = None
+
+    def engagement(self) -> tuple | None:
+        """The criteria of ``engaged_when``; a component whose mechanism depends on its
+        parameters (the PPO clip is one only with clip-higher) overrides this."""
+        return self.engaged_when
 
     def observe(self, stats: "StepStats") -> dict[str, float]:
         """Feedback after each optimizer step; returns metrics to log."""
+        return {}
+
+    def before_training(self, ctx: "GuideContext") -> dict:
+        """Called once before the first step of a run (not on resume): e.g. an SFT phase, or a
+        calibration set sampled to set the method up. ``ctx`` is a ``GuideContext`` with
+        ``draw(n)`` (problems from the curriculum), ``tasks`` (the run's task mix),
+        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows).
+        Returns counts to report (logged once)."""
         return {}
 
     def augment(self, batch, sampler) -> tuple[object, dict[str, float]]:
@@ -79,7 +99,8 @@ class Budget(Component):
 
 
 class Decoding(Component):
-    """The sampling schedule: a temperature per response position, and top-p."""
+    """The sampling schedule: a temperature per response position, top-p, and optionally an
+    activation intervention the engine applies while it samples (``explorl.policy.intervention``)."""
 
     top_p: float = 1.0
 
@@ -87,12 +108,77 @@ class Decoding(Component):
         """Temperature at each response position, shape ``(max_new_tokens,)``."""
         raise NotImplementedError
 
+    def intervention(self, step: int):
+        """What the engine changes in the residual stream while it samples at ``step`` (never
+        in the update's or an evaluation's forward); ``None``: the model as it is."""
+        return None
+
+    def thinking(self, step: int, evaluating: bool = False):
+        """A ``explorl.policy.soft_decode.ThinkingRule`` that decides each decoding step (soft
+        tokens: CoT2, SwiReasoning, CTRLS), used for training rollouts and, with ``evaluating``,
+        for held-out evaluation; ``None`` (the default): each step samples one token from the
+        temperature schedule, and evaluation samples at ``eval.temperature``."""
+        return None
+
+
+class Rollout(Component):
+    """The shape of a problem's rollouts: ``sample(request) -> (batch, metrics)`` returns the
+    scored batch (rewards set) with ``request.counts[i]`` rows for problem i.
+
+    ``flat`` draws independent sequences. A tree method (``explorl.policy.tree``) branches them
+    from shared prefixes: it sets ``batch.tree_node`` and ``batch.generated_tokens`` (a shared
+    prefix counted once, which is what the token budget counts) and reports ``rollout/`` metrics
+    (``accumulate`` adds those of several calls in a step: sums, and maxima of ``*_peak``).
+    ``data_parallel``: whether ``train.parallel`` may split its rows over processes;
+    ``any_engine``: whether it runs on an engine other than the built-in one (vLLM);
+    ``soft_tokens``: whether it passes a decoding's soft-token rule (``request.thinking``) on;
+    ``interventions``: whether it passes a decoding's activation intervention
+    (``request.intervention``) on.
+    """
+
+    data_parallel: bool = False
+    any_engine: bool = False
+    soft_tokens: bool = False
+    interventions: bool = False
+
+    def sample(self, request: "RolloutRequest") -> tuple[Any, dict[str, float]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def accumulate(into: dict, metrics: dict) -> None:
+        for key, value in metrics.items():
+            into[key] = max(into.get(key, value), value) if key.endswith("_peak") else into.get(key, 0) + value
+
+
+@dataclass
+class RolloutRequest:
+    """What a rollout method samples from: ``counts[i]`` responses to ``problems[i]`` with
+    ``engine`` under the per-position ``temperatures`` and ``top_p``, draws fixed by ``seed``,
+    at most ``max_rows`` decoded at once; ``score(problems, texts) -> rewards`` verifies."""
+
+    engine: Any
+    problems: list
+    counts: list
+    temperatures: Any
+    top_p: float
+    seed: int
+    score: Any
+    max_new_tokens: int | None = None
+    max_rows: int | None = None
+    thinking: Any = None   # a soft-token rule from the decoding (``Decoding.thinking``); None: discrete tokens
+    intervention: Any = None  # an activation intervention from the decoding (``Decoding.intervention``)
+
 
 class Advantage(Component):
     """``kind = "estimator"`` turns rewards into advantages; a ``"shaper"`` adjusts them.
 
     ``compute(groups, adv)`` returns ``(adv, metrics)`` with ``adv`` of shape ``(P, G)``,
     zero where ``groups.mask`` is 0. Estimators receive ``adv=None``.
+
+    An estimator whose advantage varies along a response (per node of a tree rollout) also sets
+    ``groups.extras["token_advantages"]``, ``(R, Lc)`` over the rows of
+    ``groups.extras["batch"]``; a shaper's change to a row's advantage is then added to every
+    token of the row.
     """
 
     kind = "estimator"
@@ -132,12 +218,25 @@ class Guidance(Component):
     references', replayed ones; their tokens are counted apart) and holds the ``teachers``.
 
     ``handles`` is the set of row kinds whose loss ``row_loss(ctx)`` defines (per token, like an
-    objective term; it replaces the policy term on those rows). ``rl_weight(step)`` scales the
-    policy-gradient part of the loss (imitation/exploration balances); 1 by default.
+    objective term; it replaces the policy term on those rows). By default that loss is pooled
+    with the policy's rows: one aggregation (``train.loss_agg_mode``) over all of them. With
+    ``separate_term = True`` it is a term of its own, L = L_RL + L_method: aggregated over the
+    rows it handles alone (its own token mean under ``token-mean``) and added to the aggregate
+    of the other rows, as a supervised term beside RL is written (SFT+RL, AMFT, RED); the
+    regularizers (``kl``, ``entropy``, …) then do not cover its rows.
+
+    ``rl_weight(step)`` scales L_RL, the RL part of the loss: the policy term and the
+    regularizers on on-policy and prefix rows (imitation/exploration balances); 1 by default.
+
+    ``ratio_anchor(ctx)`` may replace π_old, the log-probs the policy term's ratio is taken against,
+    on the minibatch ``ctx`` (REX-RAG's mixture behaviour policy); ``None`` (default) keeps
+    ``ctx.old_logp``. It runs inside the loss, after ``train.recompute_old_logp`` has replaced
+    π_old, so a correction built on π_old survives the recompute.
     """
 
     handles: frozenset[int] = frozenset()
     needs: frozenset[str] = frozenset()
+    separate_term: bool = False
 
     def guide(self, batch, ctx: "GuideContext"):
         return batch, {}
@@ -148,11 +247,8 @@ class Guidance(Component):
     def rl_weight(self, step: int) -> float:
         return 1.0
 
-    def before_training(self, ctx) -> dict:
-        """Called once before the first step of a run (not on resume): e.g. an SFT phase. ``ctx``
-        is a ``GuideContext`` with ``draw(n)`` (problems from the curriculum),
-        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows)."""
-        return {}
+    def ratio_anchor(self, ctx: "LossContext") -> torch.Tensor | None:
+        return None
 
 
 class Reference(Component):
@@ -201,8 +297,10 @@ class GuideContext:
     verify: Any            # verify(problems, texts) -> list of rewards
     rng: Any = None        # random.Random of the step, for the method's draws
     extras: dict[str, Any] = field(default_factory=dict)
+    loss: Any = None       # the update's loss (explorl.train.update.UpdateLoss), for a method that needs its gradient
     # before_training only:
     draw: Any = None       # draw(n) -> n problems from the curriculum
+    tasks: Any = None      # the run's TaskMix (problems drawn apart from the curriculum's stream)
     problems_per_step: int = 0
     update: Any = None     # update(batch) -> metrics of one optimizer update on those rows
 

@@ -22,7 +22,7 @@ def load_policy_and_reference(cfg, log=print, reference=None, with_reference: bo
     from explorl.policy.model import load_pretrained
     from explorl.policy.reference import load_member
     if cfg.model.path:
-        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype)
+        model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype, log)
     else:
         from explorl.train.warmup import warmup
         model, tokenizer = warmup(cfg, log=log)
@@ -58,7 +58,7 @@ def make_engine(cfg, model, tokenizer, prompt_format):
         from explorl.policy.vllm_engine import VLLMEngine
         return VLLMEngine(model, tokenizer, prompt_format, cfg.model.vllm)
     from explorl.policy.engine import RolloutEngine
-    return RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format)
+    return RolloutEngine(model, tokenizer, cfg.model.backend, prompt_format, cfg.model.cuda_graphs)
 
 
 def prepare(model, section, seed: int, log=print):

@@ -20,10 +20,13 @@ pass, as the HF layers are.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from explorl.policy.intervention import check_layer
 from explorl.policy.model import gradient_checkpointing, unwrap
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
@@ -66,8 +69,30 @@ class FastLM:
         rope = getattr(cfg, "rope_parameters", None) or {}
         theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        self._inv_freq_on = {}  # device -> inv_freq there (no host-to-device copy per layer and step)
         self.eps = cfg.rms_norm_eps
         self._checkpointing = False  # set per training forward (gradient checkpointing on the model)
+        self._intervention = None  # an activation intervention, installed while the engine samples
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @contextmanager
+    def intervene(self, intervention):
+        """Apply ``intervention`` (``explorl.policy.intervention``) in ``prefill`` and ``decode_step``
+        inside the block; nothing changes with ``None``."""
+        if intervention is not None:
+            check_layer(intervention, self.num_layers)
+        self._intervention = intervention
+        try:
+            yield
+        finally:
+            self._intervention = None
+
+    def _steer(self, i, h, prompt):
+        iv = self._intervention
+        return h if iv is None or iv.layer != i else iv(h, prompt)
 
     # ---- building blocks -----------------------------------------------------------
     @property
@@ -79,7 +104,10 @@ class FastLM:
 
     def _rope(self, x, positions):
         """Rotate ``x`` ``(B, H, T, D)`` by ``positions`` ``(B, T)`` (HF rotate_half convention)."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(x.device)
+        inv_freq = self._inv_freq_on.get(x.device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq_on[x.device] = self.inv_freq.to(x.device)
+        freqs = positions.to(torch.float32)[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         half = x.shape[-1] // 2
@@ -131,17 +159,24 @@ class FastLM:
         mask = mask | torch.eye(Lp, dtype=torch.bool, device=ids.device)[None, None]  # pad rows attend to self
         h = self.model.model.embed_tokens(ids)
         kv = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             h, k, v = self._train_layer(layer, h, positions, mask)
+            h = self._steer(i, h, True)
             kv.append((k, v))
         return h[:, -1], kv
 
+    def run_prompts(self, ids, pad_mask) -> None:
+        """A forward over the prompts alone (what an installed intervention reads)."""
+        self.prefill(ids, pad_mask)
+
     # ---- training forward --------------------------------------------------------------
-    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False):
+    def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False, soft=None):
         """Logits predicting each response token, ``(R, Lc, V)``, with gradient.
 
         ``group`` ``(R,)`` maps each response to its prompt row. Response token j is
-        predicted from the position before it: the last prompt token for j = 0.
+        predicted from the position before it: the last prompt token for j = 0. ``soft``
+        (``explorl.policy.soft.SoftInputs`` of these rows) puts the soft tokens fed while
+        sampling in place of their positions' token embeddings.
         """
         self._checkpointing = gradient_checkpointing(self.model)
         last, kv = self.prefill(prompt_ids, prompt_mask)
@@ -154,7 +189,8 @@ class FastLM:
         prompt_part = prompt_mask.bool()[group][:, None, None, :].expand(R, 1, T, Lp)
         causal = torch.ones(T, T, dtype=torch.bool, device=inputs.device).tril()[None, None].expand(R, 1, T, T)
         mask = torch.cat([prompt_part, causal], dim=-1)
-        h = self.model.model.embed_tokens(inputs)
+        embed = self.model.model.embed_tokens
+        h = embed(inputs) if soft is None else soft.input_embeddings(embed, inputs)
         for layer, (pk, pv) in zip(self.layers, kv):
             h = self._train_layer(layer, h, positions, mask, (pk[group], pv[group]))[0]
         hidden = torch.cat([last[group][:, None], h], dim=1)
@@ -163,8 +199,9 @@ class FastLM:
         return (logits, hidden) if return_hidden else logits
 
     # ---- decoding ----------------------------------------------------------------------
-    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens):
-        """Prefill unique prompts, broadcast their cache to rollouts; returns first logits and state."""
+    def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens, want_hidden=False):
+        """Prefill unique prompts, broadcast their cache to rollouts; returns first logits and state
+        (with ``want_hidden``, ``state["hidden"]`` is the final hidden state behind the logits)."""
         last, kv = self.prefill(prompt_ids, prompt_mask)
         R, Lp = group.shape[0], prompt_ids.shape[1]
         cache = []
@@ -177,25 +214,34 @@ class FastLM:
         key_mask = torch.zeros(R, Lp + max_new_tokens, dtype=torch.bool, device=prompt_ids.device)
         key_mask[:, :Lp] = prompt_mask.bool()[group]
         state = {"cache": cache, "key_mask": key_mask, "plen": prompt_mask.long().sum(-1)[group], "Lp": Lp}
-        return self.logits(last[group]), state
+        return self._next_logits(state, last[group], want_hidden), state
 
-    def decode_step(self, state, tokens, t):
-        """Feed response token ``t`` ``(Ra,)`` of each active row; returns next logits ``(Ra, V)``."""
+    def _next_logits(self, state, h, want_hidden):
+        if not want_hidden:
+            return self.logits(h)
+        state["hidden"] = self.final_hidden(h)
+        return self.model.lm_head(state["hidden"])
+
+    def decode_step(self, state, tokens, t, embeds=None):
+        """Feed response token ``t`` ``(Ra,)`` of each active row (or, with ``embeds`` ``(Ra, d)``,
+        those input embeddings: soft tokens); returns next logits ``(Ra, V)``."""
         slot = state["Lp"] + t
         state["key_mask"][:, slot] = True
         positions = (state["plen"] + t)[:, None]
         mask = state["key_mask"][:, None, None, : slot + 1]
-        h = self.model.model.embed_tokens(tokens[:, None])
-        for layer, (ck, cv) in zip(self.layers, state["cache"]):
+        h = self.model.model.embed_tokens(tokens[:, None]) if embeds is None else embeds[:, None]
+        for i, (layer, (ck, cv)) in enumerate(zip(self.layers, state["cache"])):
             q, k, v = self._qkv(layer, h, positions)
             ck[:, :, slot] = k[:, :, 0]
             cv[:, :, slot] = v[:, :, 0]
-            h = self._finish(layer, h, q, ck[:, :, : slot + 1], cv[:, :, : slot + 1], mask)
-        return self.logits(h[:, 0])
+            h = self._steer(i, self._finish(layer, h, q, ck[:, :, : slot + 1], cv[:, :, : slot + 1], mask), False)
+        return self._next_logits(state, h[:, 0], "hidden" in state)
 
     @staticmethod
     def keep_rows(state, rows):
         """Drop finished rows from the decoding state (``rows`` indexes the active rows)."""
+        if "hidden" in state:
+            state["hidden"] = state["hidden"][rows]
         state["cache"] = [(k[rows], v[rows]) for k, v in state["cache"]]
         state["key_mask"] = state["key_mask"][rows]
         state["plen"] = state["plen"][rows]

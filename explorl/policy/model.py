@@ -57,10 +57,25 @@ def build_tiny(family: str, alphabet: str, hidden_size: int, layers: int, heads:
     return model, tokenizer
 
 
-def load_pretrained(path: str | Path, dtype: str = "float32"):
-    """Load a model directory (local, or a hub id where a hub is reachable) and its tokenizer,
-    the weights in ``dtype`` (checked to work on this machine first)."""
+def model_folder(path: str | Path, log=print) -> str:
+    """What ``model.path`` names, as a folder (or hub id) ``from_pretrained`` loads: a registered
+    model name (``explorl fetch-model``) is its fetched folder, a ``.gguf`` file its converted
+    folder (``explorl.policy.gguf_file``, converted on first use); anything else as it is."""
+    from explorl.policy.fetch import KNOWN_MODELS, fetched_folder
+    from explorl.policy.gguf_file import gguf_model_folder, is_gguf_path
     path = str(path)
+    if path in KNOWN_MODELS and not os.path.exists(path):
+        return str(fetched_folder(path))
+    if is_gguf_path(path):
+        return str(gguf_model_folder(path, log))
+    return path
+
+
+def load_pretrained(path: str | Path, dtype: str = "float32", log=print):
+    """Load a model directory (local, or a hub id where a hub is reachable; see ``model_folder``
+    for GGUF files and registered names) and its tokenizer, the weights in ``dtype`` (checked to
+    work on this machine first)."""
+    path = model_folder(path, log)
     if os.path.isdir(path) and not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model.path {path!r} is a folder without config.json: not a saved model")
     AutoConfig.from_pretrained(path)  # fails early with the library's message for a bad path
@@ -93,6 +108,13 @@ def unwrap(model):
     hold the adapters), else ``model``."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if get_base is not None else model
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The model's repeated blocks, in order: the modules whose class it names in
+    ``_no_split_modules`` (Qwen2DecoderLayer, GPT2Block, ...); empty when it names none."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
 
 
 def check_dtype(dtype: str, device: torch.device) -> None:

@@ -28,19 +28,35 @@ def sample_next_token(logits: torch.Tensor, temperature: float, top_p: float, ge
     temperature 1 (π_old for the PPO ratio), and the temperature-1 entropy.
     """
     logits = logits.float()
-    scaled = logits / temperature
+    logp_b = sampling_log_probs(logits, temperature, top_p)
+    tokens = draw_tokens(logp_b, 1, generator, None if noise is None else noise[:, None]).squeeze(-1)
+    logp_t1, entropy = token_logp_entropy(logits, tokens, True)
+    return tokens, logp_b.gather(-1, tokens[:, None]).squeeze(-1), logp_t1, entropy
+
+
+def sampling_log_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Log-probs ``(R, V)`` of the distribution ``sample_next_token`` draws from: softmax(logits /
+    temperature) truncated to the top-p nucleus (``-inf`` outside it)."""
+    scaled = logits.float() / temperature
     if top_p < 1.0:
         sorted_logits, order = scaled.sort(dim=-1, descending=True)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
         drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p  # keep the token crossing top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scaled = scaled.masked_fill(drop, float("-inf"))
-    logp_b = torch.log_softmax(scaled, dim=-1)
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def draw_tokens(logp: torch.Tensor, k: int, generator: torch.Generator | None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+    """``k`` tokens per row drawn with replacement from ``exp(logp)`` ``(R, V)``: ``(R, k)``.
+
+    With ``noise`` (``(R, k)`` uniforms) each draw inverts the row's cumulative distribution at
+    its uniform; else ``torch.multinomial`` draws from ``generator`` (one draw takes its
+    single-sample path whether or not replacement is asked, so ``k = 1`` is the draw
+    ``sample_next_token`` makes)."""
     if noise is None:
-        tokens = torch.multinomial(logp_b.exp(), 1, generator=generator).squeeze(-1)
-    else:
-        cum = logp_b.exp().cumsum(-1)
-        target = noise.to(cum.device, cum.dtype)[:, None] * cum[:, -1:]
-        tokens = torch.searchsorted(cum, target, right=True).squeeze(-1).clamp_max(cum.shape[-1] - 1)
-    logp_t1, entropy = token_logp_entropy(logits, tokens, True)
-    return tokens, logp_b.gather(-1, tokens[:, None]).squeeze(-1), logp_t1, entropy
+        return torch.multinomial(logp.exp(), k, replacement=True, generator=generator)
+    cum = logp.exp().cumsum(-1)
+    target = noise.to(cum.device, cum.dtype) * cum[:, -1:]
+    return torch.searchsorted(cum, target, right=True).clamp_max(cum.shape[-1] - 1)

@@ -8,6 +8,7 @@ from .countdown import Countdown
 from .countdown_search import CountdownSearch
 from .files import JsonlSource
 from .kinds import make_task_source
+from .mnns import MNNS
 from .problem import Problem, TaskSource
 from .scratchpad import AdditionSteps, MultiplicationSteps
 from .sequences import Reversal, Sorting
@@ -17,11 +18,11 @@ ALPHABET = "0123456789+-*/=(),:;<>?!. abcdefghijklmnopqrstuvwxyz"
 
 SOURCES: dict[str, type[TaskSource]] = {
     cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
-                              MultiplicationSteps, CountdownSearch)
+                              MultiplicationSteps, CountdownSearch, MNNS)
 }
 
-__all__ = ["ALPHABET", "SOURCES", "Addition", "AdditionSteps", "Countdown", "CountdownSearch", "JsonlSource", "Multiplication",
-           "MultiplicationSteps",
+__all__ = ["ALPHABET", "MNNS", "SOURCES", "Addition", "AdditionSteps", "Countdown", "CountdownSearch", "JsonlSource",
+           "Multiplication", "MultiplicationSteps",
            "Problem", "Reversal", "Sorting", "TaskMix", "TaskSource", "make_source"]
 
 
@@ -77,6 +78,10 @@ class TaskMix:
     def verify(self, problem: Problem, completion: str) -> float:
         """Reward in [0, 1] from the verifier of ``problem.source``; never raises for any completion."""
         return self._source(problem.source).verify(problem, completion)
+
+    def extract_answer(self, problem: Problem, completion: str) -> str | None:
+        """The answer ``completion`` states for ``problem``, as its source's verifier reads it."""
+        return self._source(problem.source).extract_answer(completion)
 
     def eval_sets(self, n: int, seed: int = 0) -> dict[str, list[Problem]]:
         """``n`` fixed held-out problems per source."""

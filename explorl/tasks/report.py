@@ -37,6 +37,9 @@ def _testbed_tokenizer(cfg, sources: dict, failures: dict):
 
 def _saved_tokenizer(path: str):
     from transformers import AutoConfig, AutoTokenizer
+
+    from explorl.policy.model import model_folder
+    path = model_folder(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
     return tokenizer, limit, "max_position_embeddings"

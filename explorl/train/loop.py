@@ -21,7 +21,7 @@ import yaml
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
 from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
-from explorl.explore.base import GuideContext, StepStats
+from explorl.explore.base import GuideContext, RolloutRequest, StepStats
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
@@ -37,8 +37,15 @@ from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.runlock import FolderLock
-from explorl.train.update import (NonFiniteGuard, NonFiniteTraining, optimise, recompute_old_logp, reference_kl,
-                                  reference_logp)
+from explorl.train.update import (
+    NonFiniteGuard,
+    NonFiniteTraining,
+    UpdateLoss,
+    optimise,
+    recompute_old_logp,
+    reference_kl,
+    reference_logp,
+)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
@@ -73,6 +80,7 @@ class Trainer:
         check_encodable(self.tasks, self.tokenizer, getattr(self.model.config, "max_position_embeddings", None),
                         cfg.train.max_new_tokens, prompt_format=self.prompt_format)
         self.engine = make_engine(cfg, self.model, self.tokenizer, self.prompt_format)
+        self._check_thinking()
         self.ref_engine = None
         if self.needs & {"ref_logp", "ref_model"}:
             if reference_model is not None:  # a reference other than the start (a soup): its own frozen model
@@ -114,6 +122,22 @@ class Trainer:
                                                                                          sort_keys=False)):
             checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             crash_point("config.written")
+
+    def _check_thinking(self) -> None:
+        """A decoding that decides its steps itself (soft tokens) needs the built-in engine in one process."""
+        if self.plugins.decoding.thinking(0) is None:
+            return
+        name = self.plugins.decoding.registered_name
+        if not self.engine.soft_tokens:
+            raise ValueError(f"decoding {name} feeds soft tokens, which only the built-in engine does: set "
+                             f"model.backend to auto, fast or hf (got {self.cfg.model.backend})")
+        if self.dp.enabled:
+            raise ValueError(f"decoding {name} feeds soft tokens, which data-parallel sampling does not do yet: "
+                             f"set train.parallel: none")
+        if not self.plugins.rollout.soft_tokens:
+            raise ValueError(f"decoding {name} feeds soft tokens, which rollout "
+                             f"{self.plugins.rollout.registered_name} does not (tree rollouts decode discrete "
+                             f"tokens): use rollout: flat")
 
     def _check_folder(self, resume: bool) -> None:
         """A fresh run never reuses a folder holding a run; a resumed one keeps its configuration."""
@@ -169,16 +193,10 @@ class Trainer:
                 batch, metrics = component.augment(batch, sample)
                 m.update(metrics)
         with clock("update"):
-            if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
-                batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
-            ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
-            if ref is not None:
-                m["ref/kl"] = reference_kl(batch, ref)
-            m.update(optimise(batch, self.train_engine, P, self.optimizer, self.cfg, step, self.needs, ref,
-                              guard=self.nonfinite, dp=self.dp))
-            if self.sharded:
-                self.sharded.sync(self.model)
-            self.engine.weights_updated()
+            if P.freezes_policy():  # the language model stays as it is (a component trains its own module)
+                m["loss/policy_frozen"] = 1.0
+            else:
+                self._update(batch, step, m)
         with clock("observe"):
             stats = self._stats(step, batch)
             for component in P.all():
@@ -186,10 +204,24 @@ class Trainer:
         m["time/step"] = time.perf_counter() - start
         self.step = step
         m.update(self._ledger.metrics())
+        m = self._summary(m, batch)
         for key, value in self._before_training_metrics.items():  # the first step carries that phase's counts
             m[key] = m.get(key, 0) + value
         self._before_training_metrics = {}
-        return self._summary(m, batch)
+        return m
+
+    def _update(self, batch, step, m) -> None:
+        cfg = self.cfg.train
+        if cfg.recompute_old_logp:  # π_old from the trainer's forward; the sampler's stays behaviour_logp
+            batch.old_logp = recompute_old_logp(self.train_engine, batch, cfg.micro_batch_size)
+        ref = reference_logp(self.ref_engine, batch) if "ref_logp" in self.needs else None
+        if ref is not None:
+            m["ref/kl"] = reference_kl(batch, ref)
+        m.update(optimise(batch, self.train_engine, self.plugins, self.optimizer, self.cfg, step, self.needs, ref,
+                          guard=self.nonfinite, dp=self.dp))
+        if self.sharded:
+            self.sharded.sync(self.model)
+        self.engine.weights_updated()
 
     def _sample(self, problems, counts, step, m, clock=None, temperatures=None):
         clock = clock or StageClock(m)
@@ -200,6 +232,7 @@ class Trainer:
             temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
         elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
             temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
+        intervention = decoding.intervention(step)  # the engine applies it while sampling only
         self._calls += 1  # distinct seeds for repeated sampling in a step
         seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self._calls
         if self.dp.enabled:  # this rank samples and verifies its share; the whole batch comes back
@@ -209,25 +242,31 @@ class Trainer:
 
             with clock("gen"):
                 batch, faults = self.dp.rollout(self.engine, problems, counts, temperatures, decoding.top_p, seed,
-                                                score, max_rows=self.cfg.train.rollout_batch_size)
+                                                score, max_rows=self.cfg.train.rollout_batch_size,
+                                                intervention=intervention)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
+        def score(probs, texts):
+            with clock("verify"):  # nested in gen, which excludes it
+                rewards, faults = self.verifier.score(probs, [p.completed(t) for p, t in zip(probs, texts)])
+                self._ledger.add(len(rewards), faults)
+                return rewards
+
+        request = RolloutRequest(engine=self.engine, problems=problems, counts=counts, temperatures=temperatures,
+                                 top_p=decoding.top_p, seed=seed, score=score,
+                                 max_rows=self.cfg.train.rollout_batch_size, thinking=decoding.thinking(step),
+                                 intervention=intervention)
         with clock("gen"):
-            batch = self.engine.rollout(problems, counts, temperatures, decoding.top_p, seed=seed,
-                                        max_rows=self.cfg.train.rollout_batch_size)
-        with clock("verify"):
-            group_problems = [problems[g] for g in batch.group.tolist()]
-            rewards, faults = self.verifier.score(group_problems, [p.completed(t) for p, t in zip(group_problems,
-                                                                                              batch.texts)])
-            batch.rewards = torch.tensor(rewards)
-            self._ledger.add(len(rewards), faults)
+            batch, metrics = self.plugins.rollout.sample(request)
+        self.plugins.rollout.accumulate(m, metrics)
         return self._count_tokens(batch, step, m)
 
     def _count_tokens(self, batch, step, m):
         self._ledger.check(f"step {step}")
-        # every generated token counts toward the budget, also those of rollouts later dropped
-        self.tokens += batch.tokens
-        m["tokens/step"] = m.get("tokens/step", 0) + batch.tokens
+        # every generated token counts toward the budget, also those of rollouts later dropped; a
+        # prefix that tree rollouts share was generated once and counts once
+        self.tokens += batch.sampled_tokens
+        m["tokens/step"] = m.get("tokens/step", 0) + batch.sampled_tokens
         return batch
 
     def _guide_context(self, step, m, clock, sample) -> GuideContext:
@@ -249,7 +288,9 @@ class Trainer:
         return GuideContext(step=step, sample=sample, score=score, teachers=self.plugins.teachers or {},
                             engine=self.engine, verify=verify,
                             rng=random.Random((self.cfg.seed * 1_000_003 + step) * 7 + 1),
-                            extras={"teacher_context": TeacherContext(self.cfg.train.max_new_tokens, m)})
+                            extras={"teacher_context": TeacherContext(self.cfg.train.max_new_tokens, m)},
+                            loss=UpdateLoss(self.plugins.objectives, self.cfg.train.loss_agg_mode,
+                                            self.cfg.train.max_new_tokens, self.needs, self.ref_engine))
 
     def _verify_texts(self, problems, texts) -> list[float]:
         """Rewards of ``texts`` (a stored prefix included) under guard; faults go to the step's ledger."""
@@ -266,10 +307,15 @@ class Trainer:
     def _advantages(self, batch):
         groups = batch.groups()
         groups.extras.update(batch=batch, engine=self.engine, ref_engine=self.ref_engine)
-        adv, metrics = None, {}
+        adv, estimated, metrics = None, None, {}
         for shaper in self.plugins.advantages:
             adv, m = shaper.compute(groups, adv)
             metrics.update(m)
+            estimated = adv if shaper.kind == "estimator" else estimated
+        per_token = groups.extras.get("token_advantages")
+        if per_token is not None:  # an estimator's advantage that varies along a response; shapers add theirs
+            shaped = batch.from_groups(adv).float() - batch.from_groups(estimated).float()
+            batch.token_advantages = (per_token + shaped[:, None]) * batch.mask
         return batch.from_groups(adv).float(), metrics
 
     def _stats(self, step, batch) -> StepStats:
@@ -284,7 +330,8 @@ class Trainer:
                 advs[g].append(a)
         entropy = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1))
         return StepStats(step=step, problems=batch.problems, rewards=rewards, advantages=advs,
-                         entropy=entropy, tokens=batch.tokens, extras={"batch": batch})
+                         entropy=entropy, tokens=batch.tokens,
+                         extras={"batch": batch, "engine": self.engine, "tasks": self.tasks})
 
     def _summary(self, m, batch) -> dict:
         groups = batch.groups()
@@ -326,8 +373,10 @@ class Trainer:
             results["start"] = self._start_evaluation()
             crash_point("eval.start_computed")
             self._write_eval(results)
-        if self.step == 0 and self.plugins.guidance:
-            self._before_training()
+        if self.step == 0 and self._before_training() and "after_phase" not in results:
+            # a phase before RL (SFT-then-RL) changed the model: measure "tokens to a level" from here
+            results["after_phase"] = self.evaluate()
+            self._write_eval(results)
         logger = (RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
                   if self.dp.is_main else _NoLogger())
         try:
@@ -369,13 +418,15 @@ class Trainer:
             store_start_eval(self.cfg, results)
         return results
 
-    def _before_training(self) -> None:
-        """Each guidance method's phase before the first step (e.g. SFT-then-RL); runs again on a
-        resume from no checkpoint, and is deterministic, so the run is the same."""
+    def _before_training(self) -> bool:
+        """Each component's phase before the first step (SFT-then-RL, a decoding method's
+        calibration); runs again on a resume from no checkpoint, and is deterministic, so the
+        run is the same. True when a guidance method's phase ran (it changed the model)."""
         m = {}
         clock = StageClock(m)
         ctx = self._guide_context(0, m, clock, lambda *a, **k: self._sample(*a[:2], 0, m, clock, *a[2:]))
         ctx.draw = lambda n: self.plugins.curriculum.next(n)[0]
+        ctx.tasks = self.tasks
         ctx.problems_per_step = self.cfg.train.problems_per_step
 
         def update(batch):
@@ -387,13 +438,21 @@ class Trainer:
             return out
 
         ctx.update = update
-        for method in self.plugins.guidance:
+        phase = {}
+        guidance = list(self.plugins.guidance)  # first: their phases change the weights the others see
+        for method in guidance + [c for c in self.plugins.all() if c not in guidance]:
             done = method.before_training(ctx)
             if done:
                 self.log(f"{method.registered_name} before training: "
                          + ", ".join(f"{k} {v:g}" for k, v in done.items()))
-        # its token counts (teacher tokens, what a model teacher generated) are logged with step 1
-        self._before_training_metrics = {k: v for k, v in m.items() if k.startswith("tokens/teacher")}
+                if method in guidance:
+                    phase.update(done)
+        # its token counts (teacher tokens, what a model teacher generated, rollouts it sampled) and
+        # what each guidance method reported of its phase (e.g. guide/sft_steps: whether it ran) are
+        # logged with step 1, so the steps' tokens/step still add up to tokens/total
+        self._before_training_metrics = {**{k: v for k, v in m.items()
+                                            if k.startswith("tokens/teacher") or k == "tokens/step"}, **phase}
+        return bool(phase)
 
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
@@ -408,22 +467,28 @@ class Trainer:
         every = self.cfg.eval.every_tokens
         if not every or self.tokens // every == before // every or self._token_budget_spent():
             return {}
-        res = self.evaluate()
+        res = self.evaluate(samples=self.cfg.eval.every_samples)
         out = {f"heldout/{k}": v["all"] for k, v in res.items() if k.startswith("pass@") or k == "entropy"}
         out.update({f"heldout/pass@1/{src}": v for src, v in res["pass@1"].items() if src != "all"})
+        # per problem, for intervals that resample problems (explorl.compare.stats)
+        out.update({"heldout/samples": res["samples"], "heldout/correct": res["per_problem"]["correct"]})
         return out
 
     def _token_budget_spent(self) -> bool:
         limit = self.cfg.train.max_tokens
         return limit is not None and self.tokens >= limit
 
-    def evaluate(self) -> dict:
+    def evaluate(self, samples: int | None = None) -> dict:
+        """Held-out evaluation with ``eval.samples`` samples per problem (``samples``: fewer, for
+        the cheaper evaluations along the way; only the ks up to it)."""
         e = self.cfg.eval
+        samples = samples or e.samples
+        ks = [k for k in e.ks if k <= samples] or [1]
         sets = self.tasks.eval_sets(e.problems_per_source, seed=0)
         ledger = self._new_ledger()
-        results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
+        results = evaluate(self.engine, self.tasks, sets, samples, ks, e.temperature,
                            self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger,
-                           dp=self.dp)
+                           dp=self.dp, thinking=self.plugins.decoding.thinking(self.step, evaluating=True))
         ledger.check("an evaluation")
         results["verify_faults"] = ledger.faults
         return results

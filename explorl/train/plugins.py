@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from explorl.explore.base import Advantage, Budget, Component, Curriculum, Decoding, Guidance, Objective
+from explorl.explore.base import Advantage, Budget, Component, Curriculum, Decoding, Guidance, Objective, Rollout
 from explorl.registry import build
 from explorl.teachers import Teacher, build_teachers
 
@@ -18,6 +18,7 @@ class Plugins:
     objectives: list[Objective]
     guidance: list[Guidance] = ()
     teachers: dict[str, Teacher] = None
+    rollout: Rollout = None  # the shape of a group (flat by default); stateless, so not in the checkpoint
 
     @classmethod
     def from_config(cls, cfg) -> "Plugins":
@@ -26,8 +27,9 @@ class Plugins:
         guidance = [build("guidance", s, f"guidance[{i}]") for i, s in enumerate(_as_list(cfg.guidance or []))]
         plugins = cls(curriculum=build("curriculum", cfg.curriculum), budget=build("budget", cfg.budget),
                       decoding=build("decoding", cfg.decoding), advantages=advantages, objectives=objectives,
-                      guidance=guidance, teachers=build_teachers(cfg.teachers))
+                      guidance=guidance, teachers=build_teachers(cfg.teachers), rollout=build("rollout", cfg.rollout))
         plugins.check(rollouts_per_problem=cfg.train.rollouts_per_problem)
+        plugins.check_rollout(cfg.train.parallel, cfg.model.backend)
         plugins.check_guidance()
         return plugins
 
@@ -50,7 +52,12 @@ class Plugins:
                              f"problem (it compares the rollouts of one problem with each other); raise the "
                              f"budget's n or min_n")
         policy = [o.registered_name for o in self.objectives if o.kind == "policy"]
-        if len(policy) != 1:
+        if self.freezes_policy():
+            frozen = [c.registered_name for c in self.all() if c.freezes_policy]
+            if self.objectives:
+                raise ValueError(f"objective: {', '.join(frozen)} keeps the language model frozen, so no loss term "
+                                 f"applies to it; set objective: [] (got {[o.registered_name for o in self.objectives]})")
+        elif len(policy) != 1:
             raise ValueError(f"objective: exactly one policy-loss term is needed (e.g. ppo_clip, clip_cov, "
                              f"lp_reg), got {policy or 'none'}; regularizers such as kl and entropy add to it")
         for component in self.all():
@@ -58,6 +65,19 @@ class Plugins:
             if incompatible:
                 raise ValueError(f"{component.registered_name} cannot be combined with "
                                  f"{', '.join(sorted(incompatible))}: {component.incompatible_reason}")
+
+    def check_rollout(self, parallel: str, backend: str) -> None:
+        """The rollout shape can run where the config says: trees decode in one process, on the
+        built-in engine."""
+        rollout = self.rollout
+        if rollout is None:
+            return
+        if parallel != "none" and not rollout.data_parallel:
+            raise ValueError(f"rollout {rollout.registered_name!r} samples whole trees in one process; "
+                             f"train.parallel: {parallel} is not supported with it (use train.parallel: none)")
+        if backend == "vllm" and not rollout.any_engine:
+            raise ValueError(f"rollout {rollout.registered_name!r} needs the built-in engine (it keeps the keys and "
+                             f"values of shared prefixes); use model.backend: auto, fast or hf")
 
     def all(self) -> list[Component]:
         return [self.curriculum, self.budget, self.decoding, *self.advantages, *self.objectives, *self.guidance,
@@ -79,8 +99,12 @@ class Plugins:
                     raise ValueError(f"guidance {method.registered_name}: teacher {name!r} is not in the teachers: "
                                      f"section (defined: {known})")
 
+    def freezes_policy(self) -> bool:
+        """Whether a component keeps the language model as it is (no update of its weights)."""
+        return any(c.freezes_policy for c in self.all())
+
     def names(self) -> set[str]:
-        return {c.registered_name for c in self.all()}
+        return {c.registered_name for c in self.all() + ([self.rollout] if self.rollout else [])}
 
     def needs(self) -> set[str]:
         return set().union(*(getattr(c, "needs", frozenset()) for c in self.all()))

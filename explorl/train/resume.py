@@ -26,6 +26,7 @@ RESUMABLE = {
     "model.gradient_checkpointing": "recomputing activations (the update is the same)",
     "eval.share_start": "whether the start evaluation is shared (a cache)",
     "model.device": "where the policy runs (a run moves between CPU and GPU)",
+    "model.cuda_graphs": "whether decoding steps replay as CUDA graphs (the same samples)",
     "logging.wandb": "the W&B tracker",
     "logging.mlflow": "the MLflow tracker",
 }

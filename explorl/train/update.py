@@ -3,6 +3,7 @@ minibatch one optimizer step (in micro-batches of ``train.micro_batch_size`` rol
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -11,14 +12,15 @@ from explorl.errors import RunStopped
 from explorl.explore.base import LossContext
 from explorl.explore.objective.aggregate import aggregate
 from explorl.explore.objective.ppo_clip import masked_mean
-from explorl.policy.sampling import token_logp_entropy
+from explorl.policy.sampling import token_logp_entropy  # noqa: F401  (read from here by callers and tests)
+from explorl.policy.soft import response_logp_entropy
 from explorl.train.optim import stepped_parameters
 
 
 @torch.no_grad()
 def reference_logp(ref_engine, batch) -> torch.Tensor:
     logits = ref_engine.response_logits(batch)
-    return token_logp_entropy(logits, batch.response_ids.to(logits.device), False)[0].cpu()
+    return response_logp_entropy(logits, batch, None, False)[0].cpu()
 
 
 def reference_kl(batch, ref_logp: torch.Tensor) -> float:
@@ -40,7 +42,7 @@ def recompute_old_logp(engine, batch, chunk: int | None = None) -> torch.Tensor:
     out = []
     for part in micro_batches(rows, chunk):
         logits = engine.response_logits(batch, part)
-        out.append(token_logp_entropy(logits, batch.response_ids[part].to(logits.device), False)[0].float().cpu())
+        out.append(response_logp_entropy(logits, batch, part, False)[0].float().cpu())
     engine.model.train(was_training)
     return torch.cat(out) * batch.mask
 
@@ -52,17 +54,35 @@ def minibatch_rows(batch, minibatches: int, generator: torch.Generator) -> list[
     return [torch.isin(batch.group, part).nonzero().squeeze(-1) for part in parts if len(part)]
 
 
-def combine_terms(objectives, ctx: LossContext, guidance=()) -> tuple[torch.Tensor, dict]:
-    """The per-token loss ``(R, L)`` of one minibatch: on on-policy and prefix rows, the policy
-    term times the product of every ``"token_mask"`` weight (detached) and of the guidance
-    methods' ``rl_weight``; on the rows of a kind a guidance method ``handles`` (teacher,
-    replayed, demonstration rows), that method's ``row_loss``; plus the sum of the regularizers
-    on every row. A row whose kind no term covers is an error, never a silent zero."""
+@dataclass
+class LossPart:
+    """A per-token loss ``(R, L)`` aggregated (``train.loss_agg_mode``) over the rows ``rows``
+    (``(R,)`` bool) alone, ``None``: over every row. The loss is the sum of the parts' aggregates."""
+
+    loss: torch.Tensor
+    rows: torch.Tensor | None = None
+
+
+def combine_terms(objectives, ctx: LossContext, guidance=()) -> tuple[list[LossPart], dict]:
+    """The loss of one minibatch, as parts to aggregate apart and add (``aggregate_parts``).
+
+    π_old is first replaced where a guidance method gives a ``ratio_anchor``. On on-policy and
+    prefix rows: the policy term times the product of every ``"token_mask"`` weight (detached),
+    plus the regularizers, all times the product of the guidance methods' ``rl_weight`` (1
+    leaves the regularizers as they are); on the rows of a kind a guidance method ``handles``
+    (teacher, replayed, demonstration rows), that method's ``row_loss``. A method with
+    ``separate_term`` makes its rows a part of their own (no regularizer on them); every other
+    row is in the first part, with the regularizers. A row whose kind no term covers is an
+    error, never a silent zero."""
+    for method in guidance:
+        anchor = method.ratio_anchor(ctx)
+        if anchor is not None:
+            ctx = replace(ctx, old_logp=anchor)
     kind = ctx.kind if ctx.kind is not None else torch.zeros(ctx.logp.shape[0], dtype=torch.long)
     kind = kind.to(ctx.logp.device)
     on_policy = (kind == ON_POLICY) | (kind == PREFIX)
-    covered = on_policy.clone()
-    extra, metrics = torch.zeros_like(ctx.logp), {}
+    covered, apart = on_policy.clone(), torch.zeros_like(on_policy)
+    extra, metrics, parts = torch.zeros_like(ctx.logp), {}, []
     for method in guidance:
         if not method.handles:
             continue
@@ -70,7 +90,11 @@ def combine_terms(objectives, ctx: LossContext, guidance=()) -> tuple[torch.Tens
         if rows.any():
             term, m = method.row_loss(ctx)
             metrics.update(m)
-            extra = extra + term * rows[:, None].to(term.dtype)
+            if method.separate_term:
+                parts.append(LossPart(term * rows[:, None].to(term.dtype), rows))
+                apart |= rows
+            else:
+                extra = extra + term * rows[:, None].to(term.dtype)
             covered |= rows
     if not covered.all():
         missing = sorted({ROW_KINDS[k] for k in kind[~covered].tolist()})
@@ -79,12 +103,31 @@ def combine_terms(objectives, ctx: LossContext, guidance=()) -> tuple[torch.Tens
     rl_weight = 1.0
     for method in guidance:
         rl_weight *= method.rl_weight(ctx.step)
-    loss, m = _policy_and_regularizers(objectives, ctx, on_policy[:, None].to(ctx.logp.dtype) * rl_weight)
+    loss, m = _policy_and_regularizers(objectives, ctx, on_policy[:, None].to(ctx.logp.dtype) * rl_weight,
+                                       on_policy, rl_weight)
     metrics.update(m)
-    return loss + extra, metrics
+    main = LossPart(loss + extra, ~apart if apart.any() else None)
+    return [main, *parts], metrics
 
 
-def _policy_and_regularizers(objectives, ctx: LossContext, policy_rows: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def aggregate_parts(parts: list[LossPart], mask: torch.Tensor, mode: str, max_length: int | None) -> torch.Tensor:
+    """Σ over ``parts`` of the aggregate of each part's loss over its own rows (a part with no
+    row adds nothing)."""
+    total = None
+    for part in parts:
+        if part.rows is None:
+            value = aggregate(part.loss, mask, mode, max_length)
+        else:
+            idx = part.rows.nonzero().squeeze(-1)
+            if not len(idx):
+                continue
+            value = aggregate(part.loss[idx], mask[idx], mode, max_length)
+        total = value if total is None else total + value
+    return total
+
+
+def _policy_and_regularizers(objectives, ctx: LossContext, policy_rows: torch.Tensor, rl_rows: torch.Tensor,
+                             rl_weight: float) -> tuple[torch.Tensor, dict]:
     policy, regular, weight, metrics = None, torch.zeros_like(ctx.logp), None, {}
     for objective in objectives:
         term, m = objective.term(ctx)
@@ -96,9 +139,73 @@ def _policy_and_regularizers(objectives, ctx: LossContext, policy_rows: torch.Te
             weight = term if weight is None else weight * term
         else:
             regular = regular + term
+    if rl_weight != 1.0:  # the regularizers on RL rows are part of L_RL
+        regular = regular * torch.where(rl_rows, rl_weight, 1.0)[:, None].to(regular.dtype)
     if policy is None:
         return regular, metrics
     return regular + (policy if weight is None else policy * weight) * policy_rows, metrics
+
+
+def loss_context(batch, rows, logp, entropy, logits, step: int, needs, ref_logp=None, extras=None) -> LossContext:
+    """The loss context of ``batch``'s ``rows`` given the current policy's values on them."""
+    dev = logp.device
+    if batch.advantages is None and batch.token_advantages is None:  # e.g. a validation batch
+        adv = torch.zeros_like(batch.mask)
+    else:
+        adv = batch.per_token_advantages()
+    extras = {**(extras or {}), "soft": None if batch.soft is None else batch.soft.rows(rows)}
+    return LossContext(logp=logp, old_logp=batch.old_logp[rows].to(dev),
+                       behaviour_logp=batch.behaviour_logp[rows].to(dev), advantages=adv[rows].to(dev),
+                       mask=batch.grad_mask[rows].to(dev), step=step, entropy=entropy,
+                       ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
+                       logits=logits if "logits" in needs else None, rows=rows, extras=extras,
+                       kind=batch.row_kind[rows])
+
+
+@dataclass
+class UpdateLoss:
+    """The update's loss as a plug-in can evaluate it outside ``optimise`` (AMFT's meta-gradient
+    takes the gradients of its two terms): the recipe's objectives, the aggregation, what the
+    objectives need, and the reference policy's engine when they need its log-probs."""
+
+    objectives: list
+    loss_agg_mode: str
+    max_length: int | None
+    needs: set
+    reference: object = None
+
+    def aggregate(self, per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return aggregate(per_token, mask, self.loss_agg_mode, self.max_length)
+
+    def rl(self, ctx: LossContext) -> torch.Tensor:
+        """L_RL of ``ctx`` (on-policy and prefix rows): the policy term and the regularizers, aggregated."""
+        parts, _ = combine_terms(self.objectives, ctx)
+        return aggregate_parts(parts, ctx.mask, self.loss_agg_mode, self.max_length)
+
+    def gradient(self, engine, batch, rows: torch.Tensor, value, params, step: int = 0,
+                 chunk: int | None = 64) -> tuple[float, list[torch.Tensor]]:
+        """``value(ctx)`` over ``batch``'s ``rows`` and its gradient with respect to ``params``
+        (zeros for those it does not reach; no gradient when it is not finite). The value is
+        computed once over all the rows, from the policy's log-probs of a pass without a graph
+        in parts of ``chunk`` rows; a second pass back-propagates (as ``train.micro_batch_size``)."""
+        ref = reference_logp(self.reference, batch) if "ref_logp" in self.needs and self.reference else None
+        extras = {"loss_agg_mode": self.loss_agg_mode, "max_length": self.max_length,
+                  "generator": torch.Generator().manual_seed(step)}
+
+        def loss_of(logp, entropy, logits):
+            ctx = loss_context(batch, rows, logp, entropy, logits, step, self.needs, ref, extras)
+            return value(ctx), ctx.mask
+
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            loss, _, _ = _micro_batched_backward(batch, engine, micro_batches(rows, chunk), self.needs,
+                                                 loss_of)
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        for p, g in zip(params, saved):
+            p.grad = g
+        return float(loss.detach()), grads
 
 
 class NonFiniteTraining(RunStopped):
@@ -155,24 +262,17 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
     model.train()
     generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     totals, counts = defaultdict(float), defaultdict(int)
-    adv_tokens = batch.advantages[:, None].expand_as(batch.mask)
-    grad_mask, kinds = batch.grad_mask, batch.row_kind
     params = stepped_parameters(optimizer)
     skipped = 0
     for epoch in range(train.ppo_epochs):
         for rows in minibatch_rows(batch, train.minibatches, generator):
             def loss_of(logp, entropy, logits, rows=rows, epoch=epoch):
-                dev = logp.device
-                ctx = LossContext(logp=logp, old_logp=batch.old_logp[rows].to(dev),
-                                  behaviour_logp=batch.behaviour_logp[rows].to(dev),
-                                  advantages=adv_tokens[rows].to(dev), mask=grad_mask[rows].to(dev), step=step,
-                                  entropy=entropy, ref_logp=None if ref_logp is None else ref_logp[rows].to(dev),
-                                  logits=logits if "logits" in needs else None, rows=rows,
-                                  extras={"epoch": epoch, "generator": generator, "loss_agg_mode": train.loss_agg_mode,
-                                          "max_length": train.max_new_tokens}, kind=kinds[rows])
-                per_token, metrics = combine_terms(plugins.objectives, ctx, plugins.guidance)
+                ctx = loss_context(batch, rows, logp, entropy, logits, step, needs, ref_logp,
+                                   {"epoch": epoch, "generator": generator, "loss_agg_mode": train.loss_agg_mode,
+                                    "max_length": train.max_new_tokens})
+                parts, metrics = combine_terms(plugins.objectives, ctx, plugins.guidance)
                 _accumulate(totals, counts, metrics)
-                return aggregate(per_token, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask
+                return aggregate_parts(parts, ctx.mask, train.loss_agg_mode, train.max_new_tokens), ctx.mask
 
             optimizer.zero_grad(set_to_none=True)
             if dp is not None and dp.enabled:
@@ -186,8 +286,7 @@ def optimise(batch, engine, plugins, optimizer, cfg, step: int, needs: set, ref_
                 loss, mask, entropy = _micro_batched_backward(batch, engine, parts, needs, loss_of)
             else:
                 logits = engine.response_logits(batch, rows)
-                logp, entropy = token_logp_entropy(logits, batch.response_ids[rows].to(logits.device),
-                                                   "entropy" in needs)
+                logp, entropy = response_logp_entropy(logits, batch, rows, "entropy" in needs)
                 loss, mask = loss_of(logp, entropy, logits)
                 if torch.isfinite(loss):
                     loss.backward()
@@ -250,7 +349,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
                 engine.response_logits(batch, part)  # the collectives only
                 continue
             logits = engine.response_logits(batch, part)
-            logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), want_entropy)
+            logp, entropy = response_logp_entropy(logits, batch, part, want_entropy)
             logps.append(logp)
             entropies.append(entropy)
             all_logits.append(logits if want_logits else None)
@@ -276,7 +375,7 @@ def _micro_batched_backward(batch, engine, parts, needs, loss_of, dp=None, offse
         start += len(part)
         _set_rng_state(state, device)
         logits = engine.response_logits(batch, part)
-        logp, entropy = token_logp_entropy(logits, batch.response_ids[part].to(logits.device), "entropy" in grads)
+        logp, entropy = response_logp_entropy(logits, batch, part, "entropy" in grads)
         values = {"logp": logp, "entropy": entropy, "logits": logits.float()}
         sum((values[k] * g[span].float()).sum() for k, g in grads.items()).backward()
     return loss, mask, leaves["entropy"]

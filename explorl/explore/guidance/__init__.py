@@ -9,3 +9,4 @@ from explorl.explore.guidance import amft  # noqa: F401
 from explorl.explore.guidance import spear  # noqa: F401
 from explorl.explore.guidance import go_explore  # noqa: F401
 from explorl.explore.guidance import rex_rag  # noqa: F401
+from explorl.explore.guidance import cot2_csft  # noqa: F401

@@ -14,11 +14,20 @@ reward ≥ 1, the run's pass criterion); ``hybrid`` also guides a successful gro
 ``always`` guides every group.
 
 **Replacement.** In a guided group, min(k, #wrong, #candidates) wrong on-policy rollouts, drawn at
-random (``ctx.rng``), are replaced by teacher solutions, k = ``num_off_policy_targets`` (2). The
-replaced rollouts were generated and their tokens stay spent (``tokens/step``): the authors'
-code also replaces failed rollouts after generation, so this is the paper's cost. Injected
-solutions count as correct: their reward is raised to 1 if the verifier gave less (the code sets
-it to 1.0), and ``guide/ampo_unverified`` counts those.
+random (``ctx.rng``; the code's ``random.sample(incorrect_positions, …)``), are replaced by teacher
+solutions, k = ``num_off_policy_targets`` (2). The replaced rollouts were generated and their
+tokens stay spent (``tokens/step``): the authors' code also replaces failed rollouts after
+generation, so this is the paper's cost. Injected solutions count as correct: their reward is
+raised to 1 if the verifier gave less (the code sets it to 1.0), and ``guide/ampo_unverified``
+counts those.
+
+**Which candidates are injected** (``mix_off_policy_rollout`` ~L1575–1590). The pool is ordered
+(see below) and its first min(k, #candidates) are *available*; then, as the code does, the
+replaced rollouts are visited in group order and the one at position j (its index among the
+group's rollouts) takes the available candidate at ``j % len(available)`` (index 0 when one is
+left), which leaves the list. With as many replaced rollouts as available candidates every one of
+them is injected; with fewer (fewer wrong rollouts than k) the positions decide which: with k = 2
+and one wrong rollout at an odd position, the second-ranked candidate is injected, not the first.
 
 **Candidates: several teachers.** The candidate pool of a problem holds up to
 ``max_available_targets`` (4) distinct solutions taken round-robin over the named teachers (one
@@ -28,27 +37,52 @@ recipe defines two countdown solvers with different search orders (``solver_asc`
 
 **Selection by comprehension** (``target_selection_strategy: best_k``, the code's
 ``off_policy_reward_manager='prob'``, which is what orders the pool in the code; the script's
-``target_selection_strategy=best_k`` is not read by the trainer). Every candidate is scored by
-the current policy (``ctx.score``: one forward pass, its ``old_logp``) and the k with the highest
-comprehension score are injected. The code's score (``compute_scoreB``) is the policy's
-probability of the gold answer's tokens when it follows the teacher's reasoning, reduced by
-``compute_score_name`` (script: ``mean_exp_log_softmax``, the mean token probability). Here:
+``target_selection_strategy=best_k`` is not read by the trainer). Every candidate is scored by the
+current policy (``ctx.score``: one forward pass, its ``old_logp``) and the pool is sorted by the
+code's score (``ProbRewardManager.__call__``, ``workers/reward_manager/prob.py`` ~L245–255, with
+the script's ``reward_manager_shaping_function_name=threshold_0`` and ``format_coefficient=0.1``,
+the parameter ``format_coefficient`` here):
+
+    score = 0.9 · max(B − A, 0) + 0.1 · format
+
+- B (``compute_scoreB``): the policy's comprehension of the answer tokens when they follow the
+  teacher's reasoning, i.e. the log-probs of the answer span reduced by ``comprehension`` (the
+  code's ``compute_score_name``; script: ``mean_exp_log_softmax``, the mean token probability);
+- A (the code's ``get_scoreA``, ``mix_dapo_trainer.py`` ~L1805): the same reduction over the same
+  answer tokens placed right after the prompt, with no reasoning before them: what the policy
+  makes of the answer alone.
+  B − A is what the teacher's reasoning adds; ``threshold_0`` sets a negative gain to 0;
+- format (``reward_manager/format.py``, ``format_mode=R1_nothink``): 1 when the solution holds
+  exactly one ``<answer>`` and one ``</answer>``, in that order, else 0.
+
+Here:
 
 - the answer span is the solution's **final line** (where worked solutions and the reference
-  completion put the answer), the tokens after the teacher's reasoning (the lines before it);
+  completion put the answer), the tokens after the teacher's reasoning (the lines before it); A
+  scores that line as a response to the prompt alone (one more forward pass over the final lines
+  of multi-line candidates, counted in ``tokens/teacher``);
 - a one-line solution, which is every testbed teacher's (a countdown expression, an answer), is
-  all answer: the score is then the policy's comprehension of the whole solution given the prompt,
-  e.g. the mean probability of the tokens of ``3*5+7`` (the stop token is left out);
+  all answer: B = A exactly (the same tokens after the same prompt), so its score is
+  0.1 · format, and no testbed solution carries answer tags: on the testbed every candidate scores
+  0 and ``best_k`` keeps pool order (as ``first``, teachers in turn);
 - the final line is the teacher's own answer rather than the gold one put in its place (the
-  code's ``replace_answer_with_gt``): candidates come from verified teachers, so the two agree.
+  code's ``replace_answer_with_gt``): candidates come from verified teachers, so the two agree;
+- where the code differs and this does not follow: it computes A once per prompt before training
+  (``compute_promptgt2scoreA``, with the initial policy over the whole training set), while a
+  testbed source generates problems without end, so A is taken with the current policy when a
+  problem is guided (the policy that gives B); it rounds B to bfloat16 (``scoreB =
+  torch.tensor(scoreB, dtype=torch.bfloat16)``), a precision artifact not kept; and it sorts with
+  ``torch.argsort(descending=True)``, whose order among ties is unspecified, while ties here keep
+  pool order.
 
-``comprehension`` picks the reduction over the span's token log-probs, as the code's
-``compute_score_name``: ``mean_exp_log_softmax`` (mean probability; the script's, the default),
-``exp_mean_log_softmax`` (geometric mean; the paper's Eq. 5), ``mean_log_softmax``,
+``comprehension`` picks the reduction: ``mean_exp_log_softmax`` (mean probability; the script's,
+the default), ``exp_mean_log_softmax`` (geometric mean; the paper's Eq. 5), ``mean_log_softmax``,
 ``exp_sum_log_softmax``. Other orders: ``random`` (the code's ``random`` manager) and ``first``
-(pool order, the code's ``naive``). Every candidate is read by the policy once, so
-``tokens/teacher`` counts the whole pool of the guided groups; ``guide/ampo_teacher_tokens`` counts
-the injected rows.
+(pool order, the code's ``naive``). Every candidate is read by the policy once (a multi-line
+one twice: its final line alone, for A), so ``tokens/teacher`` counts the whole pool of the
+guided groups; ``guide/ampo_teacher_tokens`` counts the injected rows. Metrics: ``guide/ampo_score`` (mean score of the injected candidates),
+``guide/ampo_score_pool``, ``guide/ampo_comprehension`` (their mean B) and
+``guide/ampo_comprehension_prompt`` (their mean A).
 
 **Loss on teacher tokens**: ℓ_t = −Â · f(π_θ(e_t)), f(x) = x/(x + γ), γ = 0.1 (``gamma``; the
 code's ``off_policy_reshape="p_div_p_0.1"``, π_φ ≡ 1); ``target_probs: true`` uses π_θ/π_φ with
@@ -72,9 +106,12 @@ augmented group (``norm_adv_by_std_in_grpo=False``: ``grpo`` with ``scale_by_std
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 from explorl.batch import OFF_POLICY, ON_POLICY
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import luffy_shaping
 from explorl.explore.guidance.luffy import clip_weight, off_policy_mask
@@ -127,6 +164,31 @@ def comprehension_score(logp: torch.Tensor, how: str = "mean_exp_log_softmax") -
     raise ValueError(f"unknown comprehension score {how!r} (valid: {', '.join(COMPREHENSION)})")
 
 
+def answer_tag_format(text: str) -> float:
+    """The code's ``format_reward(…, format_mode='R1_nothink')``: 1 when ``text`` holds exactly one
+    ``<answer>`` and one ``</answer>``, in that order."""
+    if text.count("<answer>") != 1 or text.count("</answer>") != 1:
+        return 0.0
+    return 1.0 if re.fullmatch(r".*<answer>.*</answer>.*", text, re.DOTALL) else 0.0
+
+
+def target_score(b: float, a: float, form: float, format_coefficient: float = 0.1) -> float:
+    """(1 − c)·max(B − A, 0) + c·format: the code's score with ``threshold_0`` shaping."""
+    return (1 - format_coefficient) * max(b - a, 0.0) + format_coefficient * form
+
+
+def assign_targets(available: list[int], positions: list[int]) -> list[int]:
+    """The candidates injected for the replaced rollouts at ``positions`` (their indices in the
+    group): visited in group order, the one at position j takes ``available[j % len(left)]``
+    (index 0 when one is left) of those left, as the code assigns them."""
+    left, out = list(available), []
+    for j in sorted(positions):
+        if not left:
+            break
+        out.append(left.pop(j % len(left) if len(left) > 1 else 0))
+    return out
+
+
 def select_targets(scores: list[float], k: int, strategy: str, rng=None) -> list[int]:
     """Indices of the ``k`` candidates to inject: the highest scores first (``best_k``; ties keep
     pool order), a random draw (``random``) or pool order (``first``)."""
@@ -158,13 +220,14 @@ def sequence_mean_scale(ctx) -> torch.Tensor:
                                     "Diverse Exploration, arXiv:2510.02227; code SII-Enigma/AMPO "
                                     "ampo/verl/verl/adaptive_mix_src/mix_dapo_trainer.py, mix_core_alg.py")
 class AMPO(Guidance):
+    engaged_when = (Acted("guide/ampo_teacher_rows", ">", 0, what="teacher rows injected on failed groups > 0"),)
     handles = frozenset({OFF_POLICY})
 
     def __init__(self, teachers: list | None = None, num_off_policy_targets: int = 2, max_available_targets: int = 4,
                  injection_strategy: str = "adaptive", hybrid_probability: float = 0.3,
                  target_selection_strategy: str = "best_k", comprehension: str = "mean_exp_log_softmax",
                  gamma: float = 0.1, target_probs: bool = False, off_policy_loss_impl: str = "token",
-                 off_max_clip: float | None = None, off_min_clip: float | None = None):
+                 off_max_clip: float | None = None, off_min_clip: float | None = None, format_coefficient: float = 0.1):
         if injection_strategy not in INJECTION:
             raise ValueError(f"guidance ampo: injection_strategy must be one of {', '.join(INJECTION)}, "
                              f"got {injection_strategy!r}")
@@ -178,8 +241,10 @@ class AMPO(Guidance):
             raise ValueError(f"guidance ampo: off_policy_loss_impl must be token or seq, got {off_policy_loss_impl!r}")
         if num_off_policy_targets < 1 or max_available_targets < 1:
             raise ValueError("guidance ampo: num_off_policy_targets and max_available_targets must be >= 1")
-        if not 0.0 <= hybrid_probability <= 1.0 or not gamma > 0:
-            raise ValueError("guidance ampo: need 0 <= hybrid_probability <= 1 and gamma > 0")
+        if not 0.0 <= hybrid_probability <= 1.0 or not gamma > 0 or not 0.0 <= format_coefficient <= 1.0:
+            raise ValueError("guidance ampo: need 0 <= hybrid_probability <= 1, gamma > 0 and "
+                             "0 <= format_coefficient <= 1")
+        self.format_coefficient = format_coefficient
         self.teacher_names = teachers
         self.k, self.pool_size = num_off_policy_targets, max_available_targets
         self.injection, self.hybrid_probability = injection_strategy, hybrid_probability
@@ -193,15 +258,30 @@ class AMPO(Guidance):
             return True
         return self.injection == "hybrid" and rng.random() < self.hybrid_probability
 
-    def scores(self, cands, tokenizer) -> list[float]:
-        """The comprehension score of every candidate row of ``cands`` (scored by the policy)."""
-        out = []
+    def answer_comprehension(self, cands, tokenizer) -> tuple[list[float], list[tuple[int, int]]]:
+        """B of every candidate row of ``cands`` (scored by the policy), and its answer span."""
+        out, spans = [], []
         for r in range(cands.size):
             n = int(cands.lengths[r])
             n_text = n - 1 if n > 1 else n  # the stop token appended to the text is not the solution's
             start, end = answer_span(tokenizer, cands.texts[r], n_text)
             out.append(comprehension_score(cands.old_logp[r, start:end], self.comprehension))
-        return out
+            spans.append((start, end))
+        return out, spans
+
+    def prompt_comprehension(self, ctx, problems, cands, b, spans) -> list[float]:
+        """A of every candidate: its answer line scored right after the prompt (B itself when the
+        answer span is the whole solution: the same tokens after the same prompt)."""
+        a = list(b)
+        lines = [r for r, (start, _) in enumerate(spans) if start > 0]
+        if lines:
+            texts = [cands.texts[r][cands.texts[r].rstrip().rfind("\n") + 1:] for r in lines]
+            alone = ctx.score([problems[int(cands.group[r])] for r in lines], [1] * len(lines), texts=texts,
+                              kind=OFF_POLICY)
+            for i, r in enumerate(lines):
+                n = int(alone.lengths[i])
+                a[r] = comprehension_score(alone.old_logp[i, :n - 1 if n > 1 else n], self.comprehension)
+        return a
 
     def guide(self, batch, ctx):
         kinds, rewards = batch.row_kind, batch.rewards
@@ -217,34 +297,42 @@ class AMPO(Guidance):
             if wrong:
                 pool = candidate_pool(ctx, problem, self.teacher_names, self.pool_size)
                 if pool:
-                    plans.append((g, wrong, pool))
+                    plans.append((g, rows, wrong, pool))
         metrics = {"guide/ampo_groups_triggered": float(decided), "guide/ampo_groups_injected": float(len(plans))}
         if not plans:
             metrics["guide/ampo_teacher_rows"] = 0.0
             return batch, metrics
-        cands = ctx.score([batch.problems[g] for g, _, _ in plans], [len(pool) for _, _, pool in plans],
-                          texts=[text for _, _, pool in plans for _, text in pool], kind=OFF_POLICY)
-        scores = self.scores(cands, ctx.engine.tokenizer)
-        chosen, replaced, start, picked_scores = [], [], 0, []
-        for g, wrong, pool in plans:
+        problems = [batch.problems[g] for g, _, _, _ in plans]
+        cands = ctx.score(problems, [len(pool) for _, _, _, pool in plans],
+                          texts=[text for _, _, _, pool in plans for _, text in pool], kind=OFF_POLICY)
+        b, spans = self.answer_comprehension(cands, ctx.engine.tokenizer)
+        a = self.prompt_comprehension(ctx, problems, cands, b, spans)
+        scores = [target_score(b[r], a[r], answer_tag_format(cands.texts[r]), self.format_coefficient)
+                  for r in range(cands.size)]
+        chosen, replaced, start = [], [], 0
+        for g, rows, wrong, pool in plans:
             m = min(self.k, len(wrong), len(pool))
-            pick = select_targets(scores[start:start + len(pool)], m, self.selection, ctx.rng)
+            available = select_targets(scores[start:start + len(pool)], min(self.k, len(pool)), self.selection,
+                                       ctx.rng)
+            drop = ctx.rng.sample(wrong, m)
+            pick = assign_targets(available, [rows.index(r) for r in drop])
             chosen += [start + i for i in pick]
-            picked_scores += [scores[start + i] for i in pick]
             for i in pick:
                 key = f"guide/ampo_from/{pool[i][0]}"
                 metrics[key] = metrics.get(key, 0.0) + 1.0
-            replaced += ctx.rng.sample(wrong, m)
+            replaced += drop
             start += len(pool)
         keep = set(chosen)
         injected = cands.drop_rows([r for r in range(cands.size) if r not in keep]) if len(keep) < cands.size else cands
         metrics["guide/ampo_unverified"] = float((injected.rewards < 1.0).sum())
         injected.rewards = injected.rewards.float().clamp_min(1.0)  # injected solutions count as correct
-        out = replace_rows(batch, replaced, injected, [g for g, _, _ in plans])
+        out = replace_rows(batch, replaced, injected, [g for g, _, _, _ in plans])
         metrics.update({"guide/ampo_teacher_rows": float(injected.size), "guide/ampo_candidates": float(cands.size),
                         "guide/ampo_teacher_tokens": float(injected.tokens),
-                        "guide/ampo_comprehension": sum(picked_scores) / len(picked_scores),
-                        "guide/ampo_comprehension_pool": sum(scores) / len(scores)})
+                        "guide/ampo_score": _mean(scores[r] for r in chosen),
+                        "guide/ampo_score_pool": _mean(scores),
+                        "guide/ampo_comprehension": _mean(b[r] for r in chosen),
+                        "guide/ampo_comprehension_prompt": _mean(a[r] for r in chosen)})
         return out, metrics
 
     # ---- the loss on teacher tokens ------------------------------------------------------------
@@ -278,3 +366,8 @@ def replace_rows(batch, drop: list[int], extra, origin: list[int]):
     new_rows = [int(new_start[group[r]] + (r - old_start[group[r]])) for r in drop]
     return merged.drop_rows(new_rows) if new_rows else merged
 
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)

@@ -10,12 +10,15 @@ reimplementation gives (Phonsiriwillbejommarn/Recall-Extend-Dynamics-CoDA,
 ``verl/trainer/ppo/ray_trainer.py`` ~L1115–1190). Neither the exact entropy-change definition nor
 the accuracy shift was checked against the paper's equations (UNVERIFIED).
 
-**Loss.** L = L_RL + coef · w_SFT · f_acc · L_SFT. Each step, up to ``per_problem`` teacher
-solutions per problem enter as demonstration rows (``DEMO``: outside every group, no advantage,
-as ``sft`` adds them) and their tokens get ``coef · w_SFT · f_acc(problem) · (−log π_θ(e_t))``,
-aggregated with the run's ``loss_agg_mode`` together with the policy's rows. The policy term on
-the on-policy rows is untouched (weight 1). ``coef`` (0.1) is the third-party code's
-``sft.loss_coef``; the paper's value is not known here.
+**Loss.** L = L_RL + coef · w_SFT · L_SFT, each term aggregated over its own rows
+(``separate_term``), as the third-party ``dp_actor.update_policy`` adds its SFT loss (a token mean
+over the demonstration batch) to the policy loss. Each step, up to ``per_problem`` teacher
+solutions per problem enter as demonstration rows (``DEMO``: outside every group, no advantage, as
+``sft`` adds them); L_SFT is the mean over their tokens (the run's ``loss_agg_mode`` over those
+rows alone) of f_acc(problem) · (−log π_θ(e_t)), and L_RL the recipe's policy term and
+regularizers over the policy's rows, untouched (weight 1). So the imitation weight is
+coef · w_SFT whatever the number of rollouts per demonstration. ``coef`` (0.1) is the
+third-party code's ``sft.loss_coef``; the paper's value is not known here.
 
 **w_SFT, the entropy-change ratio** ("Recall": RL lowers entropy; "Extend": SFT raises it).
 Implemented exactly as follows. After step t's update, ``observe`` runs one forward pass of the
@@ -59,6 +62,7 @@ from __future__ import annotations
 import torch
 
 from explorl.batch import DEMO, ON_POLICY, PREFIX
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.sft import demonstrations, nll
 from explorl.registry import register
@@ -98,7 +102,9 @@ def recorded_entropy(batch, rows: torch.Tensor) -> float:
                                     "millioniron/OpenRLHF-Millioniron- has no RED; form of the third-party "
                                     "Recall-Extend-Dynamics-CoDA core_algos.py)")
 class RED(Guidance):
+    engaged_when = (Acted("guide/red_weight", ">", 0, reduce="max", what="SFT weight in force > 0"),)
     handles = frozenset({DEMO})
+    separate_term = True
     state_keys = ("weight", "ema_offline", "ema_online")
 
     def __init__(self, teachers: list | None = None, per_problem: int = 1, coef: float = 0.1, bound: float = 5.0,

@@ -41,8 +41,11 @@ the tokenization the sampler saw; with the testbed's character tokenizer they ar
 and probe tokens (what a prefix placed in the prompt would give: only the policy's own continuation
 is trained, at ratio π_θ/π_old, as the mixture leaves continuation tokens exactly there).
 
-**Policy correction** (``augment``, after advantages: the anchor of the recipe's PPO term,
-``old_logp``, is replaced by the mixture, as the code replaces ``old_log_prob`` in the actor)::
+**Policy correction** (the anchor of the recipe's PPO term, π_old, is replaced by the mixture
+inside the loss, as the code's actor replaces ``old_log_prob`` in ``update_policy`` after verl has
+recomputed it; ``augment``, after advantages, records α, the error rate and each clone's prefix
+length and probe, and ``ratio_anchor`` builds μ_b from the π_old the update holds, so with
+``train.recompute_old_logp: true`` it is built on the recomputed π_old, as in the code)::
 
     μ_b(t) = (1 − α) π_old(t) + α μ_probe(t),    α = kept clones / rows of the batch
     μ_probe: 0 on original rollouts; on a clone: π_old · err^(−1/m) on the m prefix tokens
@@ -56,7 +59,8 @@ With μ_probe = 0 the original rollouts' ratio is π_θ / ((1 − α) π_old): e
 ``original_correction: mixture``); ``original_correction: none`` leaves original rollouts at
 π_θ/π_old. On a clone's prefix μ_b = π_old·(1 − α + α·err^(−1/m)) can exceed 1, as in the code.
 Rows other guidance methods add are left alone, except on-policy rows, which are originals.
-Objectives reading ``old_logp`` for another purpose (``ppo_clip``'s ``tis_cap``) see the mixture.
+Objectives reading ``old_logp`` for another purpose (``ppo_clip``'s ``tis_cap``) see the mixture;
+the batch's ``old_logp`` itself keeps π_old (what ``observe`` and the other plug-ins read).
 
 **Probes.** Probes must survive the policy's tokenizer (checked at the first step). The code's
 probes ("<think> Perhaps I've overlooked critical points or slipped up in my logic." …) use
@@ -78,6 +82,7 @@ from collections import defaultdict
 import torch
 
 from explorl.batch import ON_POLICY, PREFIX
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.registry import register
 
@@ -133,6 +138,7 @@ def mixture_logp(old_logp: torch.Tensor, prefix_len: int, probe_mu: list[float],
           "arXiv:2508.08149; code MiliLab/REX-RAG verl/workers/actor/dp_actor.py, verl/trainer/ppo/ray_trainer.py, "
           "search_r1/llm_agent/generation.py")
 class RexRAG(Guidance):
+    engaged_when = (Acted("guide/rex_kept", ">", 0, reduce="sum", what="kept probe rows > 0"),)
     state_keys = ("keep_ratio",)
 
     def __init__(self, probes: list | None = None, clone_prob: float = 0.2, keep_ratio: float = 0.08,
@@ -158,6 +164,7 @@ class RexRAG(Guidance):
         self._probe_ids = None
         self._pending: dict[tuple, list] = {}  # this step's kept clones: (problem id, token ids) -> [(m, μ_probe)]
         self._error_rate = 1.0
+        self._plan: dict | None = None  # this step's correction, by row of the batch (augment -> ratio_anchor)
 
     def probe_tokens(self, tokenizer) -> list[list[int]]:
         if self._probe_ids is None:
@@ -174,7 +181,7 @@ class RexRAG(Guidance):
 
     # ---- clones ------------------------------------------------------------------------------
     def guide(self, batch, ctx):
-        self._pending = {}
+        self._pending, self._plan = {}, None
         engine = ctx.engine
         probe_ids = self.probe_tokens(engine.tokenizer)
         probe_mu = probe_trie(probe_ids)
@@ -248,26 +255,42 @@ class RexRAG(Guidance):
 
     # ---- the policy correction -----------------------------------------------------------------
     def augment(self, batch, sampler):
-        pending, self._pending = self._pending, {}
+        pending, self._pending, self._plan = self._pending, {}, None
         kind = batch.row_kind
-        clones = []
+        clones = {}
         for r in (kind == PREFIX).nonzero().squeeze(-1).tolist():
             n = int(batch.mask[r].sum())
             key = (batch.problems[int(batch.group[r])].id, tuple(batch.response_ids[r, :n].tolist()))
             if pending.get(key):
-                clones.append((r, n, *pending[key].pop()))
+                clones[r] = (n, *pending[key].pop())
         alpha = len(clones) / batch.size
         if alpha == 0:
             return batch, {}
-        old = batch.old_logp.clone()
-        if self.original_correction == "mixture":
-            original = (kind == ON_POLICY)[:, None].to(old.dtype)
-            old = old + math.log(1 - alpha) * batch.mask * original
-        for r, n, m, mu in clones:
-            old[r, :n] = mixture_logp(batch.old_logp[r, :n], m, mu, alpha, self._error_rate)
-        batch.old_logp = old
+        self._plan = {"size": batch.size, "alpha": alpha, "error_rate": self._error_rate, "clones": clones,
+                      "original": (kind == ON_POLICY)[:, None], "mask": batch.mask.clone()}
         return batch, {"guide/rex_alpha": alpha}
 
+    def ratio_anchor(self, ctx):
+        """log μ_b on the minibatch's rows, from its π_old (``ctx.old_logp``)."""
+        plan = self._plan
+        if plan is None:
+            return None
+        if ctx.rows is None or int(ctx.rows.max()) >= plan["size"]:
+            raise RuntimeError("guidance rex_rag: the batch changed after rex_rag's augment; put rex_rag last among "
+                               "the guidance methods")
+        rows, alpha = ctx.rows.cpu(), plan["alpha"]
+        old = ctx.old_logp
+        if self.original_correction == "mixture":
+            original = plan["original"][rows].to(old.device, old.dtype)
+            old = old + math.log(1 - alpha) * plan["mask"][rows].to(old.device) * original
+        else:
+            old = old.clone()
+        for i, r in enumerate(rows.tolist()):
+            if r in plan["clones"]:
+                n, m, mu = plan["clones"][r]
+                old[i, :n] = mixture_logp(ctx.old_logp[i, :n], m, mu, alpha, plan["error_rate"])
+        return old
+
     def observe(self, stats):
-        self._pending = {}
+        self._pending, self._plan = {}, None
         return {}

@@ -1,10 +1,14 @@
 """``sft``: a supervised term on teacher demonstrations, beside or before RL.
 
 Each step, for each problem of the batch, up to ``per_problem`` teacher solutions are added as
-demonstration rows (``DEMO``: outside every group, so they change no advantage), and their
-tokens get the loss ``coef(s) · (−log π_θ(e_t))`` (token-level NLL; aggregated with the run's
-``loss_agg_mode`` together with the other rows). ``schedule`` shapes the coefficient over steps
-s: ``constant``, ``linear`` (coef → 0 at ``decay_steps``) or ``cosine`` (coef·(1+cos(πs/S))/2).
+demonstration rows (``DEMO``: outside every group, so they change no advantage), and the loss is
+L = L_RL + coef(s) · L_SFT, L_SFT the NLL −log π_θ(e_t) of their tokens aggregated over the
+demonstration rows alone (``separate_term``; their own token mean under ``token-mean``), as
+LUFFY's SFT+RL baseline writes it (``luffy/verl/verl/mix_src/mix_actor.py`` ~L112–142,
+``use_sft_multitask_loss``: ``sft_loss * sft_loss_coef + pg_loss``, the SFT loss a masked mean
+over the demonstration tokens): the imitation weight is coef whatever the number of rollouts per
+demonstration. ``schedule`` shapes the coefficient over steps s: ``constant``, ``linear``
+(coef → 0 at ``decay_steps``) or ``cosine`` (coef·(1+cos(πs/S))/2).
 
 ``phase: joint`` gives the SFT+RL baseline (both losses every step). ``phase: before`` gives
 SFT-then-RL: before the first RL step, ``teacher_tokens`` tokens of teacher solutions (on
@@ -19,6 +23,7 @@ import math
 import torch
 
 from explorl.batch import DEMO
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import add_teacher_rows, teacher_solutions
 from explorl.registry import register
@@ -39,6 +44,7 @@ def nll(ctx) -> torch.Tensor:
 @register("guidance", "sft", paper="supervised term on teacher demonstrations (SFT+RL / SFT-then-RL baselines)")
 class SFT(Guidance):
     handles = frozenset({DEMO})
+    separate_term = True
 
     def __init__(self, teachers: list | None = None, per_problem: int = 1, coef: float = 0.1,
                  schedule: str = "constant", decay_steps: int = 100, phase: str = "joint",
@@ -53,6 +59,12 @@ class SFT(Guidance):
             raise ValueError("guidance sft: need per_problem >= 1, coef >= 0, decay_steps >= 1")
         self.teacher_names, self.per_problem, self.coef = teachers, per_problem, coef
         self.schedule, self.decay_steps, self.phase, self.teacher_tokens = schedule, decay_steps, phase, teacher_tokens
+
+    def engagement(self):
+        """SFT+RL acts through its demonstration rows; SFT-then-RL through its phase before RL."""
+        if self.phase == "before":
+            return (Acted("guide/sft_steps", ">", 0, reduce="sum", what="the SFT phase ran"),)
+        return (Acted("guide/demo_rows", ">", 0, what="demo rows > 0"),)
 
     def coefficient(self, step: int) -> float:
         s = min(step, self.decay_steps) / self.decay_steps
