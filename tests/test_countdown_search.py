@@ -131,6 +131,16 @@ def test_the_verifier_reads_only_the_final_answer():
     assert source.verify(p, f">{'+'.join(map(str, numbers * 2))}") == 0.0  # numbers used twice
 
 
+def test_the_verifier_counts_the_numbers_an_answer_uses():
+    from explorl.tasks import Problem
+    p = Problem(id="cds/fixed", prompt="3,5,7>22:", answer="(5*3)+7", source="countdown_search")
+    source = CountdownSearch()
+    assert source.verify(p, "5+7=12;>(5*3)+7") == 1.0
+    assert source.verify(p, ">7+7+5+3") == 0.0    # reaches 22 with 7 twice
+    assert source.verify(p, ">11+11") == 0.0      # reaches 22 with numbers not given
+    assert source.verify(p, ">(7+3)*2+2") == 0.0  # 2 is not among them
+
+
 def test_text_roles_of_a_hand_made_trace():
     roles = text_roles("7-3=4,5*4=20;;5*3=15>(5*3)+7")
     assert "".join(r[0] for r in roles) == "dddaacdddaaacc" + "dddaaa" + "c" + "a" * 7
