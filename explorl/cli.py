@@ -72,7 +72,7 @@ def _run_policy(run: Path):
 
 
 def cmd_eval(args) -> int:
-    from explorl.train import checkpoint
+    from explorl.atomic import write_text_atomic
     if args.search:
         return cmd_search(args)
     if args.run is None:
@@ -85,7 +85,7 @@ def cmd_eval(args) -> int:
     results, ks = _evaluate(cfg, model, tokenizer, args.samples, ckpt, args.decoding)
     suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
     out = run / f"eval_{ckpt.name}{suffix}.json"
-    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
+    write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{_format_results(results, ks)}\nwritten to {out}")
     return 0
 
@@ -130,12 +130,12 @@ def _format_results(results: dict, ks) -> str:
 
 def cmd_search(args) -> int:
     """``eval --search``: test-time scaling of search methods on the held-out sets."""
+    from explorl.atomic import write_text_atomic
     from explorl.eval.search import budgets_up_to, format_scaling, parse_methods, run_search
     from explorl.policy import load_policy, make_engine
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
     from explorl.tasks.guard import FaultLedger, GuardedVerifier
-    from explorl.train import checkpoint
     from explorl.train.parallel import resolve_device
     methods, budgets = parse_methods(args.search), budgets_up_to(args.budget)
     if args.run and args.model:
@@ -170,7 +170,7 @@ def cmd_search(args) -> int:
     print(f"{where}: {len(problems)} held-out problems, budgets {budgets}\n{format_scaling(rows)}")
     out = Path(args.out) if args.out else (Path(args.run) / "search.json" if args.run else None)
     if out is not None:
-        checkpoint.write_text_atomic(out, json.dumps({"problems": len(problems), "rows": rows}, indent=2))
+        write_text_atomic(out, json.dumps({"problems": len(problems), "rows": rows}, indent=2))
         print(f"written to {out}")
     return 0
 

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from explorl.compare.child import HEARTBEAT_S
-from explorl.compare.files import CorruptFile, _read_json, _warn, _write_atomic
+from explorl.atomic import write_text_atomic
+from explorl.compare.files import CorruptFile, _read_json, _warn
 
 MAX_K = 256  # pass@k kept in results.json up to this k (the exploration-limited regime samples 256)
 
@@ -220,7 +221,7 @@ def collect(out: Path, entries, args) -> dict:
 
 
 def write_results(out: Path, results: dict) -> None:
-    _write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
 
 
 # ---- the leaderboard -----------------------------------------------------------------------

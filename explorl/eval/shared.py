@@ -99,7 +99,7 @@ def load_start_eval(cfg, warn=print) -> dict | None:
 
 
 def store_start_eval(cfg, results: dict) -> None:
-    from explorl.train.checkpoint import write_text_atomic
+    from explorl.atomic import write_text_atomic
     path = start_eval_path(cfg)
     if path is None:
         return

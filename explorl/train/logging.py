@@ -86,7 +86,7 @@ class RunLogger:
         the last step the file held (0 if none)."""
         if not self.path.exists():
             return 0
-        from explorl.train.checkpoint import write_text_atomic
+        from explorl.atomic import write_text_atomic
         rows = [(json.loads(line)["step"], line) for line in read_metrics_lines(self.path, warn)]
         write_text_atomic(self.path, "".join(line + "\n" for n, line in rows if n <= step))
         return max((n for n, _ in rows), default=0)

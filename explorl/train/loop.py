@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from explorl.atomic import write_text_atomic
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
 from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
@@ -120,7 +121,7 @@ class Trainer:
             self._resume()
         if self.dp.is_main and stored_config(self.out) != yaml.safe_load(yaml.safe_dump(cfg.to_dict(),
                                                                                          sort_keys=False)):
-            checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             crash_point("config.written")
 
     def _check_thinking(self) -> None:
@@ -511,7 +512,7 @@ class Trainer:
 
     def _write_eval(self, results: dict) -> None:
         if self.dp.is_main:
-            checkpoint.write_text_atomic(self.out / "eval.json", json.dumps(results, indent=2))
+            write_text_atomic(self.out / "eval.json", json.dumps(results, indent=2))
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> None:

@@ -266,7 +266,7 @@ def _read_state(path: Path, warn) -> dict:
 def build(cfg, out: Path, warn=print) -> list[Guarded]:
     """The trackers ``cfg.logging`` asks for, started (or continued, on resume); an error that names
     the config key if one cannot start."""
-    from explorl.train.checkpoint import write_text_atomic
+    from explorl.atomic import write_text_atomic
     out = Path(out)
     path = out / STATE_FILE
     state = _read_state(path, warn)
