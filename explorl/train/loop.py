@@ -23,6 +23,7 @@ from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
 from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import GuideContext, RolloutRequest, StepStats
+from explorl.folder_lock import FolderLock
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
 from explorl.policy.engine import RolloutEngine
@@ -37,7 +38,6 @@ from explorl.train.optim import build_optimizer
 from explorl.train.parallel import DataParallel, resolve_device
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
-from explorl.train.runlock import FolderLock
 from explorl.train.update import (
     NonFiniteGuard,
     NonFiniteTraining,
