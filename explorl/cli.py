@@ -108,7 +108,7 @@ def _evaluate(cfg, model, tokenizer, samples: int | None, ckpt, decoding: str | 
     from explorl.policy import make_engine
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
     samples = samples or e.samples
@@ -136,7 +136,7 @@ def cmd_search(args) -> int:
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
     from explorl.tasks.guard import FaultLedger, GuardedVerifier
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     methods, budgets = parse_methods(args.search), budgets_up_to(args.budget)
     if args.run and args.model:
         raise ValueError("eval --search: give --run or --model, not both")

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
-from explorl.train.parallel import resolve_device
+from explorl.policy.device import resolve_device
 
 INSTALL_HINT = "explorl bench trl needs TRL: pip install -e .[bench]"
 

@@ -44,7 +44,7 @@ def load_policy_and_reference(cfg, log=print, reference=None, with_reference: bo
 def frozen(model, section):
     """``model`` on ``section.device`` in ``section.dtype``, dropout off, in eval mode, without gradients."""
     from explorl.policy.model import disable_dropout, set_dtype
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     model.to(resolve_device(section.device))
     set_dtype(model, section.dtype)
     disable_dropout(model)
@@ -69,7 +69,7 @@ def prepare(model, section, seed: int, log=print):
         enable_gradient_checkpointing,
         set_dtype,
     )
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     model.to(resolve_device(section.device))
     set_dtype(model, section.dtype)
     dropped = disable_dropout(model)

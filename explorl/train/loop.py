@@ -26,6 +26,7 @@ from explorl.explore.base import GuideContext, RolloutRequest, StepStats
 from explorl.folder_lock import FolderLock
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
+from explorl.policy.device import resolve_device
 from explorl.policy.engine import RolloutEngine
 from explorl.policy.lora import AdaptersOff, base_fingerprint, is_lora, load_adapters
 from explorl.tasks import TaskMix
@@ -35,7 +36,7 @@ from explorl.train import checkpoint
 from explorl.train.faults import crash_point
 from explorl.train.logging import RunLogger, StageClock, peak_rss_mb
 from explorl.train.optim import build_optimizer
-from explorl.train.parallel import DataParallel, resolve_device
+from explorl.train.parallel import DataParallel
 from explorl.train.plugins import Plugins
 from explorl.train.resume import refuse_changes, stored_config
 from explorl.train.update import (
