@@ -33,7 +33,7 @@ def cmd_warmup(args) -> int:
     from explorl.policy import make_engine
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
-    from explorl.train.warmup import warmup
+    from explorl.policy.warmup import warmup
     cfg = config_from_args(args)
     model, tokenizer = warmup(cfg, force=args.force)
     tasks = TaskMix.from_config(cfg.tasks)

@@ -415,7 +415,7 @@ def _check_testbed_tasks(cfg: Config) -> None:
     from explorl.policy.tokenizer import testbed_tokenizer
     from explorl.tasks import TaskMix
     from explorl.tasks.encoding import check_encodable
-    from explorl.train.warmup import testbed_alphabet
+    from explorl.policy.warmup import testbed_alphabet
     try:
         alphabet = testbed_alphabet(cfg)
     except ValueError as err:

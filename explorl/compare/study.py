@@ -326,7 +326,7 @@ def _warm_start(args, pending: list[tuple[str, list[str]]]) -> None:
     the warm starts of a soup reference's members too)."""
     from explorl.config import load_config
     from explorl.policy.reference import member_config
-    from explorl.train.warmup import warm_model_dir, warmup
+    from explorl.policy.warmup import warm_model_dir, warmup
     done = set()
     for spec, sets in pending:
         cfg = load_config(args.config, sets, spec)

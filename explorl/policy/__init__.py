@@ -24,7 +24,7 @@ def load_policy_and_reference(cfg, log=print, reference=None, with_reference: bo
     if cfg.model.path:
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype, log)
     else:
-        from explorl.train.warmup import warmup
+        from explorl.policy.warmup import warmup
         model, tokenizer = warmup(cfg, log=log)
     if reference is None:
         from explorl.config import reference_component

@@ -23,7 +23,7 @@ def load_member(cfg, member: dict, where: str, policy, tokenizer, log=print) -> 
     if "path" in member:
         model, member_tokenizer = load_pretrained(member["path"], "float32")
     else:
-        from explorl.train.warmup import warmup
+        from explorl.policy.warmup import warmup
         model, member_tokenizer = warmup(member_config(cfg, member["warmup_seed"]), log=log)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     own = policy.state_dict()
