@@ -19,10 +19,10 @@ import torch
 import yaml
 
 from explorl.atomic import write_text_atomic
-from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
+from explorl.batch import DEMO, OFF_POLICY, ON_POLICY, RolloutRequest
 from explorl.config import reference_component
 from explorl.eval.evaluate import evaluate
-from explorl.explore.base import GuideContext, RolloutRequest, StepStats
+from explorl.explore.base import GuideContext, StepStats
 from explorl.folder_lock import FolderLock
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
