@@ -104,11 +104,12 @@ def _eval_start(args) -> int:
 def _evaluate(cfg, model, tokenizer, samples: int | None, ckpt, decoding: str | None):
     """Held-out pass@k of ``model`` under ``cfg``'s evaluation settings, with the decoding
     ``decoding`` (``--decoding``), else that of the run at checkpoint ``ckpt`` (``None``: its start)."""
-    from explorl.eval.evaluate import eval_thinking, evaluate
+    from explorl.eval.evaluate import evaluate
     from explorl.policy import make_engine
+    from explorl.policy.device import resolve_device
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
-    from explorl.policy.device import resolve_device
+    from explorl.train.plugins import eval_thinking
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
     samples = samples or e.samples
