@@ -148,9 +148,15 @@ def index_page(all_entries: list[Entry]) -> Page:
     return Page("methods/index.md", "\n".join(lines))
 
 
+def shipped_entries() -> list[Entry]:
+    """The components explorl ships; a plug-in registered from outside the package (a user's
+    module, a test's stand-in) has no page here."""
+    return [e for e in entries() if e.cls.__module__.split(".")[0] == "explorl"]
+
+
 def method_pages() -> list[Page]:
     board = BOARD.read_text() if BOARD.exists() else ""
-    every = entries()
+    every = shipped_entries()
     return [index_page(every)] + [method_page(e, board) for e in every]
 
 
