@@ -138,7 +138,7 @@ def engagement(run_dir: Path, metrics: list[dict]) -> dict | None:
 def mechanism_components(cfg) -> list:
     """Every component of a configuration that may declare a mechanism (teachers are not built:
     a model teacher would load a model)."""
-    from explorl.config import reference_component
+    from explorl.policy.reference import reference_component
     from explorl.registry import build
     from explorl.train.plugins import _as_list
     return [build("curriculum", cfg.curriculum), build("budget", cfg.budget), build("decoding", cfg.decoding),

@@ -45,8 +45,7 @@ def _folder_fingerprint(path: str) -> list:
 def _reference_start(cfg) -> list | None:
     """What the ``reference:`` section changes of the policy's start (``None``: nothing): where it
     starts, the weights, and each member's files or warm start."""
-    from explorl.config import reference_component
-    from explorl.policy.reference import member_config
+    from explorl.policy.reference import member_config, reference_component
     from explorl.policy.warmup import warm_model_dir
     reference = reference_component(cfg)
     if not reference.members:

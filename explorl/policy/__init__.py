@@ -27,7 +27,7 @@ def load_policy_and_reference(cfg, log=print, reference=None, with_reference: bo
         from explorl.policy.warmup import warmup
         model, tokenizer = warmup(cfg, log=log)
     if reference is None:
-        from explorl.config import reference_component
+        from explorl.policy.reference import reference_component
         reference = reference_component(cfg)
     start, soup = reference.weights(lambda i: load_member(cfg, reference.members[i], f"reference.models[{i}]",
                                                           model, tokenizer, log), with_reference)

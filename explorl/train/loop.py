@@ -20,7 +20,7 @@ import yaml
 
 from explorl.atomic import write_text_atomic
 from explorl.batch import DEMO, OFF_POLICY, ON_POLICY, RolloutRequest
-from explorl.config import reference_component
+from explorl.policy.reference import reference_component
 from explorl.eval.evaluate import evaluate
 from explorl.explore.base import GuideContext, StepStats
 from explorl.folder_lock import FolderLock
