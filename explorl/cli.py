@@ -249,8 +249,14 @@ def cmd_crashtest(args) -> int:
 
 
 def cmd_check_task(args) -> int:
-    from explorl.tasks.report import run_check_task
-    return run_check_task(args)
+    from explorl.config import Config, _from_dict, resolve
+    from explorl.policy.prompts import check_prompt_config
+    from explorl.policy.task_check import check_tasks
+    cfg = _from_dict(Config, resolve(args.config, overrides_from_args(args), args.recipe), "")
+    check_prompt_config(cfg.prompt.template, cfg.prompt.system)
+    if args.problems < 1:
+        raise ValueError(f"--problems: must be >= 1, got {args.problems}")
+    return 0 if check_tasks(cfg, args.problems) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
