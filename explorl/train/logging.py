@@ -1,5 +1,5 @@
-"""Per-step metrics to ``metrics.jsonl``, TensorBoard and the experiment trackers, a progress bar, and the
-stage clock."""
+"""Per-step metrics to ``metrics.jsonl``, TensorBoard and the experiment trackers, a progress bar, the
+stage clock, and the peak memory a step reports (``perf/``)."""
 from __future__ import annotations
 
 import json
@@ -130,3 +130,19 @@ def peak_rss_mb() -> float:
     import resource
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def reset_peak_memory(device) -> None:
+    if device.type == "cuda":
+        import torch
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> dict:
+    """``perf/peak_rss_mb``: the process's peak resident memory so far (it never decreases over a
+    process); ``perf/peak_cuda_mb``: the step's peak CUDA allocation, when the policy is on a GPU."""
+    out = {"perf/peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        import torch
+        out["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
