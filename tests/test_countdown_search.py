@@ -160,7 +160,7 @@ def test_the_solver_teacher_writes_answers_the_verifier_reads():
 
 def test_the_warm_up_sees_several_traces_of_a_repeated_problem():
     from explorl.policy.tokenizer import testbed_tokenizer
-    from explorl.train.warmup import _sft_batch
+    from explorl.policy.warmup import _sft_batch
     mix = TaskMix.from_config({"countdown_search": {"numbers": [3, 3]}})
     p = mix.sources["countdown_search"].problem(9)
     ids, labels = _sft_batch(testbed_tokenizer(), [p] * 8, tasks=mix, reference_rng=random.Random(0))

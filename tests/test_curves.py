@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from explorl.eval.curves import format_curves, run_curves
+from explorl.compare.curves import format_curves, run_curves
 
 
 def evaluation(p1, p16, entropy):

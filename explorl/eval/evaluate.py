@@ -108,31 +108,6 @@ def summarize(per_problem, samples, ks) -> dict:
     return out
 
 
-def eval_thinking(cfg, ckpt, spec: str | None = None):
-    """The ``ThinkingRule`` an evaluation of checkpoint ``ckpt`` of a run with config ``cfg``
-    samples with (``None``: plain sampling): that of the decoding ``spec`` (a name or a YAML
-    mapping with ``name``, ``explorl eval --decoding``), else the run's own decoding with the
-    state it had at that checkpoint (a trained CTRLS transition policy, for one); ``ckpt=None``:
-    before training (step 0, the decoding's initial state)."""
-    import yaml
-
-    from explorl.registry import build
-    from explorl.train.checkpoint import read_state
-    from explorl.train.plugins import Plugins
-    state = read_state(ckpt) if ckpt is not None else None
-    step = state["step"] if state is not None else 0
-    if spec is not None:
-        try:
-            parsed = yaml.safe_load(spec)
-        except yaml.YAMLError as err:
-            raise ValueError(f"--decoding {spec!r}: not a name or a YAML mapping ({err})") from None
-        return build("decoding", parsed, "--decoding").thinking(step, evaluating=True)
-    plugins = Plugins.from_config(cfg)
-    if state is not None:
-        plugins.load_state_dict(state["plugins"])
-    return plugins.decoding.thinking(step, evaluating=True)
-
-
 def format_table(results: dict, ks=(1, 16)) -> str:
     sources = [s for s in results[f"pass@{ks[0]}"] if s != "all"] + ["all"]
     head = f"{'source':<16}" + "".join(f"{'pass@' + str(k):>10}" for k in ks)

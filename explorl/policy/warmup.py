@@ -14,11 +14,11 @@ import time
 
 import torch
 
+from explorl.folder_lock import FolderLock
 from explorl.policy.model import build_tiny, cache_home, config_key, load_pretrained, save_atomic
 from explorl.policy.prompts import for_config
 from explorl.tasks import TaskMix
 from explorl.tasks.alphabet import mix_alphabet
-from explorl.train.runlock import FolderLock
 
 
 def warmup_tasks(cfg) -> dict:
