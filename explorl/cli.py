@@ -176,6 +176,50 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_entropy(args) -> int:
+    from explorl.eval.entropy_profile import ProfileCollector, format_profile
+    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.policy import load_policy, make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.policy.device import resolve_device
+    if args.run:
+        if args.config or args.recipe or args.overrides:
+            raise ValueError("entropy: --run takes the run's own configuration; drop --config, --recipe and --set")
+        cfg, model, tokenizer, where = _run_policy(Path(args.run))
+        model = model.to(resolve_device(cfg.model.device))
+    else:
+        cfg = config_from_args(args)
+        model, tokenizer = load_policy(cfg)
+        where = "the start of " + (args.config or "configs/testbed.yaml")
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    ks = [k for k in e.ks if k <= e.samples]
+    engine = make_engine(cfg, model, tokenizer, for_config(cfg, tokenizer))
+    collect = ProfileCollector(tasks, tokenizer, engine.stop_ids.tolist())
+    try:
+        results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), e.samples, ks, e.temperature,
+                           cfg.train.max_new_tokens, seed=e.seed, on_batch=collect)
+    finally:
+        engine.close()
+    shown = [k for k in (1, 2, 4, 8, 16, 32, 64) if k in ks]
+    print(f"{where}: {e.problems_per_source} held-out problems per source, {e.samples} samples each, "
+          f"temperature {e.temperature:g}, {results['tokens']} generated tokens\n"
+          f"{format_table(results, shown)}\n{format_profile(collect.profile(args.threshold))}")
+    return 0
+
+
+def cmd_curves(args) -> int:
+    from explorl.compare.curves import draw_curves, format_curves, run_curves
+    ks = tuple(int(k) for k in args.ks.split(","))
+    points = run_curves(Path(args.run), ks)
+    print(f"{args.run}: training reward (mean since the previous point), held-out entropy and pass@k\n"
+          f"{format_curves(points)}")
+    if args.figure:
+        print(f"figure: {draw_curves(points, Path(args.figure), args.title or str(args.run))}")
+    return 0
+
+
 def cmd_make_model(args) -> int:
     from explorl.policy.factory import build_random_model
     out = Path(args.out)
@@ -296,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                "RUN/search.json)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("entropy", help="pass@k and the token-entropy profile of held-out responses (the share of "
+                                       "tokens above a threshold, by role: decision, arithmetic, ...) of a config's "
+                                       "start or a run's latest checkpoint")
+    add_config_args(p)
+    p.add_argument("--run", default=None, help="a run folder: profile its latest checkpoint (default: the config's start)")
+    p.add_argument("--threshold", type=float, default=0.5, help="entropy in nats above which a token is a fork "
+                                                                "(default 0.5)")
+    p.set_defaults(func=cmd_entropy)
+
+    p = sub.add_parser("curves", help="a run's training reward beside its held-out pass@k and entropy, at the "
+                                      "start, every eval.every_tokens and the end (and a figure)")
+    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p.add_argument("--ks", default="1,16", help="the pass@k to show (comma-separated, default 1,16)")
+    p.add_argument("--figure", default=None, metavar="PNG", help="also draw the curves into this file")
+    p.add_argument("--title", default=None, help="the figure's title (default: the run folder)")
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "
                                           "task mix to a folder, for model.path")

@@ -46,6 +46,7 @@ class Warmup:
     lr: float = 2e-3
     tasks: dict | None = None  # the mix to warm up on; None = the run's ``tasks``
     seed: int | None = None    # the order of the warm-up data; None = model.tiny.seed (which also seeds the init)
+    references_per_problem: int = 1  # each problem this many times per batch, each with its own drawn reference
 
 
 @dataclass
@@ -521,6 +522,10 @@ def validate(cfg: Config) -> None:
         _check_tasks(w.tasks, "model.warmup.tasks")
     if w.seed is not None:
         _whole(w.seed, "model.warmup.seed", 0, SEED_LIMIT)
+    _whole(w.references_per_problem, "model.warmup.references_per_problem", 1)
+    if w.batch_size % w.references_per_problem:
+        raise ValueError(f"model.warmup.batch_size ({w.batch_size}) must be a multiple of "
+                         f"model.warmup.references_per_problem ({w.references_per_problem})")
     if m.lora is not None:
         _check_lora(m.lora)
 

@@ -5,6 +5,7 @@ import random
 
 from .arithmetic import Addition, Multiplication
 from .countdown import Countdown
+from .countdown_search import CountdownSearch
 from .files import JsonlSource
 from .kinds import make_task_source
 from .mnns import MNNS
@@ -26,11 +27,11 @@ TESTBED_MIX = {
 
 SOURCES: dict[str, type[TaskSource]] = {
     cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
-                              MultiplicationSteps, MNNS)
+                              MultiplicationSteps, CountdownSearch, MNNS)
 }
 
-__all__ = ["ALPHABET", "MNNS", "SOURCES", "Addition", "AdditionSteps", "Countdown", "JsonlSource", "Multiplication",
-           "MultiplicationSteps",
+__all__ = ["ALPHABET", "MNNS", "SOURCES", "Addition", "AdditionSteps", "Countdown", "CountdownSearch", "JsonlSource",
+           "Multiplication", "MultiplicationSteps",
            "Problem", "Reversal", "Sorting", "TESTBED_MIX", "TaskMix", "TaskSource", "make_source"]
 
 

@@ -6,7 +6,9 @@ searches for expressions over the given numbers in an ``order`` of its own —
 ``ascending`` combines the smallest numbers first and tries ``+ - *``, ``descending`` the
 largest first and tries ``* + -`` — so two solver teachers of different orders give genuinely
 different solutions (``3*5+7`` against ``7+3*5``, or another route to the target), which is
-what multi-teacher methods choose between. Sources it has no solver for get none.
+what multi-teacher methods choose between; for ``countdown_search`` the expression is written as
+its verifier reads it (``>3*5+7``: the answer, with no search shown). Sources it has no solver
+for get none.
 """
 from __future__ import annotations
 
@@ -33,7 +35,10 @@ class Solver(Teacher):
                 numbers, target = parse_prompt(problem.prompt)
             except ValueError:
                 return []
-            return countdown_solutions(numbers, target, self.order, n, self.max_nodes)
+            found = countdown_solutions(numbers, target, self.order, n, self.max_nodes)
+            source = getattr(self, "tasks", None) and self.tasks.sources.get(problem.source)
+            write = getattr(source, "write_answer", None)  # countdown_search reads the answer after '>'
+            return [write(text) for text in found] if write else found
         if problem.source in SIMPLE:
             return [self.tasks.sources[problem.source].reference_completion(problem)][:n]
         return []
