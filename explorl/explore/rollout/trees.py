@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from explorl.explore.base import Rollout, RolloutRequest
+from explorl.batch import RolloutRequest
+from explorl.explore.base import Rollout
 from explorl.policy.tree import Segments, TreeEngine, marker_ids
 
 #: Node ids of one sampling call start at (seed mod 2**20) << 40, so the trees of the several
