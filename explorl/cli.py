@@ -24,8 +24,18 @@ def cmd_train(args) -> int:
     ks = [k for k in (1, 16) if f"pass@{k}" in results["end"]]
     print(f"\nbefore training:\n{format_table(results['start'], ks)}")
     print(f"after {trainer.step} steps ({trainer.tokens} generated tokens):\n{format_table(results['end'], ks)}")
+    print(_start_against_end(results["start"], results["end"], ks))
     print(f"run folder: {args.out}")
     return 0
+
+
+def _start_against_end(start: dict, end: dict, ks) -> str:
+    """The table of start against end with paired intervals, or why there is none."""
+    from explorl.eval.paired import format_start_end
+    try:
+        return format_start_end(start, end, ks)
+    except ValueError as err:
+        return f"no paired comparison of start and end: {err}"
 
 
 def cmd_warmup(args) -> int:

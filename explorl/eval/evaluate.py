@@ -1,4 +1,6 @@
-"""Held-out evaluation: pass@k per source, mean token entropy, distinct correct answers."""
+"""Held-out evaluation: pass@k per source, mean token entropy, mean response length, distinct
+correct answers, and each problem's count of correct samples with its first response (what a
+paired comparison of two evaluations over the same problems needs, ``explorl.eval.paired``)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,7 +15,11 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
-    "distinct_correct": {...}, "tokens": int}``; ``all`` averages over problems of every source.
+    "response_length": {...}, "distinct_correct": {...}, "tokens": int, "samples": int,
+    "problems": [{"id", "source", "correct", "response"}, ...]}``; ``all`` averages over problems
+    of every source, ``response_length`` is the mean number of tokens of a sampled response, and
+    ``problems`` gives, per held-out problem in order, its number of correct samples and the text
+    of its first sample.
     ``verifier`` (a ``GuardedVerifier``; one is made for the call when ``None``) scores under a
     time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given. Under data
     parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
@@ -58,8 +64,8 @@ def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new
 
 
 def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, thinking=None) -> tuple[list, list]:
-    """``(source, correct count, distinct correct, entropy sum, token count)`` per problem of
-    ``part``, and the verifier's faults."""
+    """``(source, correct count, distinct correct, entropy sum, token count, problem id, first
+    response)`` per problem of ``part``, and the verifier's faults."""
     per_problem = []
     batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed,
                            **({} if thinking is None else {"thinking": thinking}))
@@ -69,7 +75,7 @@ def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, t
         correct = [batch.texts[r] for r in rows.tolist() if rewards[r] >= 1.0]
         ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
         per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
-                            ent, float(batch.mask[rows].sum())))
+                            ent, float(batch.mask[rows].sum()), problem.id, batch.texts[int(rows[0])]))
     return per_problem, faults
 
 
@@ -79,13 +85,16 @@ def summarize(per_problem, samples, ks) -> dict:
         by_source[row[0]].append(row)
         by_source["all"].append(row)
     out = {f"pass@{k}": {} for k in ks}
-    out["entropy"], out["distinct_correct"] = {}, {}
+    out["entropy"], out["response_length"], out["distinct_correct"] = {}, {}, {}
     for src, rows in by_source.items():
         for k in ks:
             out[f"pass@{k}"][src] = sum(pass_at_k(samples, r[1], k) for r in rows) / len(rows)
         out["entropy"][src] = sum(r[3] for r in rows) / max(1.0, sum(r[4] for r in rows))
+        out["response_length"][src] = sum(r[4] for r in rows) / (samples * len(rows))
         out["distinct_correct"][src] = sum(r[2] for r in rows) / len(rows)
     out["tokens"] = int(sum(r[4] for r in per_problem))
+    out["samples"] = samples
+    out["problems"] = [{"id": r[5], "source": r[0], "correct": r[1], "response": r[6]} for r in per_problem]
     return out
 
 
