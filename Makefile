@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench docs clean
 
 setup: $(STAMP)
 
@@ -31,5 +31,10 @@ bench: setup
 	$(VENV)/bin/explorl bench throughput
 	$(VENV)/bin/explorl bench trl
 
+# The documentation site (docs/, mkdocs.yml): the methods reference is generated from the registry.
+docs: setup
+	$(VENV)/bin/explorl docs-pages --out docs/methods
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache site

@@ -223,6 +223,13 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_docs_pages(args) -> int:
+    from explorl.docs_site import write_pages
+    written, removed = write_pages(Path(args.out))
+    print(f"wrote {len(written)} method pages under {args.out}" + (f"; removed {len(removed)} stale" if removed else ""))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from explorl.bench import run_bench
     return run_bench(args)
@@ -324,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", default=None, help="only this level")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("docs-pages", help="write the methods reference (one page per registered component) for the "
+                                          "documentation site; make docs runs it before building")
+    p.add_argument("--out", default="docs/methods", help="folder of the pages (default: docs/methods)")
+    p.set_defaults(func=cmd_docs_pages)
+
     p = sub.add_parser("bench", help="benchmarks that print their numbers")
     p.add_argument("which", choices=["throughput", "trl", "overhead", "scale"],
                    help="throughput: engine vs model.generate; trl: step time vs TRL GRPOTrainer; "
@@ -354,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("board", help="the leaderboard of a study (compare --study): per regime, every recipe "
-                                     "against GRPO paired by seed, with 95% intervals")
+                                     "against GRPO paired by seed and held-out problem (bootstrap intervals, "
+                                     "Benjamini-Hochberg q-values, engagement, controls), then the verdicts on "
+                                     "docs/hypotheses.md; exit 1 if a regime was refused")
     p.add_argument("--out", required=True, help="the study folder (OUT of compare --study)")
     p.add_argument("--write", default=None, metavar="FILE", help="also write the markdown to FILE")
     p.add_argument("--figures", default=None, metavar="DIR", help="also draw one picture per regime into DIR")

@@ -108,6 +108,7 @@ class EvalConfig:
     temperature: float = 1.0
     seed: int = 1234
     every_tokens: int | None = None  # also evaluate whenever training crosses a multiple of this
+    every_samples: int | None = None  # samples per problem in those evaluations along the way; None = samples
     share_start: bool = True         # reuse the start evaluation of an identical starting point (explorl.eval.shared)
 
 
@@ -580,6 +581,8 @@ def validate(cfg: Config) -> None:
     _whole(e.seed, "eval.seed", 0, SEED_LIMIT)
     if e.every_tokens is not None:
         _whole(e.every_tokens, "eval.every_tokens", 1)
+    if e.every_samples is not None:
+        _whole(e.every_samples, "eval.every_samples", 1)
 
     from explorl.policy.prompts import check_prompt_config
     check_prompt_config(cfg.prompt.template, cfg.prompt.system)

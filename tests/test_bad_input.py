@@ -82,7 +82,7 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 2, "model.tiny.layers": 1, "mode
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
            "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1,
-           "model.vllm.max_model_len": 1, "model.warmup.seed": 0}
+           "model.vllm.max_model_len": 1, "model.warmup.seed": 0, "eval.every_samples": 1}
 SEEDS = {"seed", "model.tiny.seed", "eval.seed", "model.warmup.seed"}
 #: the keys the optional mappings accept
 OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},

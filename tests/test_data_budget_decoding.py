@@ -25,7 +25,8 @@ from explorl.policy.engine import RolloutEngine
 from explorl.tasks import Problem, TaskMix
 from explorl.batch import RolloutBatch
 
-RECIPES = ["dump", "alp_gmm", "learnability", "bandit", "broad", "knapsack", "xrpo", "dynamic_sampling", "ead"]
+RECIPES = ["dump", "alp_gmm", "learnability", "bandit", "broad", "knapsack", "xrpo", "dynamic_sampling", "ead",
+           "east"]
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -654,3 +655,68 @@ def test_recipe_trains_two_steps_end_to_end(name, tiny_overrides, explorl_home, 
         log = log_from_run(tmp_path / name)
         assert len(log) >= 2 * 4 and all(0 < e["propensity"] <= 1 for e in log)
         assert not math.isnan(ips_estimate(log, {"addition": 0.5, "reversal": 0.5}))
+
+
+# ---- the metrics that show each mechanism acted (explorl.explore.acted) ---------------------
+def test_dynamic_sampling_logs_the_groups_it_dropped_and_refilled():
+    budget = DynamicSampling(max_num_gen_batches=10)
+    probs = make_draw(["zero", "mixed", "one", "zero"])(8)
+    budget.collect(Sampler(kinds_env()), probs, [4] * 8, draw=make_draw(["mixed", "one", "zero"]))
+    m = budget.observe(None)
+    # 3 batches of 8 groups, 2 + 3 + 3 informative kept: 24 − 8 dropped
+    assert m["budget/ds_dropped"] == 16 and m["budget/ds_gen_batches"] == 3
+    assert budget.engagement()[0].check([m])[0] and budget.engagement()[1].check([m])[0]
+    all_mixed = DynamicSampling()
+    all_mixed.collect(Sampler(kinds_env()), make_draw(["mixed"])(4), [4] * 4, draw=make_draw(["mixed"]))
+    quiet = all_mixed.observe(None)
+    assert quiet["budget/ds_dropped"] == 0 and not all_mixed.engagement()[0].check([quiet])[0]
+
+
+def test_knapsack_logs_the_share_of_problems_moved_off_the_fixed_count():
+    budget = Knapsack()
+    probs = [problem(i) for i in range(3)]
+    budget.observe(stats(probs, [[1.0] * 7 + [0.0], [1.0, 0.0] * 4, [0.0] * 7 + [1.0]]))
+    counts, m = budget.allocate(probs + [problem(9)], 32)
+    assert m["budget/frac_moved"] == sum(c != 8 for c in counts) / 4 and m["budget/frac_moved"] >= 0.5
+    _, fresh = Knapsack().allocate([problem(i) for i in range(4)], 32)  # no history: the fixed count
+    assert fresh["budget/frac_moved"] == 0 and not Knapsack().engagement()[0].check([fresh])[0]
+
+
+def test_learnability_logs_how_far_its_sampling_is_from_uniform():
+    cur = Learnability(pool_size=4, ema=1.0)
+    cur.bind(mix(addition={"digits": [1, 3]}), seed=0)
+    pool = [cur.problem("addition", s) for s in cur.pool["addition"]]
+    assert cur.next(2)[1]["curriculum/weight_ratio"] == 1.0  # all unseen: uniform at the prior
+    cur.observe(stats(pool[:2], [[1.0, 0.0, 0.0, 0.0], [1.0] * 4]))  # p̂ 0.25 (score 0.1875), 1 (floor 0.01)
+    m = cur.next(2)[1]
+    assert m["curriculum/weight_ratio"] == pytest.approx(0.25 / 0.01)  # the prior's 0.25 over the floor
+    assert cur.engagement()[0].check([m])[0]
+
+
+def test_uniform_pool_draws_learnabilitys_pool_and_samples_it_uniformly():
+    from explorl.explore.curriculum.uniform_pool import UniformPool
+    tasks = mix(addition={"digits": [1, 3]}, sorting={"length": [2, 6]})
+    learn, uniform = Learnability(pool_size=6), UniformPool(pool_size=6)
+    learn.bind(tasks, seed=3)
+    uniform.bind(tasks, seed=3)
+    assert uniform.pool == learn.pool  # the same problems for the same run seed
+    pool = [uniform.problem("addition", s) for s in uniform.pool["addition"]]
+    uniform.observe(stats(pool, [[1.0] * 4 for _ in pool]))  # solved: learnability would avoid them
+    assert {q.id: s for q, s in uniform.candidates()} == {q.id: tasks.weights[q.source] for q, _ in uniform.candidates()}
+    chosen, m = uniform.next(12)
+    assert len({p.id for p in chosen}) == 12 and m["curriculum/weight_ratio"] == 1.0  # distinct within a batch
+    assert uniform.engagement() is None  # a control, no mechanism
+
+
+def test_ead_logs_the_temperature_span_the_responses_lived_through():
+    ead = EAD()  # warm-up of 10 tokens at T = 1, then cooling
+    lengths = torch.tensor([4, 30, 30, 200])  # median 30
+    batch = type("B", (), {"lengths": lengths})()
+    m = ead.observe(StepStats(step=2, problems=[], rewards=[], advantages=[], entropy=0.0, tokens=0,
+                              extras={"batch": batch}))
+    temps = [1.0] * 10 + [1 + 1.2 - math.exp(t / (20 * (25 + 5 * 2))) for t in range(10, 30)]
+    assert m["decode/temperature_span"] == pytest.approx(max(temps) - min(temps))
+    short = ead.observe(StepStats(step=2, problems=[], rewards=[], advantages=[], entropy=0.0, tokens=0,
+                                  extras={"batch": type("B", (), {"lengths": torch.tensor([6, 8, 9])})()}))
+    assert short["decode/temperature_span"] == 0.0  # every response ended in the warm-up: never annealed
+    assert not ead.engagement()[0].check([short])[0]

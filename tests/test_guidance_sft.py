@@ -118,3 +118,34 @@ def test_sft_then_grpo_trains_on_the_demos_at_coef_one_and_lowers_their_nll(tmp_
     finally:
         trainer.close()
     assert len(changes) >= 2 and all(c < 0 for c in changes), changes
+
+
+def test_sft_then_grpo_is_evaluated_after_its_phase_and_says_the_phase_ran(tmp_path, tiny_config):
+    """eval.json holds an evaluation after the SFT phase (where "tokens to a level" is measured
+    from), every evaluation keeps its per-problem counts, the cheaper evaluations along the way
+    use eval.every_samples, and step 1 carries the phase's guide/sft_steps (its engagement)."""
+    import json
+
+    from explorl.compare.results import engagement, read_metrics
+    from explorl.eval.passk import pass_at_k
+    cfg = tiny_config(recipe="sft_then_grpo", guidance=[{"name": "sft", "phase": "before", "coef": 1.0,
+                                                         "teacher_tokens": 40}],
+                      train={"steps": 2}, eval={"every_tokens": 1, "every_samples": 2})
+    Trainer(cfg, tmp_path / "run", progress=False, log=lambda *_: None).run()
+    ev = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(ev) == {"start", "after_phase", "end"}
+    for part in ev.values():
+        per = part["per_problem"]
+        assert part["samples"] == 4 and len(per["correct"]) == len(per["id"]) == 4  # 2 sources x 2 problems
+        assert per["id"] == ev["start"]["per_problem"]["id"]
+        for k in (1, 4):
+            assert part[f"pass@{k}"]["all"] == pytest.approx(sum(pass_at_k(4, c, k) for c in per["correct"]) / 4)
+        assert part["entropy"]["all"] == pytest.approx(sum(per["entropy_sum"]) / sum(per["tokens"]))
+        assert all(w <= 4 for w in per["wrong"]) and sum(per["wrong"]) == 16 - sum(per["correct"])
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics[0]["guide/sft_steps"] >= 1 and metrics[0]["tokens/teacher"] >= 40
+    along = [m for m in metrics if "heldout/correct" in m]
+    assert along and all(m["heldout/samples"] == 2 and len(m["heldout/correct"]) == 4 for m in along)
+    assert all(m["heldout/pass@1"] == pytest.approx(sum(m["heldout/correct"]) / 8) for m in along)
+    assert "heldout/pass@4" not in along[0]  # only the ks the cheaper evaluation can estimate
+    assert engagement(tmp_path / "run", metrics)["components"]["sft"]["engaged"]

@@ -174,7 +174,7 @@ def test_curricula_and_budgets_act_on_the_levels_unchanged():
     dump = build("curriculum", "dump")
     dump.bind(mix, 0)
     problems, metrics = dump.next(8)
-    assert set(metrics) == {"curriculum/weight/arith", "curriculum/weight/spell"}
+    assert set(metrics) == {"curriculum/weight/arith", "curriculum/weight/spell", "curriculum/weight_ratio"}
     assert {p.source for p in problems} <= {"arith", "spell"}
 
 

@@ -11,6 +11,7 @@ The thread count is whatever ``torch`` is configured with; this bench does not c
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import time
@@ -18,6 +19,7 @@ import time
 import torch
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
+from explorl.bench.memory import PeakMemory
 from explorl.train.logging import STAGES
 
 REPEATS = 5
@@ -64,16 +66,18 @@ def make_engine(engine, problems, counts, max_new: int):
     return run
 
 
-def measure(runners: dict, repeats: int = REPEATS) -> dict:
-    """Warm each runner up once, then time ``repeats`` interleaved rounds; medians per runner."""
+def measure(runners: dict, repeats: int = REPEATS, memory=None) -> dict:
+    """Warm each runner up once, then time ``repeats`` interleaved rounds; medians per runner.
+    ``memory`` (a ``PeakMemory``) records each runner's peak over its timed runs."""
     for fn in runners.values():
         fn(10_000)
     samples = {name: [] for name in runners}
     for i in range(repeats):
         for name, fn in runners.items():
-            start = time.perf_counter()
-            tokens = fn(i)
-            samples[name].append((tokens, time.perf_counter() - start))
+            with memory.measure(name) if memory is not None else contextlib.nullcontext():
+                start = time.perf_counter()
+                tokens = fn(i)
+                samples[name].append((tokens, time.perf_counter() - start))
     return {name: {"tok_s": statistics.median(t / s for t, s in rows),
                    "seconds": statistics.median(s for _, s in rows),
                    "tokens": statistics.median(t for t, _ in rows)} for name, rows in samples.items()}
@@ -125,7 +129,8 @@ def run(args) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     note(f"bench throughput: {len(problems)} problems x {t.rollouts_per_problem} rollouts, "
          f"max_new_tokens {t.max_new_tokens}, {REPEATS} timed repeats each")
-    results = measure(runners)
+    memory = PeakMemory(model.device)
+    results = measure(runners, memory=memory)
     gen = results["model.generate"]["tok_s"]
     main = next(iter(results))
 
@@ -137,9 +142,10 @@ def run(args) -> int:
     print(f"batch: {len(problems)} problems x {t.rollouts_per_problem} rollouts = {sum(counts)} sequences, "
           f"max_new_tokens {t.max_new_tokens}, temperature 1, top_p 1 (generate: top_k=0); "
           f"median of {REPEATS} runs after 1 warm-up\n")
-    rows = [[name, f"{r['tokens']:.0f}", f"{r['seconds'] * 1e3:.1f}", f"{r['tok_s']:.0f}", f"{r['tok_s'] / gen:.2f}x"]
-            for name, r in results.items()]
-    print(table(rows, ["rollout", "tokens", "ms", "tokens/s", "vs generate"]))
+    rows = [[name, f"{r['tokens']:.0f}", f"{r['seconds'] * 1e3:.1f}", f"{r['tok_s']:.0f}", f"{r['tok_s'] / gen:.2f}x",
+             *memory.row(name)] for name, r in results.items()]
+    print(table(rows, ["rollout", "tokens", "ms", "tokens/s", "vs generate", "peak MiB", "rise MiB"]))
+    print(memory.legend())
     print()
     stage_rows = []
     for key in [f"time/{s}" for s in STAGES]:

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
+from explorl.bench.memory import PeakMemory
 from explorl.train.parallel import resolve_device
 
 INSTALL_HINT = "explorl bench trl needs TRL: pip install -e .[bench]"
@@ -84,7 +85,7 @@ class ExplorlSteps:
 
 
 def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rewards: str, eps_low, eps_high,
-                    explorl_step: ExplorlSteps, out_dir: Path, render=prompt_text) -> dict:
+                    explorl_step: ExplorlSteps, out_dir: Path, render=prompt_text, memory=None) -> dict:
     """Train TRL for ``steps + 1`` steps, running one explorl step after each TRL step (so load
     from other processes hits both alike); explorl's time is excluded from TRL's."""
     import torch
@@ -105,15 +106,33 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
         return out
 
     class Interleave(TrainerCallback):
+        """Times each TRL step and runs an explorl step after it; with ``memory`` (a
+        ``PeakMemory``), each side's peak over its timed steps (the warm-up step is left out)."""
+
         def __init__(self):
-            self.times, self.start = [], None
+            self.times, self.start, self.stretch = [], None, None
+
+        def _open(self, name, after_steps):
+            """Measure ``name``'s next step once ``after_steps`` TRL steps are done (its warm-up is not)."""
+            self.stretch = memory.measure(name) if memory is not None and len(self.times) >= after_steps else None
+            if self.stretch is not None:
+                self.stretch.__enter__()
+
+        def _close(self):
+            if self.stretch is not None:
+                self.stretch.__exit__(None, None, None)
+                self.stretch = None
 
         def on_train_begin(self, args, state, control, **kw):
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.start)
+            self._close()
+            self._open("explorl", 2)  # explorl's first step, after TRL's first, is its warm-up
             explorl_step()
+            self._close()
+            self._open("TRL GRPOTrainer", 1)
             self.start = time.perf_counter()
 
     timer = Interleave()
@@ -152,6 +171,7 @@ def run_interleaved(model_dir: Path, problems, tasks, cfg, steps: int, scale_rew
     trainer._generate = timed_generate
     with contextlib.redirect_stdout(sys.stderr):  # anything else TRL prints stays off the results
         trainer.train()
+    timer._close()
     return {"times": timer.times, "gen": gen_times, "reward": rewards, "tokens": tokens}
 
 
@@ -204,9 +224,10 @@ def run(args) -> int:
         note(f"bench trl: TRL GRPOTrainer and explorl, interleaved, {steps} + 1 warm-up steps each")
         import trl
         explorl_step = ExplorlSteps(ecfg, problems, tmp / "explorl")
+        memory = PeakMemory(resolve_device(cfg.model.device))
         theirs = run_interleaved(model_dir, problems, tasks, cfg, steps, "group" if scale_by_std else "none",
                                  eps_low, eps_high, explorl_step, tmp / "trl",
-                                 render=lambda p: prompt_format.render(p) + p.prefix)
+                                 render=lambda p: prompt_format.render(p) + p.prefix, memory=memory)
         ours = explorl_step.result
 
     import torch
@@ -215,9 +236,11 @@ def run(args) -> int:
           f"torch {torch.__version__}); {machine}")
     print(f"{steps} timed steps after 1 warm-up step, the two trainers alternating step by step; each step: "
           f"{t.problems_per_step} prompts x {t.rollouts_per_problem} completions, max {t.max_new_tokens} new tokens\n")
-    print(table([_row("explorl", ours, steps), _row("TRL GRPOTrainer", theirs, steps)],
+    print(table([_row("explorl", ours, steps) + list(memory.row("explorl")),
+                 _row("TRL GRPOTrainer", theirs, steps) + list(memory.row("TRL GRPOTrainer"))],
                 ["trainer", "warm-up s", "mean s/step", "median s/step", "gen s/step", "gen tokens/step",
-                 "tokens/s (step)", "reward"]))
+                 "tokens/s (step)", "reward", "peak MiB", "rise MiB"]))
+    print(memory.legend())
     print("gen tokens/step: generated completion tokens per step, up to and including the first EOS, counted "
           "on each side; tokens/s (step): those tokens over the mean wall time of a whole training step")
     same = ["model weights (same save_pretrained folder)",

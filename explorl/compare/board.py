@@ -1,56 +1,230 @@
 """``explorl board``: the leaderboard of a study (``compare --study``), one table per regime,
-every recipe against GRPO **paired by seed**.
+every row against GRPO paired by seed and by held-out problem, then the pre-registered
+hypotheses (``configs/studies/hypotheses.yaml``) judged, and what the board can and cannot say.
 
-For a metric m and a recipe, Δ_s = m(recipe, seed s) − m(grpo, seed s) over the seeds both
-have; the table gives the mean Δ and its 95% confidence interval, mean ± t(0.975, n−1)·sd/√n,
-and marks with ``*`` the differences whose interval excludes 0 (with 3 seeds the interval is
-wide: t = 4.30). Columns:
+Per regime (``explorl.compare.regime`` reads it and refuses one it cannot judge):
 
-- pass@1 and pass@k_max (the largest k evaluated: 64, or 256 in the exploration-limited
-  regime), held-out, at the end, with their paired Δ;
-- ``AUC``: the area under held-out pass@1 against generated tokens (start, every
-  ``eval.every_tokens``, end), divided by the token range;
-- ``tokens to GRPO``: the generated tokens a recipe needed to reach GRPO's final held-out
-  pass@1 (the mean over GRPO's seeds), from the held-out curve with linear interpolation
-  between evaluations, as a share of GRPO's budget; mean over the seeds that reached it, with
-  the count of those seeds ("—" throughout where GRPO ends at or below the start's pass@1:
-  every run starts at that level, so the measure does not apply);
-- entropy of the training rollouts in each quarter of the token budget (entropy over
-  training), the share of groups with a gradient (groups whose rewards vary), and the share
-  of tokens the PPO clip held back (low + high side, mean over steps; "—" for objectives
-  without that clip).
+- pass@1 and pass@k_max (k_max declared per regime in the study file) at the end, with Δ = row −
+  GRPO, its 95% paired bootstrap interval over seeds and problems and its Benjamini–Hochberg
+  q-value (``explorl.compare.stats``); ``*`` where q < 0.05;
+- ``½ budget − GRPO end``: the row's held-out pass@1 at half the token budget (linear between
+  its evaluations, per problem; SFT-then-GRPO's curve starts at its evaluation after the SFT
+  phase) minus GRPO's at the end, the same way — where GRPO ends above its start;
+- ``engaged``: whether the row's mechanism acted in every seed (``explorl.explore.acted``); a row
+  that did not shows **not engaged** instead of its Δs, which are left out of the family;
+- ``tokens to GRPO`` (descriptive, as before): the share of the budget at which the row's mean
+  held-out curve first reaches GRPO's final pass@1, over the seeds that reached it; teacher
+  tokens per run; optimizer steps; training entropy by quarter; groups with a gradient; the
+  share of tokens the PPO clip held back;
+- controls (``explorl.compare.plan``) right under the row they control, with row − control;
+- the regime's two answers, counting only corrected-significant results of engaged rows;
+- each finding (a significant difference from GRPO) re-checked from the second warm start
+  where the study ran one.
 
-The last lines of each table state whether any recipe reached GRPO's final pass@1 with at
-most half of its tokens, or beat its pass@k_max by 10 points or more.
+The family for Benjamini–Hochberg is every comparison the regime's section reports: the Δs of
+the table, the controls' and the hypotheses' tests in that regime.
 """
 from __future__ import annotations
 
-import json
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from explorl.compare.results import heldout_curve, read_metrics
+from explorl.compare import stats
+from explorl.compare.hypotheses import Hypothesis, Claim, load, null_of, verdict
+from explorl.compare.regime import (BASELINE, PER_SEED, Refused, Regime, matrices, mean_value, read_regime)
 
-BASELINE = "grpo"
+WARM = "@warm"
+CAN_AND_CANNOT = """## What this board can and cannot say
+
+- **Can:** on this testbed — a small transformer warm-started on arithmetic and string tasks
+  (countdown, addition, multiplication, sorting, reversal), answers of tens of tokens, budgets of
+  10⁵ policy tokens — which methods change held-out pass@1 and pass@k_max relative to GRPO at equal
+  policy tokens, by how much, with intervals over seeds and held-out problems and a false
+  discovery rate of 5% over each regime's table; whether each method's mechanism acted at all;
+  whether a finding survives another warm start.
+- **Cannot:** say how a method does on large models, long chains of thought, other task families
+  or other budgets, where most of these papers make their claims; a "not supported" is a
+  statement about this testbed, not a refutation of the paper. A method that did not engage was
+  not tested. Teacher tokens are outside the budget: a guidance method's gain is bought with
+  the teacher tokens stated beside it, and is compared with SFT on as many. Seeds share one warm
+  start except where a second is shown, so the intervals of the other rows do not include
+  warm-start variance.
+"""
 
 
-def t_975(df: int) -> float:
-    from explorl.explore.budget.xrpo import t_quantile
-    return t_quantile(0.975, df)
+@dataclass
+class Judged:
+    """A regime with its comparisons (key: (row, against, metric, null)) and q-values set."""
+
+    regime: Regime
+    comparisons: dict = field(default_factory=dict)
+    engagement: dict = field(default_factory=dict)  # label -> (state, note)
+    tests: dict = field(default_factory=dict)       # (hypothesis id, test index) -> (state, key)
+    warm: list = field(default_factory=list)        # (key, comparison, warm comparison or None)
 
 
-def paired(values: dict[int, float], base: dict[int, float]) -> tuple[float, float, bool] | None:
-    """(mean Δ, half-width of its 95% CI, whether the CI excludes 0) over the shared seeds."""
-    seeds = sorted(set(values) & set(base))
-    deltas = [values[s] - base[s] for s in seeds if values[s] is not None and base[s] is not None]
-    if not deltas:
+def compare(regime: Regime, label: str, against: str, metric: str, null: float = 0.0):
+    """``label`` against ``against`` on ``metric`` (None where the runs lack what it needs)."""
+    m = matrices(regime, label, against, metric)
+    if m is None:
         return None
-    mean = sum(deltas) / len(deltas)
-    if len(deltas) < 2:
-        return mean, math.inf, False
-    sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (len(deltas) - 1))
-    half = t_975(len(deltas) - 1) * sd / math.sqrt(len(deltas))
-    return mean, half, abs(mean) > half
+    if metric in PER_SEED:
+        a, b, _ = m
+        return stats.paired_t(a, b, null)
+    a_num, a_den, b_num, b_den, _ = m
+    return stats.paired_bootstrap(a_num, a_den, b_num, b_den, null=null)
+
+
+def recipe_of(regime: Regime, label: str) -> str:
+    spec = regime.entry(label).get("spec", label.split(WARM)[0])
+    return Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec
+
+
+def engagement(regime: Regime, label: str, mechanisms: list[str] | None) -> tuple[str, str]:
+    """(``engaged`` | ``not engaged`` | ``none`` (a baseline) | ``unknown``, a note) for a row:
+    engaged when every named mechanism (all with a criterion where None) acted in every seed."""
+    runs = regime.runs[label]
+    records = {s: (r.row.get("engagement") or {}) for s, r in runs.items()}
+    if any("components" not in e for e in records.values()):
+        return "unknown", "?"
+    names = mechanisms or sorted({n for e in records.values() for n in e["components"]})
+    if not names:
+        return "none", "—"
+    failed = {}
+    for seed, e in records.items():
+        for name in names:
+            comp = e["components"].get(name)
+            if comp is None:
+                failed.setdefault(name, []).append((seed, f"no {name} component"))
+            elif not comp["engaged"]:
+                failed.setdefault(name, []).append((seed, "; ".join(comp["notes"])))
+    if not failed:
+        return "engaged", "yes"
+    parts = [f"{name}: {notes[0][1]} ({len(notes)}/{len(runs)} seeds)" for name, notes in failed.items()]
+    return "not engaged", "**not engaged** — " + "; ".join(parts)
+
+
+def judge(regime: Regime, hypotheses: list[Hypothesis]) -> Judged:
+    """Every comparison of the regime's section, then BH over them."""
+    j = Judged(regime)
+    mechanisms = {h.recipe: h.engaged for h in hypotheses if h.engaged}
+    for label in regime.runs:
+        j.engagement[label] = engagement(regime, label, mechanisms.get(recipe_of(regime, label)))
+    if BASELINE not in regime.runs:
+        return j
+    acts = lambda lb: j.engagement[lb][0] != "not engaged"  # noqa: E731
+    applies = half_budget_applies(regime)
+    for label in table_rows(regime):
+        if label == BASELINE or not acts(label):
+            continue
+        for metric in ("pass@1", "pass@kmax") + (("reach@0.5",) if applies else ()):
+            _add(j, label, BASELINE, metric)
+        source = (regime.entry(label).get("control") or {}).get("of")
+        if source and acts(source):
+            for metric in ("pass@1", "pass@kmax"):
+                _add(j, source, label, metric)
+    for h in hypotheses:
+        for i, test in enumerate(h.tests):
+            if test.regime == regime.name:
+                j.tests[(h.id, i)] = _hypothesis_test(j, h, test)
+    family = [c for c in j.comparisons.values() if c is not None]
+    stats.benjamini_hochberg(family)
+    _second_warm_start(j)
+    return j
+
+
+def _add(j: Judged, label: str, against: str, metric: str, null: float = 0.0):
+    key = (label, against, metric, null)
+    if key not in j.comparisons:
+        j.comparisons[key] = compare(j.regime, label, against, metric, null)
+    return key
+
+
+def _hypothesis_test(j: Judged, h: Hypothesis, test: Claim) -> tuple[str, tuple | None]:
+    regime = j.regime
+    label = h.recipe
+    if label not in regime.runs:
+        return f"not run: no {label} runs", None
+    against = test.against
+    if isinstance(against, dict) and "control" in against:
+        found = [lb for lb in regime.controls_of(label)
+                 if regime.entry(lb)["control"]["match"] == against["control"]]
+        if not found:
+            return f"not run: no {against['control']} control of {label}", None
+        against = found[0]
+    elif isinstance(against, dict):
+        missing = [lb for lb in against["best_of"] if lb not in regime.runs]
+        if missing:
+            return f"not run: no {', '.join(missing)} runs", None
+        scored = [(mean_value(regime, lb, _end_metric(test.metric)), lb) for lb in against["best_of"]]
+        against = max(scored, key=lambda x: -1e9 if x[0] is None else x[0])[1]
+    elif against not in regime.runs:
+        return f"not run: no {against} runs", None
+    state, note = j.engagement[label]
+    if state == "not engaged":
+        return f"not engaged ({note.replace('**not engaged** — ', '')})", None
+    key = _add(j, label, against, test.metric, null_of(test))
+    if j.comparisons[key] is None:
+        return f"not run: the runs lack what {test.metric} needs", None
+    return "ok", key
+
+
+def _end_metric(metric: str) -> str:
+    return "pass@1" if metric.startswith("reach@") else metric
+
+
+def _second_warm_start(j: Judged) -> None:
+    """Re-check each significant difference from GRPO from the second warm start (BH over the
+    re-checks of the regime)."""
+    regime = j.regime
+    warm = {lb.split(WARM)[0]: lb for lb in regime.runs if WARM in lb}
+    again = []
+    for key, c in j.comparisons.items():
+        label, against, metric, null = key
+        if c is None or not c.significant or against != BASELINE:
+            continue
+        other = None
+        if label in warm and BASELINE in warm:
+            other = compare(regime, warm[label], warm[BASELINE], metric, null)
+            if other is not None:
+                again.append(other)
+        j.warm.append((key, c, other))
+    stats.benjamini_hochberg(again)
+
+
+def half_budget_applies(regime: Regime) -> bool:
+    """Whether GRPO ends above its start (else every run "reaches" its level at token 0)."""
+    base = regime.runs[BASELINE].values()
+    return _mean([r.end.pass1 for r in base]) > _mean([r.start.pass1 for r in base])
+
+
+def table_rows(regime: Regime) -> list[str]:
+    """The rows in table order: recipes by mean pass@1, each followed by its controls."""
+    controls = {lb for lb in regime.runs if regime.entry(lb).get("control")}
+    main = [lb for lb in regime.runs if lb not in controls and WARM not in lb]
+    main.sort(key=lambda lb: -(_mean([r.end.pass1 for r in regime.runs[lb].values()]) or 0))
+    out = []
+    for lb in main:
+        out += [lb, *regime.controls_of(lb)]
+    return out + sorted(controls - set(out))
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _fmt(x, spec=".3f"):
+    return "—" if x is None else format(x, spec)
+
+
+def delta_cell(c) -> str:
+    if c is None:
+        return "—"
+    if c.p is None:
+        return f"{c.estimate:+.3f} (not tested: {'; '.join(c.notes) or 'no resamples'})"
+    return (f"{c.estimate:+.3f} [{c.low:+.3f}, {c.high:+.3f}] q {c.q:.2g}"
+            + (" *" if c.significant else ""))
 
 
 def tokens_to_reach(xs: list[float], ys: list[float], target: float) -> float | None:
@@ -64,144 +238,180 @@ def tokens_to_reach(xs: list[float], ys: list[float], target: float) -> float | 
     return None
 
 
-def entropy_quarters(metrics: list[dict], budget: float) -> list[float | None]:
-    """Mean training-rollout entropy in each quarter of the token budget."""
-    quarters = [[] for _ in range(4)]
-    for m in metrics:
-        if "entropy/rollout" in m and "tokens/total" in m:
-            start = m["tokens/total"] - m.get("tokens/step", 0)
-            quarters[min(3, int(4 * start / max(budget, 1)))].append(m["entropy/rollout"])
-    return [sum(q) / len(q) if q else None for q in quarters]
-
-
-def regime_rows(folder: Path) -> dict:
-    """Per recipe and seed, what the board needs, from ``folder/results.json`` (its pass@k per
-    run) and each run's metrics.jsonl (curves, entropy, clipping)."""
-    results = json.loads((folder / "results.json").read_text())
-    budget = results["settings"]["tokens"]
-    out = {}
-    for label, seeds in results["runs"].items():
-        for key, row in seeds.items():
-            metrics = read_metrics(folder / "runs" / label / key)
-            passk = row["pass@k"]  # {"start"|"end": {"pass@k": {source: value}}}, as eval.json has it
-            kmax = max(int(k[5:]) for k in passk["end"])
-            out.setdefault(label, {})[row["seed"]] = {
-                "pass@1": passk["end"]["pass@1"]["all"], "pass@kmax": passk["end"][f"pass@{kmax}"]["all"],
-                "kmax": kmax, "start_pass@kmax": passk["start"][f"pass@{kmax}"]["all"],
-                "start_pass@1": passk["start"]["pass@1"]["all"], "passk": passk,
-                "auc": row.get("auc_heldout_pass1_vs_tokens"), "curve": heldout_curve(metrics, passk),
-                "tokens": row["tokens"], "entropy": entropy_quarters(metrics, budget),
-                "with_gradient": None if row.get("frac_zero_std_mean") is None else 1 - row["frac_zero_std_mean"],
-                "clipped": _mean([m["loss/clip_frac_low"] + m["loss/clip_frac_high"] for m in metrics
-                                  if "loss/clip_frac_low" in m and "loss/clip_frac_high" in m])}
-    return {"budget": budget, "runs": out}
-
-
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
-def _fmt(x, spec=".3f"):
-    return "—" if x is None else format(x, spec)
-
-
-def _delta(d):
-    if d is None:
-        return "—"
-    mean, half, significant = d
-    ci = "" if math.isinf(half) else f" ± {half:.3f}"
-    return f"{mean:+.3f}{ci}{' *' if significant else ''}"
-
-
-def regime_table(name: str, data: dict) -> str:
-    """The markdown table of one regime (``data``: ``regime_rows``)."""
-    runs = data["runs"]
+def regime_table(j: Judged) -> str:
+    regime, runs = j.regime, j.regime.runs
+    name, k = regime.name, regime.k_max
     if BASELINE not in runs:
         return f"### {name}\n\n(no {BASELINE} runs yet: nothing to compare against)\n"
     base = runs[BASELINE]
-    kmax = max(r["kmax"] for r in base.values())
-    target = _mean([r["pass@1"] for r in base.values()])
-    base_tokens = _mean([r["tokens"] for r in base.values()])
-    start = next(iter(base.values()))
-    # where GRPO ends at or below the start, every run "reaches" its level at token 0: no measure
-    applies = target > start["start_pass@1"]
+    target = _mean([r.end.pass1 for r in base.values()])
+    budget = regime.budget
+    applies = half_budget_applies(regime)
+    start_p1 = _mean([r.start.pass1 for r in base.values()])
+    start_pk = _mean([float(r.start.pass_at(k).mean()) for r in base.values()])
+    along = sorted({n for rs in runs.values() for r in rs.values() for n in r.along})
+    family = sum(c is not None and c.p is not None for c in j.comparisons.values())
     lines = [f"### {name}", "",
-             f"Start: pass@1 {start['start_pass@1']:.3f}, pass@{kmax} {start['start_pass@kmax']:.3f}. "
-             f"{len(runs)} recipes; GRPO's final pass@1 {target:.3f} "
-             f"({'the level for' if applies else 'not above the start: no'} \"tokens to GRPO\"). "
-             f"Δ: paired by seed against GRPO, 95% CI; `*`: the interval excludes 0.", "",
-             f"| recipe | seeds | pass@1 | Δ pass@1 | pass@{kmax} | Δ pass@{kmax} | AUC | tokens to GRPO "
-             f"| rollout entropy by quarter | groups with gradient | clipped |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = sorted(runs, key=lambda lb: -(_mean([r["pass@1"] for r in runs[lb].values()]) or 0))
-    fast, wide = [], []
-    for label in order:
+             f"Declared before the runs: k_max = {k}, at least {regime.settings.get('heldout_problems', '?')} held-out "
+             f"problems. Evaluated: {regime.problems} held-out problems, n = {regime.n} samples each at the start and "
+             f"end" + (f" (n = {', '.join(map(str, along))} in the cheaper evaluations along the way)" if along else "")
+             + f". Budget {budget:.0f} policy tokens per run. Start (GRPO's seeds): pass@1 {start_p1:.3f}, "
+             f"pass@{k} {start_pk:.3f}. GRPO: {len(base)} seeds, final pass@1 {target:.3f}"
+             + ("." if applies else " — not above its start, so \"½ budget\" and \"tokens to GRPO\" do not apply."),
+             "",
+             f"Δ: the row minus GRPO, paired by seed and by held-out problem, [95% paired bootstrap interval over "
+             f"seeds and problems, B = {stats.RESAMPLES}], q: Benjamini–Hochberg over the two-sided bootstrap "
+             f"p-values (twice the share of resamples on the far side of 0) of the {family} comparisons of "
+             f"this regime (this table's, its controls' and the hypotheses' tests); `*`: q < 0.05. A row whose "
+             f"mechanism did not act in every seed shows **not engaged** and is not compared. Controls (↳) sit "
+             f"under the row they control, with that row minus the control.", "",
+             f"| recipe | seeds | engaged | pass@1 | Δ pass@1 | pass@{k} | Δ pass@{k} | ½ budget − GRPO end | "
+             f"row − control (pass@1; pass@{k}) | tokens to GRPO | teacher tokens | steps | rollout entropy by "
+             f"quarter | groups with gradient | clipped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label in table_rows(regime):
         rs = runs[label]
-        reach = [tokens_to_reach(*r["curve"], target) if applies else None for r in rs.values()]
+        entry = regime.entry(label)
+        control = entry.get("control")
+        state, note = j.engagement[label]
+        cells = {m: "—" for m in ("pass@1", "pass@kmax", "reach@0.5")}
+        if label != BASELINE:
+            for m in cells:
+                cells[m] = ("not engaged" if state == "not engaged"
+                            else delta_cell(j.comparisons.get((label, BASELINE, m, 0.0))))
+        versus = "—"
+        if control:
+            pair = [j.comparisons.get((control["of"], label, m, 0.0)) for m in ("pass@1", "pass@kmax")]
+            versus = "; ".join(delta_cell(c) for c in pair) if any(pair) else "—"
+        reach = [tokens_to_reach(*r.curve, target) if applies else None for r in rs.values()]
         got = [t for t in reach if t is not None]
-        share = _mean(got) / base_tokens if got else None
-        d1 = paired({s: r["pass@1"] for s, r in rs.items()}, {s: r["pass@1"] for s, r in base.items()})
-        dk = paired({s: r["pass@kmax"] for s, r in rs.items()}, {s: r["pass@kmax"] for s, r in base.items()})
-        quarters = [_mean([r["entropy"][q] for r in rs.values()]) for q in range(4)]
-        if label != BASELINE and got and len(got) == len(rs) and share <= 0.5:
-            fast.append(label)
-        if label != BASELINE and dk is not None and dk[0] >= 0.10:
-            wide.append(label)
+        share = f"{_mean(got) / budget:.2f} ({len(got)}/{len(rs)})" if got else "—"
+        teacher = _mean([r.row.get("teacher_tokens") for r in rs.values()])
+        title = f"↳ `{label}` (control of `{control['of']}`: {control['match']})" if control else f"`{label}`"
         lines.append(
-            f"| `{label}` | {len(rs)} | {_fmt(_mean([r['pass@1'] for r in rs.values()]))} | "
-            f"{'—' if label == BASELINE else _delta(d1)} | {_fmt(_mean([r['pass@kmax'] for r in rs.values()]))} | "
-            f"{'—' if label == BASELINE else _delta(dk)} | {_fmt(_mean([r['auc'] for r in rs.values()]))} | "
-            f"{'—' if share is None else f'{share:.2f} ({len(got)}/{len(rs)})'} | "
-            f"{' / '.join(_fmt(q, '.2f') for q in quarters)} | {_fmt(_mean([r['with_gradient'] for r in rs.values()]))} | "
-            f"{_fmt(_mean([r['clipped'] for r in rs.values()]), '.4f')} |")
-    if applies:
-        own = [t / base_tokens for t in (tokens_to_reach(*r["curve"], target) for r in base.values())
-               if t is not None]
-        reached = (f"Reached GRPO's final pass@1 with at most half of its tokens (every seed): "
-                   f"{', '.join(f'`{x}`' for x in fast) or 'none'}"
-                   + (f" (GRPO's own runs first reached that mean level at {sum(own) / len(own):.2f} of the budget, "
-                      f"in {len(own)} of {len(base)} seeds: the held-out curve is noisy)." if own else "."))
-    else:
-        reached = (f"Reached GRPO's final pass@1 with at most half of its tokens: does not apply — GRPO ended at "
-                   f"{target:.3f}, not above the start's {start['start_pass@1']:.3f}, so every run starts at that "
-                   f"level (\"tokens to GRPO\" shows —); compare the final values and the AUC instead.")
-    lines += ["", reached,
-              f"Beat GRPO's pass@{kmax} by 10 points or more (mean paired Δ): "
-              f"{', '.join(f'`{x}`' for x in wide) or 'none'}.", ""]
+            f"| {title} | {len(rs)} | {note} | {_fmt(_mean([r.end.pass1 for r in rs.values()]))} | {cells['pass@1']} | "
+            f"{_fmt(_mean([float(r.end.pass_at(k).mean()) for r in rs.values()]))} | {cells['pass@kmax']} | "
+            f"{cells['reach@0.5']} | {versus} | {share} | {_fmt(teacher, '.0f') if teacher else '—'} | "
+            f"{_fmt(_mean([r.row.get('steps') for r in rs.values()]), '.1f')} | "
+            f"{' / '.join(_fmt(_mean([r.entropy[q] for r in rs.values()]), '.2f') for q in range(4))} | "
+            f"{_fmt(_mean([None if r.row.get('frac_zero_std_mean') is None else 1 - r.row['frac_zero_std_mean'] for r in rs.values()]))} | "
+            f"{_fmt(_mean([r.clipped for r in rs.values()]), '.4f')} |")
+    lines += ["", *answers(j, applies), "", *warm_lines(j), ""]
     return "\n".join(lines)
 
 
-def regime_figure(name: str, data: dict, path: Path, shown: int = 6) -> Path:
+def answers(j: Judged, applies: bool) -> list[str]:
+    """The regime's two questions, counting corrected-significant results of engaged rows, with
+    the teacher tokens of each guidance row named."""
+    regime, k = j.regime, j.regime.k_max
+
+    def named(labels):
+        out = []
+        for lb in labels:
+            teacher = _mean([r.row.get("teacher_tokens") for r in regime.runs[lb].values()])
+            out.append(f"`{lb}`" + (f" (with {teacher:.0f} teacher tokens per run)" if teacher else ""))
+        return ", ".join(out) or "none"
+
+    rows = [lb for lb in table_rows(regime) if lb != BASELINE]
+    wide = [lb for lb in rows if (c := j.comparisons.get((lb, BASELINE, "pass@kmax", 0.0))) is not None
+            and c.significant and c.estimate >= 0.10]
+    if applies:
+        fast = [lb for lb in rows if (c := j.comparisons.get((lb, BASELINE, "reach@0.5", 0.0))) is not None
+                and c.significant and c.estimate > 0]
+        reached = (f"Reached GRPO's final pass@1 with at most half of its tokens (held-out pass@1 at half the budget "
+                   f"above GRPO's final, q < 0.05): {named(fast)}.")
+    else:
+        reached = ("Reached GRPO's final pass@1 with at most half of its tokens: does not apply — GRPO did not end "
+                   "above its start.")
+    return [reached, f"Beat GRPO's pass@{k} by 10 points or more (Δ ≥ 0.10, q < 0.05): {named(wide)}."]
+
+
+def shown(metric: str, k_max: int) -> str:
+    """A metric's name as the tables print it."""
+    if metric == "pass@kmax":
+        return f"pass@{k_max}"
+    if metric.startswith("reach@"):
+        return f"held-out pass@1 at {metric[6:]} of the budget − GRPO's final"
+    return metric
+
+
+def warm_lines(j: Judged) -> list[str]:
+    regime = j.regime
+    seeds = sorted({regime.entry(lb).get("warm_start") for lb in regime.runs if WARM in lb} - {None})
+    if not j.warm:
+        return ["Findings re-run from a second warm start: no significant difference from GRPO to re-check."]
+    head = (f"Findings (significant differences from GRPO) re-run from a second warm start "
+            f"(model.warmup.seed {', '.join(map(str, seeds))}; q over these re-runs):" if seeds else
+            "Findings (significant differences from GRPO); this regime ran no second warm start:")
+    out = [head]
+    for (label, _, metric, null), c, other in j.warm:
+        what = f"- `{label}` {shown(metric, regime.k_max)}: {c.estimate:+.3f} (q {c.q:.2g})"
+        if other is None:
+            out.append(f"{what} — not re-run from a second warm start")
+            continue
+        holds = other.significant and (other.estimate - null) * (c.estimate - null) > 0
+        out.append(f"{what}; from the second warm start {delta_cell(other)} — "
+                   f"{'holds' if holds else 'does not hold'}")
+    return out
+
+
+def hypotheses_section(judged: dict[str, Judged], hypotheses: list[Hypothesis]) -> str:
+    lines = ["## Pre-registered hypotheses", "",
+             "Each row of [docs/hypotheses.md](hypotheses.md) as `configs/studies/hypotheses.yaml` states it, judged "
+             "by its rule: **supported** where every test is significant (q < 0.05 in its regime) in the stated "
+             "direction and reaches the stated size with the mechanism engaged; **not engaged** where the mechanism "
+             "did not act; **not supported** otherwise; **not run** where a regime or row it needs has no runs.", "",
+             "| id | recipe | hypothesis | verdict | evidence |", "|---|---|---|---|---|"]
+    for h in hypotheses:
+        results = []
+        for i, test in enumerate(h.tests):
+            j = judged.get(test.regime)
+            if j is None:
+                results.append((test, f"not run: no {test.regime} regime", None))
+                continue
+            state, key = j.tests.get((h.id, i), ("not run: no GRPO runs", None))
+            results.append((test, state, j.comparisons.get(key) if key else None))
+        out = verdict(h, results)
+        for name in sorted({t.regime for t in h.tests}):  # a guidance gain is stated with its teacher tokens
+            runs = judged[name].regime.runs.get(h.recipe, {}) if name in judged else {}
+            teacher = _mean([r.row.get("teacher_tokens") for r in runs.values()])
+            if teacher:
+                out.evidence.append(f"{name}: {teacher:.0f} teacher tokens per run (not in the budget)")
+        lines.append(f"| {h.id} | `{h.recipe}` | {h.hypothesis} | **{out.verdict}** | {'<br>'.join(out.evidence)} |")
+    return "\n".join(lines) + "\n"
+
+
+def regime_figure(j: Judged, path: Path, shown: int = 6) -> Path:
     """pass@k at the end and held-out pass@1 along training for GRPO, the start and the
-    ``shown`` recipes with the largest mean pass@1 or pass@k_max (the board has too many to
-    draw them all)."""
+    ``shown`` rows with the largest mean pass@1 or pass@k_max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = data["runs"]
-    ranked = lambda key: sorted((lb for lb in runs if lb != BASELINE),  # noqa: E731
-                                key=lambda lb: -(_mean([r[key] for r in runs[lb].values()]) or 0))
+    regime = j.regime
+    runs, k = regime.runs, regime.k_max
+    others = [lb for lb in table_rows(regime) if lb != BASELINE]
+    by = lambda f: sorted(others, key=lambda lb: -_mean([f(r) for r in runs[lb].values()]))  # noqa: E731
     picks = []
-    for lb in [x for pair in zip(ranked("pass@1"), ranked("pass@kmax")) for x in pair]:
+    for lb in [x for pair in zip(by(lambda r: r.end.pass1), by(lambda r: float(r.end.pass_at(k).mean()))) for x in pair]:
         if lb not in picks and len(picks) < shown:
             picks.append(lb)
-    labels = ([BASELINE] if BASELINE in runs else []) + picks
+    labels = [BASELINE] + picks
+    ks = [x for x in (1, 2, 4, 8, 16, 32, 64, 128, 256) if x <= regime.n]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, lb in enumerate(labels):
         color = plt.cm.tab10(i % 10)
-        evs = [r["passk"] for r in runs[lb].values()]
-        ks = sorted(int(k[5:]) for k in evs[0]["end"])
-        left.plot(ks, [_mean([ev["end"][f"pass@{k}"]["all"] for ev in evs]) for k in ks], marker="o", ms=3,
+        rs = list(runs[lb].values())
+        left.plot(ks, [_mean([float(r.end.pass_at(x).mean()) for r in rs]) for x in ks], marker="o", ms=3,
                   color=color, label=lb, lw=2.2 if lb == BASELINE else 1.2)
         if i == 0:
-            left.plot(ks, [evs[0]["start"][f"pass@{k}"]["all"] for k in ks], ls="--", color="#888", label="start")
-        grid = sorted({x for r in runs[lb].values() for x in r["curve"][0]})
-        ys = [_mean([_interp(r["curve"], x) for r in runs[lb].values()]) for x in grid]
-        right.plot(grid, ys, marker="o", ms=3, color=color, label=lb, lw=2.2 if lb == BASELINE else 1.2)
+            left.plot(ks, [_mean([float(r.start.pass_at(x).mean()) for r in rs]) for x in ks], ls="--", color="#888",
+                      label="start")
+        grid = sorted({x for r in rs for x in r.curve[0]})
+        right.plot(grid, [_mean([_interp(r.curve, x) for r in rs]) for x in grid], marker="o", ms=3, color=color,
+                   label=lb, lw=2.2 if lb == BASELINE else 1.2)
     left.set_xscale("log", base=2)
-    left.set(xlabel="k", ylabel="pass@k (held-out, end)", title=f"{name}: pass@k after training")
-    right.set(xlabel="generated tokens", ylabel="held-out pass@1", title=f"{name}: held-out pass@1 along training")
+    left.set(xlabel="k", ylabel="pass@k (held-out, end)", title=f"{regime.name}: pass@k after training")
+    right.set(xlabel="generated tokens", ylabel="held-out pass@1", title=f"{regime.name}: held-out pass@1 along training")
     for ax in (left, right):
         ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,26 +433,39 @@ def _interp(curve, x):
     return ys[-1]
 
 
-def board(out: Path, figures: Path | None = None) -> str:
-    """Markdown tables for every regime folder of a study (``OUT/<regime>/results.json``), and
-    with ``figures`` one picture per regime written there and linked below its table."""
+def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None) -> tuple[str, list[str]]:
+    """The markdown of every regime folder of a study (``OUT/<regime>/results.json``), the
+    hypotheses' verdicts and the fixed section on what the board can say; with ``figures`` one
+    picture per regime written there and linked. Returns the text and the refusals."""
     folders = sorted(p.parent for p in Path(out).glob("*/results.json"))
     if not folders:
         raise FileNotFoundError(f"{out}: no regime folder with a results.json (run explorl compare --study first)")
-    parts = []
+    hyps = load(hypotheses) if hypotheses else load()
+    parts, judged, refused = [], {}, []
     for folder in folders:
-        data = regime_rows(folder)
-        parts.append(regime_table(folder.name, data))
-        if figures is not None and BASELINE in data["runs"]:
-            png = regime_figure(folder.name, data, Path(figures) / f"{folder.name}.png")
+        try:
+            regime = read_regime(folder)
+        except Refused as err:
+            refused.append(f"{folder.name}: {err}")
+            parts.append(f"### {folder.name}\n\n**Refused:** {err}\n")
+            continue
+        j = judge(regime, hyps)
+        judged[folder.name] = j
+        parts.append(regime_table(j))
+        if figures is not None and BASELINE in regime.runs:
+            png = regime_figure(j, Path(figures) / f"{folder.name}.png")
             parts.append(f"![{folder.name}]({png.as_posix()})\n")
-    return "\n".join(parts)
+    parts += [hypotheses_section(judged, hyps), CAN_AND_CANNOT]
+    return "\n".join(parts), refused
 
 
 def run_board(args) -> int:
-    text = board(Path(args.out), Path(args.figures) if args.figures else None)
+    text, refused = board(Path(args.out), Path(args.figures) if args.figures else None)
     if args.write:
         from explorl.compare.files import _write_atomic
         _write_atomic(Path(args.write), text)
     print(text)
-    return 0
+    for line in refused:
+        import sys
+        print(f"explorl board: refused {line}", file=sys.stderr)
+    return 1 if refused else 0

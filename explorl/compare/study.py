@@ -62,6 +62,7 @@ from pathlib import Path
 
 from explorl.compare.child import PARENT_ENV
 from explorl.compare.files import CorruptFile, _parse_error, _read_json, _warn
+from explorl.compare.plan import MATCHES, Entry, NotDerivable, derived_sets, sft_phase_guidance
 from explorl.compare.results import collect, format_leaderboard, write_results
 
 NEVER_BINDING_STEPS = 10**6
@@ -108,38 +109,44 @@ def run_compare(args) -> int:
     """Train every recipe × seed (or skip / resume it), then write results.json, report.html and
     print the leaderboard. Returns the exit code (1 when a run failed)."""
     from explorl.train.runlock import FolderLock
-    specs = _check_args(args)
+    entries = _check_args(args)
     out = Path(args.out)
     lock = FolderLock(out, "comparison").acquire()  # a second compare on this --out stops here
     try:
-        return _run_study(args, specs, out)
+        return _run_study(args, entries, out)
     finally:
         lock.release()
 
 
-def _run_study(args, specs: list[tuple[str, str]], out: Path) -> int:
+def _run_study(args, entries: list[Entry], out: Path) -> int:
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    jobs = [(label, spec, seed) for label, spec in specs for seed in range(args.seeds)]
+    jobs = [(entry, seed) for entry in entries for seed in entry.seeds]
     failed = []
-    print(f"compare: {len(specs)} recipe(s) x {args.seeds} seed(s), {args.tokens} generated tokens each, in {out}",
+    controls = sum(e.control is not None for e in entries)
+    seeds = sorted({len(e.seeds) for e in entries})
+    print(f"compare: {len(entries)} recipe(s){f' ({controls} of them controls)' if controls else ''} x "
+          f"{'/'.join(map(str, seeds))} seed(s), {len(jobs)} run(s), {args.tokens} generated tokens each, in {out}",
           flush=True)
     try:
-        for label, spec, seed in jobs:
-            run_dir = out / "runs" / label / f"seed{seed}"
+        for entry, seed in jobs:
+            run_dir = out / "runs" / entry.label / f"seed{seed}"
             _wait_for_writer(run_dir)
             set_aside_corrupt(run_dir)
-            _check_same_config(args, spec, seed, run_dir)
-        _warm_start(args, [(spec, seed) for label, spec, seed in jobs
-                           if run_state(out / "runs" / label / f"seed{seed}") != "done"])
+            sets = _job_sets(args, entry, seed, out)
+            if sets is not None:
+                _check_same_config(args, entry.spec, sets, run_dir)
+        _warm_start(args, [(entry.spec, _job_sets(args, entry, seed, out, underived=True)) for entry, seed in jobs
+                           if run_state(out / "runs" / entry.label / f"seed{seed}") != "done"])
         todo = []
-        for i, (label, spec, seed) in enumerate(jobs, 1):
-            run_dir = out / "runs" / label / f"seed{seed}"
-            head = f"[{i}/{len(jobs)}] {label:<{max(len(x) for x, _ in specs)}} seed {seed}"
+        width = max(len(e.label) for e in entries)
+        for i, (entry, seed) in enumerate(jobs, 1):
+            run_dir = out / "runs" / entry.label / f"seed{seed}"
+            head = f"[{i}/{len(jobs)}] {entry.label:<{width}} seed {seed}"
             state = run_state(run_dir)
             if state == "done":
                 print(f"{head}: skip (done) {_run_line(run_dir)}", flush=True)
             else:
-                todo.append((head, label, spec, seed, run_dir, state))
+                todo.append((head, entry, seed, run_dir, state))
 
         def finished(head, label, seed, run_dir, code, same_line):
             lead = "" if same_line else f"{head}: "
@@ -150,35 +157,76 @@ def _run_study(args, specs: list[tuple[str, str]], out: Path) -> int:
                 print(_tail(run_dir / "train.log"), file=sys.stderr, flush=True)
                 return
             print(f"{lead}{_run_line(run_dir)}", flush=True)
-            write_results(out, collect(out, specs, args))
+            write_results(out, collect(out, entries, args))
+
+        def blocked(head, entry, seed, why: NotDerivable):
+            """A control that cannot run: never (nothing to match) or not now (its source failed)."""
+            if why.final:
+                print(f"{head}: skip ({why})", flush=True)
+            else:
+                failed.append(f"{entry.label} seed {seed}")
+                print(f"{head}: NOT RUN ({why}; rerun once it has finished)", flush=True)
 
         if getattr(args, "jobs", 1) <= 1:
-            for head, label, spec, seed, run_dir, state in todo:
+            for head, entry, seed, run_dir, state in todo:
+                try:
+                    sets = _ready_sets(args, entry, seed, out, run_dir)
+                except NotDerivable as why:
+                    blocked(head, entry, seed, why)
+                    continue
                 print(f"{head}: {'resume' if state == 'resume' else 'train'} ... ", end="", flush=True)
-                code = _launch(args, spec, seed, run_dir, resume=state == "resume")
-                finished(head, label, seed, run_dir, code, same_line=True)
+                code = _launch(args, entry.spec, sets, run_dir, resume=state == "resume")
+                finished(head, entry.label, seed, run_dir, code, same_line=True)
         else:
-            _run_parallel(args, todo, finished)
+            _run_parallel(args, todo, finished, blocked, out)
     except KeyboardInterrupt:
         print("\nexplorl compare: interrupted; rerun the same command to continue "
               "(finished runs are skipped, the interrupted one resumes)", file=sys.stderr)
         return 130
-    results = collect(out, specs, args)
+    results = collect(out, entries, args)
     write_results(out, results)
     from explorl.compare.report import write_report
     report = write_report(out, results)
-    print(f"\nleaderboard ({args.tokens} generated tokens per run, mean ± std over {args.seeds} seed(s)):")
+    print(f"\nleaderboard ({args.tokens} generated tokens per run, mean ± std over the seeds):")
     print(format_leaderboard(results))
     print(f"\nresults: {out / 'results.json'}\nreport:  {report}")
     if failed:
-        print(f"explorl compare: {len(failed)} run(s) failed: {', '.join(failed)} "
+        print(f"explorl compare: {len(failed)} run(s) failed or not run: {', '.join(failed)} "
               f"(see their train.log; rerun to retry)", file=sys.stderr)
         return 1
     return 0
 
 
-def _check_args(args) -> list[tuple[str, str]]:
-    """Validate everything that can be checked before any training; returns (label, spec) pairs."""
+def _job_sets(args, entry: Entry, seed: int, out: Path, underived: bool = False) -> list[str] | None:
+    """Every ``--set`` of one run: the comparison's, the row's and a control's derived ones;
+    ``None`` for a control that cannot be derived yet (``underived``: without them instead)."""
+    try:
+        return _train_sets(args, seed, entry, _derived(args, entry, seed, out))
+    except NotDerivable:
+        return _train_sets(args, seed, entry) if underived else None
+
+
+def _derived(args, entry: Entry, seed: int, out: Path) -> list[str]:
+    if entry.control is None:
+        return []
+    from explorl.config import load_config
+    source = next(e for e in args._entries if e.label == entry.control["of"])
+    return derived_sets(entry, out, seed, load_config(args.config, _train_sets(args, seed, source), source.spec))
+
+
+def _ready_sets(args, entry: Entry, seed: int, out: Path, run_dir: Path) -> list[str]:
+    """A pending run's sets, derived now for a control (whose folder is then checked against
+    them); ``NotDerivable`` when it cannot run."""
+    sets = _train_sets(args, seed, entry, _derived(args, entry, seed, out))
+    if entry.control is not None:
+        _check_same_config(args, entry.spec, sets, run_dir)
+    return sets
+
+
+def _check_args(args) -> list[Entry]:
+    """Validate everything that can be checked before any training; returns the rows to run:
+    the recipes, each recipe's second warm start (``args.second_warm_start``) and the controls
+    (``args.controls``), also kept as ``args._entries``."""
     from explorl.config import load_config, parse_override, recipe_path
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -195,7 +243,8 @@ def _check_args(args) -> list[tuple[str, str]]:
     names = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not names:
         raise ValueError("--recipes: give at least one recipe, e.g. --recipes grpo,clip_higher")
-    specs, seen = [], {}
+    per_recipe = getattr(args, "seeds_per_recipe", None) or {}
+    entries, seen = [], {}
     for name in names:
         path = Path(name)
         if path.suffix in (".yaml", ".yml") and not path.exists():
@@ -206,16 +255,72 @@ def _check_args(args) -> list[tuple[str, str]]:
             raise ValueError(f"--recipes: {name!r} and {seen[label]!r} would share the run folder "
                              f"runs/{label}; rename one")
         seen[label] = name
+        entries.append(Entry(label, name, list(range(per_recipe.get(label, args.seeds)))))
+    unknown = sorted(set(per_recipe) - set(seen))
+    if unknown:
+        raise ValueError(f"seeds_per_recipe: {', '.join(unknown)} not among the recipes ({', '.join(seen)})")
+    entries += _warm_start_entries(args, entries) + _control_entries(args, entries)
+    args._entries = entries
+    for entry in entries:
         try:  # the whole config and its plug-ins, so a bad recipe fails now rather than mid-study
             from explorl.train.plugins import Plugins
-            Plugins.from_config(load_config(args.config, _train_sets(args, 0), name))
+            cfg = load_config(args.config, _train_sets(args, 0, entry), entry.spec)
+            Plugins.from_config(cfg)
+            _check_declared(args, cfg)
         except ValueError as err:
-            raise ValueError(f"recipe {name!r}: {err}") from None
-        specs.append((label, name))
-    return specs
+            raise ValueError(f"recipe {entry.label!r}: {err}") from None
+    return entries
 
 
-def _warm_start(args, pending: list[tuple[str, int]]) -> None:
+def _check_declared(args, cfg) -> None:
+    """The evaluation a study declared for its regime (``k_max``, ``heldout_problems``)."""
+    k_max, problems = getattr(args, "k_max", None), getattr(args, "heldout_problems", None)
+    if k_max is not None and cfg.eval.samples < 2 * k_max:
+        raise ValueError(f"k_max {k_max} is declared, so eval.samples must be >= 2·k_max = {2 * k_max}, "
+                         f"got {cfg.eval.samples}")
+    held_out = cfg.eval.problems_per_source * len(cfg.tasks)
+    if problems is not None and held_out < problems:
+        raise ValueError(f"heldout_problems {problems} is declared, but eval.problems_per_source "
+                         f"{cfg.eval.problems_per_source} x {len(cfg.tasks)} source(s) = {held_out} held-out problems")
+
+
+def _warm_start_entries(args, entries: list[Entry]) -> list[Entry]:
+    """``args.second_warm_start`` (``{seed, recipes}``): those recipes and GRPO again, from the
+    warm start of ``model.warmup.seed = seed``, in ``runs/<label>@warm<seed>``."""
+    second = getattr(args, "second_warm_start", None)
+    if not second:
+        return []
+    labels = {e.label: e for e in entries}
+    wanted = list(dict.fromkeys(["grpo", *second["recipes"]]))
+    missing = [lb for lb in wanted if lb not in labels]
+    if missing:
+        raise ValueError(f"second_warm_start: {', '.join(missing)} not among the recipes ({', '.join(labels)})")
+    seed = second["seed"]
+    return [Entry(f"{lb}@warm{seed}", labels[lb].spec, list(labels[lb].seeds), [f"model.warmup.seed={seed}"],
+                  warm_start=seed) for lb in wanted]
+
+
+def _control_entries(args, entries: list[Entry]) -> list[Entry]:
+    """``args.controls`` (``{label: {recipe, match, of}}``) as rows with their controlled row's seeds."""
+    from explorl.config import recipe_path
+    out = []
+    labels = {e.label: e for e in entries}
+    for label, c in (getattr(args, "controls", None) or {}).items():
+        if label in labels:
+            raise ValueError(f"controls.{label}: the label is already a recipe's run folder; rename it")
+        if c["of"] not in labels:
+            raise ValueError(f"controls.{label}: of {c['of']!r} is not among the recipes ({', '.join(labels)})")
+        if c["match"] not in MATCHES:
+            raise ValueError(f"controls.{label}: match must be one of {', '.join(MATCHES)}, got {c['match']!r}")
+        recipe_path(c["recipe"])
+        entry = Entry(label, c["recipe"], list(labels[c["of"]].seeds), control={"of": c["of"], "match": c["match"]})
+        if c["match"] == "teacher_tokens":
+            sft_phase_guidance(entry, 1)  # the recipe has an SFT phase to size
+        out.append(entry)
+    return out
+
+
+def _warm_start(args, pending: list[tuple[str, list[str]]]) -> None:
     """Warm-start the testbed model(s) the pending runs share, here and once, so that no run's
     wall time includes it (a recipe may change the model or tasks, hence one check per recipe;
     the warm starts of a soup reference's members too)."""
@@ -223,8 +328,8 @@ def _warm_start(args, pending: list[tuple[str, int]]) -> None:
     from explorl.policy.reference import member_config
     from explorl.train.warmup import warm_model_dir, warmup
     done = set()
-    for spec, seed in pending:
-        cfg = load_config(args.config, _train_sets(args, seed), spec)
+    for spec, sets in pending:
+        cfg = load_config(args.config, sets, spec)
         members = [member_config(cfg, m["warmup_seed"]) for m in cfg.reference.get("models", [])
                    if "warmup_seed" in m]
         for each in ([] if cfg.model.path else [cfg]) + members:
@@ -240,7 +345,7 @@ def _warm_start(args, pending: list[tuple[str, int]]) -> None:
     _shared_start_evaluations(args, pending)
 
 
-def _shared_start_evaluations(args, pending: list[tuple[str, int]]) -> None:
+def _shared_start_evaluations(args, pending: list[tuple[str, list[str]]]) -> None:
     """Compute, here and once, each start evaluation the pending runs share (``eval.shared``),
     so that no run's wall time includes it and no two runs compute it."""
     import tempfile
@@ -249,8 +354,8 @@ def _shared_start_evaluations(args, pending: list[tuple[str, int]]) -> None:
     from explorl.eval.shared import load_start_eval, start_eval_path
     from explorl.train.loop import Trainer
     done = set()
-    for spec, seed in pending:
-        cfg = load_config(args.config, _train_sets(args, seed), spec)
+    for spec, sets in pending:
+        cfg = load_config(args.config, sets, spec)
         path = start_eval_path(cfg)
         if path is None or path in done:
             continue
@@ -269,13 +374,13 @@ def _shared_start_evaluations(args, pending: list[tuple[str, int]]) -> None:
         print(f"{time.perf_counter() - start:.1f} s", flush=True)
 
 
-def _check_same_config(args, spec: str, seed: int, run_dir: Path) -> None:
+def _check_same_config(args, spec: str, sets: list[str], run_dir: Path) -> None:
     """A run folder that will be skipped or resumed must hold the configuration asked for now."""
     import yaml
     from explorl.config import load_config
     if run_state(run_dir) == "fresh" or not (run_dir / "config.yaml").exists():
         return
-    wanted = json.loads(json.dumps(load_config(args.config, _train_sets(args, seed), spec).to_dict()))
+    wanted = json.loads(json.dumps(load_config(args.config, sets, spec).to_dict()))
     want = _flat(wanted)
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -305,9 +410,12 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _train_sets(args, seed: int) -> list[str]:
+def _train_sets(args, seed: int, entry: Entry | None = None, derived: list[str] = ()) -> list[str]:
+    """The ``--set`` items of one run: the comparison's, the seed and the budget, then the row's
+    own (a second warm start) and a control's derived ones, which win."""
     sets = [*args.overrides, f"seed={seed}", f"train.max_tokens={args.tokens}", f"train.steps={NEVER_BINDING_STEPS}"]
-    return sets + ([f"eval.every_tokens={args.eval_every_tokens}"] if args.eval_every_tokens else [])
+    sets += [f"eval.every_tokens={args.eval_every_tokens}"] if args.eval_every_tokens else []
+    return sets + (list(entry.sets) if entry else []) + list(derived)
 
 
 def run_state(run_dir: Path) -> str:
@@ -400,20 +508,38 @@ def _start_over(folder: Path) -> None:
             entry.unlink()
 
 
-def _run_parallel(args, todo, finished) -> None:
+def _run_parallel(args, todo, finished, blocked, out: Path) -> None:
     """Run the pending runs ``args.jobs`` at a time, each child with its share of the cores as
-    torch threads (unless ``OMP_NUM_THREADS`` is set); Ctrl-C stops every running child."""
+    torch threads (unless ``OMP_NUM_THREADS`` is set); a control starts once the run it derives
+    from has finished. Ctrl-C stops every running child."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
     print(f"compare: {args.jobs} runs at a time, {threads} torch thread(s) each (wall times then include "
           f"the contention between them)", flush=True)
     queue, running = list(todo), {}
+
+    def source_pending(entry, seed) -> bool:  # the run a control derives from is still running or queued
+        of = entry.control["of"]
+        return (any(lb == of and sd == seed for _, lb, sd, _, _ in running.values())
+                or any(e.label == of and sd == seed for _, e, sd, _, _ in queue))
+
     try:
         while queue or running:
-            while queue and len(running) < args.jobs:
-                head, label, spec, seed, run_dir, state = queue.pop(0)
+            i = 0
+            while i < len(queue) and len(running) < args.jobs:
+                head, entry, seed, run_dir, state = queue[i]
+                try:
+                    sets = _ready_sets(args, entry, seed, out, run_dir)
+                except NotDerivable as why:
+                    if not why.final and source_pending(entry, seed):
+                        i += 1  # waits for its source
+                    else:
+                        queue.pop(i)
+                        blocked(head, entry, seed, why)
+                    continue
+                queue.pop(i)
                 print(f"{head}: {'resume' if state == 'resume' else 'train'} (started)", flush=True)
-                proc, log = _start_child(args, spec, seed, run_dir, state == "resume", threads)
-                running[proc] = (head, label, seed, run_dir, log)
+                proc, log = _start_child(args, entry.spec, sets, run_dir, state == "resume", threads)
+                running[proc] = (head, entry.label, seed, run_dir, log)
             for proc in [p for p in running if p.poll() is not None]:
                 head, label, seed, run_dir, log = running.pop(proc)
                 log.close()
@@ -426,10 +552,10 @@ def _run_parallel(args, todo, finished) -> None:
         raise
 
 
-def _launch(args, spec: str, seed: int, run_dir: Path, resume: bool) -> int:
+def _launch(args, spec: str, sets: list[str], run_dir: Path, resume: bool) -> int:
     """Run one child to its end and return its exit status (negative: killed by that signal).
     Ctrl-C (or any error) here stops the child before it propagates."""
-    proc, log = _start_child(args, spec, seed, run_dir, resume)
+    proc, log = _start_child(args, spec, sets, run_dir, resume)
     try:
         return proc.wait()
     except BaseException:
@@ -439,8 +565,8 @@ def _launch(args, spec: str, seed: int, run_dir: Path, resume: bool) -> int:
         log.close()
 
 
-def _start_child(args, spec: str, seed: int, run_dir: Path, resume: bool, threads: str | None = None):
-    """Start one run's child process; returns it and its open log file."""
+def _start_child(args, spec: str, sets: list[str], run_dir: Path, resume: bool, threads: str | None = None):
+    """Start one run's child process (its ``--set`` items ``sets``); returns it and its open log file."""
     _wait_for_writer(run_dir)
     if not resume and run_dir.exists():  # a stale folder without a checkpoint: start over
         _start_over(run_dir)
@@ -448,7 +574,7 @@ def _start_child(args, spec: str, seed: int, run_dir: Path, resume: bool, thread
     cmd = [sys.executable, "-c", CHILD_CODE, "--out", str(run_dir), "--recipe", spec]
     if args.config:
         cmd += ["--config", str(args.config)]
-    for item in _train_sets(args, seed):
+    for item in sets:
         cmd += ["--set", item]
     if resume:
         cmd.append("--resume")

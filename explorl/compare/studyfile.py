@@ -2,19 +2,32 @@
 
 ```yaml
 tokens: 150000            # generated tokens per run (a regime may set its own)
-seeds: 3
-recipes: [grpo, clip_higher, configs/recipes/stacks/dump_knapsack_clip_cov.yaml]
+seeds: 5                  # seeds per recipe ...
+seeds_per_recipe: {grpo: 10, dynamic_sampling: 10}   # ... unless named here (GRPO, findings)
+heldout_problems: 128     # declared: at least this many held-out problems per regime (default 128)
+recipes: [grpo, dynamic_sampling, learnability, luffy, sft_then_grpo]
+second_warm_start: {seed: 1, recipes: [dynamic_sampling]}   # these and GRPO again, another warm start
+controls:                 # rows whose settings derive from another row's runs (explorl.compare.plan)
+  grpo_steps_of_dynamic_sampling: {recipe: grpo, match: steps, of: dynamic_sampling}
+  sft_tokens_of_luffy: {recipe: sft_then_grpo, match: teacher_tokens, of: luffy}
+  uniform_pool_of_learnability: {recipe: grpo, match: pool, of: learnability}
 regimes:
-  default: {config: configs/testbed.yaml}
-  collapse: {config: configs/studies/collapse.yaml, tokens: 200000}
-  exploration-limited: {config: configs/studies/exploration_limited.yaml, set: [eval.samples=256]}
+  default: {config: configs/testbed.yaml, k_max: 16}
+  collapse: {config: configs/studies/collapse.yaml, tokens: 200000, k_max: 16}
+  exploration-limited: {config: configs/studies/exploration_limited.yaml, k_max: 32, set: [eval.samples=64]}
 ```
 
 Each regime is one comparison in ``OUT/<regime>/`` (its ``results.json``, ``report.html`` and
 leaderboard), run in the order written; a regime may name its own ``recipes``, ``seeds``,
-``tokens`` and ``set`` (overrides after the file's top-level ``set``, both after ``--set``). Everything is checked before the first
-run starts, and rerunning the same command continues where it stopped (finished runs are
-skipped, interrupted ones resume), as for a plain ``compare``.
+``seeds_per_recipe`` (merged over the file's), ``tokens``, ``set`` (overrides after the file's
+top-level ``set``, both after ``--set``), ``k_max``, ``heldout_problems``,
+``second_warm_start`` and ``controls`` (added to the file's controls whose ``of`` the regime
+runs). ``k_max`` (the largest k of pass@k the regime reports) is declared before the runs:
+compare refuses a regime whose evaluation has fewer than 2·k_max samples per problem or fewer
+than ``heldout_problems`` held-out problems, and ``explorl board`` refuses its results likewise.
+Everything is checked before the first run starts, and rerunning the same command continues
+where it stopped (finished runs are skipped, interrupted ones resume, controls run once what
+they derive from has finished), as for a plain ``compare``.
 """
 from __future__ import annotations
 
@@ -22,8 +35,10 @@ import argparse
 import copy
 from pathlib import Path
 
-TOP_KEYS = {"tokens", "seeds", "recipes", "set", "regimes"}
-REGIME_KEYS = {"config", "tokens", "seeds", "recipes", "set"}
+DECLARED = {"seeds_per_recipe", "k_max", "heldout_problems", "second_warm_start", "controls"}
+TOP_KEYS = {"tokens", "seeds", "recipes", "set", "regimes"} | DECLARED
+REGIME_KEYS = {"config", "tokens", "seeds", "recipes", "set"} | DECLARED
+HELDOUT_PROBLEMS = 128  # the board's standard, declared for every regime unless the file says otherwise
 
 
 def load_study(path: str | Path) -> list[tuple[str, dict]]:
@@ -69,7 +84,63 @@ def load_study(path: str | Path) -> list[tuple[str, dict]]:
         merged["set"] = [*common, *merged["set"]]  # the regime's own overrides win
         if merged["config"] is not None and not Path(merged["config"]).is_file():
             raise ValueError(f"{where}: config file not found: {merged['config']}")
+        merged.update(_declared(path, where, data, settings, merged["recipes"]))
         out.append((name, merged))
+    everywhere = {Path(r).stem if r.endswith((".yaml", ".yml")) else r for _, m in out for r in m["recipes"]}
+    for key in ("seeds_per_recipe",):
+        stray = sorted(set(data.get(key) or {}) - everywhere)
+        if stray:
+            raise ValueError(f"{path}: {key} names {', '.join(stray)}, which no regime runs")
+    stray = sorted(c["of"] for c in (data.get("controls") or {}).values() if isinstance(c, dict)
+                   and c.get("of") not in everywhere)
+    if stray:
+        raise ValueError(f"{path}: controls of {', '.join(stray)}, which no regime runs")
+    return out
+
+
+def _declared(path, where: str, top: dict, regime: dict, recipes: list[str]) -> dict:
+    """The regime's seeds per recipe, k_max, held-out problems, second warm start and controls,
+    its own over the file's, each checked."""
+    def positive(value, key):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: {key} must be a positive integer, got {value!r}")
+        return value
+
+    out = {}
+    labels = {Path(r).stem if r.endswith((".yaml", ".yml")) else r for r in recipes}
+    per_recipe = {}
+    for source, label, own in ((top, path, False), (regime, where, True)):
+        value = source.get("seeds_per_recipe") or {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{label}: seeds_per_recipe must map recipe names to seed counts, got {value!r}")
+        # the file's apply where their recipe runs; a regime's own must name its recipes (checked by compare)
+        per_recipe.update({k: positive(v, f"seeds_per_recipe.{k}") for k, v in value.items() if own or k in labels})
+    out["seeds_per_recipe"] = per_recipe
+    k_max = regime.get("k_max", top.get("k_max"))
+    out["k_max"] = None if k_max is None else positive(k_max, "k_max")
+    out["heldout_problems"] = positive(regime.get("heldout_problems", top.get("heldout_problems", HELDOUT_PROBLEMS)),
+                                       "heldout_problems")
+    second = regime.get("second_warm_start", top.get("second_warm_start"))
+    if second is not None:
+        if (not isinstance(second, dict) or set(second) != {"seed", "recipes"} or not isinstance(second["recipes"], list)
+                or not isinstance(second["seed"], int) or isinstance(second["seed"], bool) or second["seed"] < 0):
+            raise ValueError(f"{where}: second_warm_start must be {{seed: N >= 0 (model.warmup.seed), recipes: [...]}}, "
+                             f"got {second!r}")
+        own = "second_warm_start" in regime
+        second = {"seed": second["seed"], "recipes": [r for r in second["recipes"] if own or r in labels]}
+    out["second_warm_start"] = second
+    controls = {}
+    for source, label, own in ((top, path, False), (regime, where, True)):
+        value = source.get("controls") or {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{label}: controls must map a label to {{recipe, match, of}}, got {value!r}")
+        for name, c in value.items():
+            if not isinstance(c, dict) or set(c) != {"recipe", "match", "of"}:
+                raise ValueError(f"{label}: controls.{name} must be {{recipe: R, match: steps | teacher_tokens | pool, "
+                                 f"of: RECIPE}}, got {c!r}")
+            if own or c["of"] in labels:  # the file's controls apply where their recipe runs
+                controls[name] = dict(c)
+    out["controls"] = controls
     return out
 
 
@@ -80,6 +151,8 @@ def regime_args(args: argparse.Namespace, name: str, settings: dict) -> argparse
     ns.recipes = ",".join(settings["recipes"])
     ns.seeds, ns.tokens = settings["seeds"], settings["tokens"]
     ns.overrides = [*args.overrides, *settings["set"]]
+    for key in DECLARED:
+        setattr(ns, key, settings.get(key))
     ns.out = str(Path(args.out) / name)
     return ns
 

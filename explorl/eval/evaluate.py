@@ -1,6 +1,6 @@
 """Held-out evaluation: pass@k per source, mean token entropy, mean response length, distinct
-correct answers, and each problem's count of correct samples with its first response (what a
-paired comparison of two evaluations over the same problems needs, ``explorl.eval.paired``)."""
+correct answers, and the per-problem counts they come from (``per_problem``), so that a
+comparison can resample problems (``explorl.compare.stats``, ``explorl.eval.paired``)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,11 +15,12 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
-    "response_length": {...}, "distinct_correct": {...}, "tokens": int, "samples": int,
-    "problems": [{"id", "source", "correct", "response"}, ...]}``; ``all`` averages over problems
-    of every source, ``response_length`` is the mean number of tokens of a sampled response, and
-    ``problems`` gives, per held-out problem in order, its number of correct samples and the text
-    of its first sample.
+    "response_length": {...}, "distinct_correct": {...}, "tokens": int, "samples": n,
+    "per_problem": {...}}``; ``all`` averages over problems of every source, ``response_length``
+    is the mean number of tokens of a sampled response. ``per_problem`` holds one list per
+    field, one entry per held-out problem in a fixed order (``PER_PROBLEM``): its id and source,
+    how many of the n samples were correct, distinct correct answers, the entropy summed over its
+    response tokens, its response tokens, and the tokens and count of its wrong answers.
     ``verifier`` (a ``GuardedVerifier``; one is made for the call when ``None``) scores under a
     time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given. Under data
     parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
@@ -63,19 +64,25 @@ def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new
     return out
 
 
+#: the fields of ``per_problem``, in the order ``_chunk`` gives them
+PER_PROBLEM = ("source", "correct", "distinct", "entropy_sum", "tokens", "wrong_tokens", "wrong", "id")
+
+
 def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, thinking=None) -> tuple[list, list]:
-    """``(source, correct count, distinct correct, entropy sum, token count, problem id, first
-    response)`` per problem of ``part``, and the verifier's faults."""
+    """One tuple per problem of ``part`` (fields ``PER_PROBLEM``), and the verifier's faults."""
     per_problem = []
     batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed,
                            **({} if thinking is None else {"thinking": thinking}))
     rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
+    lengths = batch.mask.sum(-1).tolist()
     for i, problem in enumerate(part):
-        rows = (batch.group == i).nonzero().squeeze(-1)
-        correct = [batch.texts[r] for r in rows.tolist() if rewards[r] >= 1.0]
+        rows = (batch.group == i).nonzero().squeeze(-1).tolist()
+        correct = [batch.texts[r] for r in rows if rewards[r] >= 1.0]
+        wrong = [r for r in rows if rewards[r] < 1.0]
         ent = float((batch.entropy[rows] * batch.mask[rows]).sum())
         per_problem.append((problem.source, len(correct), len(set(c.strip() for c in correct)),
-                            ent, float(batch.mask[rows].sum()), problem.id, batch.texts[int(rows[0])]))
+                            ent, float(batch.mask[rows].sum()), float(sum(lengths[r] for r in wrong)), len(wrong),
+                            str(problem.id)))
     return per_problem, faults
 
 
@@ -94,7 +101,7 @@ def summarize(per_problem, samples, ks) -> dict:
         out["distinct_correct"][src] = sum(r[2] for r in rows) / len(rows)
     out["tokens"] = int(sum(r[4] for r in per_problem))
     out["samples"] = samples
-    out["problems"] = [{"id": r[5], "source": r[0], "correct": r[1], "response": r[6]} for r in per_problem]
+    out["per_problem"] = {field: [row[i] for row in per_problem] for i, field in enumerate(PER_PROBLEM)}
     return out
 
 

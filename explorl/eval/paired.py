@@ -1,74 +1,67 @@
-"""Two held-out evaluations of the same problems compared problem by problem: the change of
-pass@k with a bootstrap interval over problems, and a table of start against end.
+"""Two held-out evaluations of the same problems (before and after training) compared problem by
+problem: the change of pass@k, token entropy and response length, each with a 95% interval.
 
-Each evaluation (``explorl.eval.evaluate``) lists its problems with their number of correct
-samples. A problem's pass@k is the unbiased estimate from its ``n`` samples and ``c`` correct
-(``explorl.eval.passk``); the change is the mean over problems of end minus start, and its
-interval comes from ``scipy.stats.bootstrap`` resampling problems with their pair of values
-together (``paired=True``, BCa). The interval answers how much the change could move with
-another draw of held-out problems of the same kind; the sampling noise within a problem is in
-each value already (16 samples per problem give pass@1 in steps of 1/16).
+The interval is the board's paired bootstrap (``explorl.compare.stats.paired_bootstrap``) with
+one seed: each resample draws the held-out problems with replacement, the same draw for start
+and end, and the interval is the 2.5th and 97.5th percentile of the resampled changes. It
+answers how much the change could move with another draw of held-out problems of the same kind;
+the sampling noise within a problem is in each value already (16 samples per problem give
+pass@1 in steps of 1/16). Per problem, pass@k is the unbiased estimator of its ``n`` samples,
+entropy the entropy summed over its response tokens over their count, and response length its
+tokens over its ``n`` samples (``explorl.compare.regime.Eval``).
 """
 from __future__ import annotations
 
-from explorl.eval.passk import pass_at_k
+import numpy as np
+
+from explorl.compare.regime import Eval
+from explorl.compare.stats import RESAMPLES, Comparison, paired_bootstrap
 
 
-def _problem_pass(results: dict, k: int, which: str) -> tuple[list[str], list[float]]:
-    if "problems" not in results or "samples" not in results:
-        raise ValueError(f"the {which} evaluation lists no problems (it was made before evaluations kept them): "
-                         f"evaluate again")
-    n = results["samples"]
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least {k} samples per problem; the {which} evaluation has {n}")
-    rows = results["problems"]
-    return [r["id"] for r in rows], [pass_at_k(n, r["correct"], k) for r in rows]
-
-
-def paired_change(start: dict, end: dict, k: int = 1, confidence: float = 0.95, resamples: int = 9999,
-                  seed: int = 0) -> dict:
-    """The change of held-out pass@k from ``start`` to ``end`` (two evaluations of the same
-    problems, in the same order) with its ``confidence`` interval over problems:
-    ``{"k", "problems", "start", "end", "change", "low", "high", "confidence"}``."""
-    import numpy as np
-    try:
-        from scipy.stats import bootstrap
-    except ImportError:
-        raise ValueError("the interval over problems needs scipy (pip install -e .[stats])") from None
-    ids_a, a = _problem_pass(start, k, "start")
-    ids_b, b = _problem_pass(end, k, "end")
-    if ids_a != ids_b:
-        first = next((i for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), min(len(ids_a), len(ids_b)))
-        raise ValueError(f"the two evaluations are not of the same problems ({len(ids_a)} and {len(ids_b)} "
+def _evals(start: dict, end: dict) -> tuple[Eval, Eval]:
+    a, b = Eval.from_json(start, "the start evaluation"), Eval.from_json(end, "the end evaluation")
+    if a.ids != b.ids:
+        first = next((i for i, (x, y) in enumerate(zip(a.ids, b.ids)) if x != y), min(len(a.ids), len(b.ids)))
+        raise ValueError(f"the two evaluations are not of the same problems ({len(a.ids)} and {len(b.ids)} "
                          f"problems; they differ first at problem {first})")
-    if len(a) < 2:
-        raise ValueError(f"an interval over problems needs at least 2 problems, got {len(a)}")
-    a, b = np.asarray(a), np.asarray(b)
-    change = float((b - a).mean())
-    if np.all(b - a == change):  # no spread to resample: the interval is the point
-        low = high = change
-    else:
-        res = bootstrap((a, b), lambda x, y, axis: (y - x).mean(axis=axis), paired=True, vectorized=True,
-                        confidence_level=confidence, n_resamples=resamples, method="BCa",
-                        rng=np.random.default_rng(seed))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"k": k, "problems": len(a), "start": float(a.mean()), "end": float(b.mean()), "change": change,
-            "low": low, "high": high, "confidence": confidence}
+    if len(a.ids) < 2:
+        raise ValueError(f"an interval over problems needs at least 2 problems, got {len(a.ids)}")
+    return a, b
 
 
-def format_start_end(start: dict, end: dict, ks, confidence: float = 0.95) -> str:
-    """Held-out pass@k (each with its paired change and interval), token entropy and response
-    length, before and after training, over every source together ("all")."""
-    head = f"{'held-out':<16}{'start':>8}{'end':>8}{'change':>9}   {confidence:.0%} interval, paired over problems"
+def _compare(num_a, den_a, num_b, den_b) -> Comparison:
+    """End (``b``) against start (``a``), one seed: per-problem numerators and denominators."""
+    return paired_bootstrap(np.asarray(num_b)[None], np.asarray(den_b)[None],
+                            np.asarray(num_a)[None], np.asarray(den_a)[None])
+
+
+def paired_change(start: dict, end: dict, k: int = 1) -> Comparison:
+    """The change of held-out pass@k from ``start`` to ``end`` (two evaluations of the same
+    problems, in the same order); ``values`` is (end, start)."""
+    a, b = _evals(start, end)
+    if k > min(a.n, b.n):
+        which = "start" if a.n < k else "end"
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem; the {which} evaluation has "
+                         f"{min(a.n, b.n)}")
+    ones = np.ones(len(a.ids))
+    return _compare(a.pass_at(k), ones, b.pass_at(k), ones)
+
+
+def format_start_end(start: dict, end: dict, ks) -> str:
+    """Held-out pass@k, token entropy and response length before and after training, each with
+    its change and 95% interval paired over problems."""
+    a, b = _evals(start, end)
+    head = f"{'held-out':<16}{'start':>8}{'end':>8}{'change':>9}   95% interval, paired over problems"
+    rows = [(f"pass@{k}", paired_change(start, end, k)) for k in ks]
+    if a.entropy_sum is not None and b.entropy_sum is not None:
+        rows.append(("token entropy", _compare(a.entropy_sum, a.tokens, b.entropy_sum, b.tokens)))
+    if a.tokens is not None and b.tokens is not None:
+        rows.append(("response tokens", _compare(a.tokens, np.full(len(a.ids), a.n), b.tokens,
+                                                 np.full(len(b.ids), b.n))))
     lines = [head]
-    for k in ks:
-        c = paired_change(start, end, k, confidence)
-        lines.append(f"{'pass@' + str(k):<16}{c['start']:>8.3f}{c['end']:>8.3f}{c['change']:>+9.3f}   "
-                     f"[{c['low']:+.3f}, {c['high']:+.3f}]")
-    for key, name in (("entropy", "token entropy"), ("response_length", "response tokens")):
-        if key in start and key in end:
-            a, b = start[key]["all"], end[key]["all"]
-            lines.append(f"{name:<16}{a:>8.3f}{b:>8.3f}{b - a:>+9.3f}")
-    lines.append(f"({len(end['problems'])} problems x {end['samples']} samples; bootstrap: scipy.stats.bootstrap, "
-                 f"BCa, 9999 resamples)")
+    for name, c in rows:
+        end_value, start_value = c.values
+        lines.append(f"{name:<16}{start_value:>8.3f}{end_value:>8.3f}{c.estimate:>+9.3f}   "
+                     f"[{c.low:+.3f}, {c.high:+.3f}]")
+    lines.append(f"({len(a.ids)} problems x {b.n} samples; bootstrap over problems, {RESAMPLES} resamples)")
     return "\n".join(lines)

@@ -67,7 +67,7 @@ def start_eval_path(cfg) -> Path | None:
     reference = _reference_start(cfg)
     if reference is not None:  # the policy starts at a soup or at one of its members
         start = [start, reference]
-    evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "share_start")}
+    evaluation = {k: v for k, v in d["eval"].items() if k not in ("every_tokens", "every_samples", "share_start")}
     parts = [model, start, d["tasks"], evaluation, d["prompt"], cfg.train.max_new_tokens, d["verify"],
              source_fingerprint()]
     if _decides_steps(cfg):  # a decoding with soft tokens evaluates with them: it changes the answers

@@ -27,8 +27,25 @@ class Component:
     #: and the recipe names no objective): e.g. CTRLS trains only a module of its own, in ``observe``.
     freezes_policy: bool = False
 
+    # which logged metrics show the mechanism acted (``explorl.explore.acted``): a tuple of
+    # criteria that must all hold; None for a baseline component with nothing to engage
+    engaged_when: tuple | None = None
+
+    def engagement(self) -> tuple | None:
+        """The criteria of ``engaged_when``; a component whose mechanism depends on its
+        parameters (the PPO clip is one only with clip-higher) overrides this."""
+        return self.engaged_when
+
     def observe(self, stats: "StepStats") -> dict[str, float]:
         """Feedback after each optimizer step; returns metrics to log."""
+        return {}
+
+    def before_training(self, ctx: "GuideContext") -> dict:
+        """Called once before the first step of a run (not on resume): e.g. an SFT phase, or a
+        calibration set sampled to set the method up. ``ctx`` is a ``GuideContext`` with
+        ``draw(n)`` (problems from the curriculum), ``tasks`` (the run's task mix),
+        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows).
+        Returns counts to report (logged once)."""
         return {}
 
     def augment(self, batch, sampler) -> tuple[object, dict[str, float]]:
@@ -82,13 +99,19 @@ class Budget(Component):
 
 
 class Decoding(Component):
-    """The sampling schedule: a temperature per response position, and top-p."""
+    """The sampling schedule: a temperature per response position, top-p, and optionally an
+    activation intervention the engine applies while it samples (``explorl.policy.intervention``)."""
 
     top_p: float = 1.0
 
     def temperatures(self, step: int, max_new_tokens: int) -> torch.Tensor:
         """Temperature at each response position, shape ``(max_new_tokens,)``."""
         raise NotImplementedError
+
+    def intervention(self, step: int):
+        """What the engine changes in the residual stream while it samples at ``step`` (never
+        in the update's or an evaluation's forward); ``None``: the model as it is."""
+        return None
 
     def thinking(self, step: int, evaluating: bool = False):
         """A ``explorl.policy.soft_decode.ThinkingRule`` that decides each decoding step (soft
@@ -108,12 +131,15 @@ class Rollout(Component):
     (``accumulate`` adds those of several calls in a step: sums, and maxima of ``*_peak``).
     ``data_parallel``: whether ``train.parallel`` may split its rows over processes;
     ``any_engine``: whether it runs on an engine other than the built-in one (vLLM);
-    ``soft_tokens``: whether it passes a decoding's soft-token rule (``request.thinking``) on.
+    ``soft_tokens``: whether it passes a decoding's soft-token rule (``request.thinking``) on;
+    ``interventions``: whether it passes a decoding's activation intervention
+    (``request.intervention``) on.
     """
 
     data_parallel: bool = False
     any_engine: bool = False
     soft_tokens: bool = False
+    interventions: bool = False
 
     def sample(self, request: "RolloutRequest") -> tuple[Any, dict[str, float]]:
         raise NotImplementedError
@@ -140,6 +166,7 @@ class RolloutRequest:
     max_new_tokens: int | None = None
     max_rows: int | None = None
     thinking: Any = None   # a soft-token rule from the decoding (``Decoding.thinking``); None: discrete tokens
+    intervention: Any = None  # an activation intervention from the decoding (``Decoding.intervention``)
 
 
 class Advantage(Component):
@@ -223,12 +250,6 @@ class Guidance(Component):
     def ratio_anchor(self, ctx: "LossContext") -> torch.Tensor | None:
         return None
 
-    def before_training(self, ctx) -> dict:
-        """Called once before the first step of a run (not on resume): e.g. an SFT phase. ``ctx``
-        is a ``GuideContext`` with ``draw(n)`` (problems from the curriculum),
-        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows)."""
-        return {}
-
 
 class Reference(Component):
     """The model that KL-type terms measure against (the ``reference:`` config section), and
@@ -279,6 +300,7 @@ class GuideContext:
     loss: Any = None       # the update's loss (explorl.train.update.UpdateLoss), for a method that needs its gradient
     # before_training only:
     draw: Any = None       # draw(n) -> n problems from the curriculum
+    tasks: Any = None      # the run's TaskMix (problems drawn apart from the curriculum's stream)
     problems_per_step: int = 0
     update: Any = None     # update(batch) -> metrics of one optimizer update on those rows
 

@@ -11,13 +11,17 @@ On a GPU, ``cuda_graphs`` (``model.cuda_graphs``) replays the fast path's decodi
 CUDA graphs at static, bucketed shapes (``explorl.policy.static_decode``).
 Prompts are rendered by ``prompt_format`` (``explorl.policy.prompts``; raw text by default),
 and a response ends at the first of ``stop_ids`` (EOS, the chat template's end of turn, the
-model's EOS ids), which it includes.
+model's EOS ids), which it includes. An activation intervention
+(``explorl.policy.intervention``) given to ``rollout`` acts while it samples, and only then.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from explorl.policy import fastlm
+from explorl.policy.intervention import LastPromptActivations, check_layer
 from explorl.policy.prompts import RAW, stop_token_ids
 from explorl.policy.sampling import sample_next_token, token_logp_entropy
 from explorl.batch import OFF_POLICY, RolloutBatch
@@ -26,6 +30,7 @@ from explorl.batch import OFF_POLICY, RolloutBatch
 class RolloutEngine:
     #: whether ``rollout`` takes a ``thinking`` rule (soft tokens, ``explorl.policy.soft_decode``)
     soft_tokens = True
+    supports_interventions = True  # ``rollout(..., intervention=...)`` (an engine that cannot says so)
 
     def __init__(self, model, tokenizer, backend: str = "auto", prompt_format=None, cuda_graphs="auto"):
         if backend not in ("auto", "fast", "hf"):
@@ -61,21 +66,39 @@ class RolloutEngine:
                              add_special_tokens=False)
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 
+    @property
+    def num_layers(self) -> int:
+        """The policy's decoder layers (what an intervention's ``layer`` indexes)."""
+        return self._eager_backend.num_layers
+
+    @property
+    def _eager_backend(self):
+        """The backend that runs every forward as it is written (the fast path a CUDA-graph
+        decoder wraps): where an activation intervention can act."""
+        return getattr(self.backend, "fast", self.backend)
+
     @torch.no_grad()
     def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
                 max_new_tokens: int | None = None, noise: torch.Tensor | None = None,
-                max_rows: int | None = None, thinking=None) -> RolloutBatch:
+                max_rows: int | None = None, thinking=None, intervention=None) -> RolloutBatch:
         """``noise`` (``(R, max_new_tokens)`` uniforms, optional) fixes each row's draws
         independently of the others (``sample_next_token``); ``seed`` is used otherwise.
         Sampling stays on the model's device; the batch comes back on the CPU. ``max_rows``
         bounds the rows decoded at once (and so the KV cache): whole groups are sampled in
         consecutive calls of at most that many rows (one group larger than it alone), the
         k-th call with ``seed + k`` (with ``noise``, each row keeps its own). ``thinking`` (a
-        ``explorl.policy.soft_decode.ThinkingRule``) decides each step instead: soft tokens."""
+        ``explorl.policy.soft_decode.ThinkingRule``) decides each step instead: soft tokens.
+
+        With an ``intervention`` the tokens are drawn from the steered model and
+        ``behaviour_logp`` is their log-prob there; ``old_logp`` and ``entropy`` are the
+        unsteered policy's, from a forward over the sampled tokens without it. Steered steps run
+        eagerly (a captured CUDA graph would not hold the intervention)."""
         check_counts(problems, counts)
+        if thinking is not None and intervention is not None:
+            raise ValueError("a rollout takes soft tokens (thinking) or an activation intervention, not both")
         if max_rows is not None and sum(counts) > max_rows:
             return self._rollout_in_parts(problems, counts, temperatures, top_p, seed, max_new_tokens, noise,
-                                          max_rows, thinking)
+                                          max_rows, thinking, intervention)
         if thinking is not None:
             from explorl.policy.soft_decode import rollout_with_rule
             return rollout_with_rule(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise,
@@ -91,7 +114,6 @@ class RolloutEngine:
         R = group.shape[0]
         was_training = self.model.training
         self.model.eval()
-        logits, state = self.backend.start_decode(prompt_ids, prompt_mask, group, max_new)
         out = {k: torch.zeros(R, max_new, dtype=d, device=dev) for k, d in
                [("ids", torch.long), ("b", torch.float32), ("o", torch.float32), ("h", torch.float32)]}
         out["ids"].fill_(self.pad)
@@ -99,27 +121,34 @@ class RolloutEngine:
         lengths = torch.zeros(R, dtype=torch.long, device=dev)
         active = torch.arange(R, device=dev)  # rows still in the decoding state
         running = torch.ones(R, dtype=torch.bool, device=dev)  # per active row: no stop token yet
-        for t in range(max_new):
-            tok, lp_b, lp_1, ent = sample_next_token(logits, temps[t], top_p, gen,
-                                                     None if noise is None else noise[active, t])
-            rows = active[running]
-            out["ids"][rows, t], out["b"][rows, t] = tok[running], lp_b[running]
-            out["o"][rows, t], out["h"][rows, t] = lp_1[running], ent[running]
-            lengths[rows] = t + 1
-            running &= ~torch.isin(tok, stop_ids)
-            if t == max_new - 1 or not running.any():
-                break
-            if running.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
-                keep = running.nonzero().squeeze(-1)
-                active, tok, running = active[keep], tok[keep], running[keep]
-                self.backend.keep_rows(state, keep)
-            logits = self.backend.decode_step(state, tok, t)
+        # a captured CUDA graph would not hold the intervention: steered steps run eagerly
+        backend = self.backend if intervention is None else self._eager_backend
+        with nullcontext() if intervention is None else backend.intervene(intervention):
+            logits, state = backend.start_decode(prompt_ids, prompt_mask, group, max_new)
+            for t in range(max_new):
+                tok, lp_b, lp_1, ent = sample_next_token(logits, temps[t], top_p, gen,
+                                                         None if noise is None else noise[active, t])
+                rows = active[running]
+                out["ids"][rows, t], out["b"][rows, t] = tok[running], lp_b[running]
+                out["o"][rows, t], out["h"][rows, t] = lp_1[running], ent[running]
+                lengths[rows] = t + 1
+                running &= ~torch.isin(tok, stop_ids)
+                if t == max_new - 1 or not running.any():
+                    break
+                if running.float().mean() < 0.75:  # drop finished rows; copying the cache pays off
+                    keep = running.nonzero().squeeze(-1)
+                    active, tok, running = active[keep], tok[keep], running[keep]
+                    backend.keep_rows(state, keep)
+                logits = backend.decode_step(state, tok, t)
+        Lc = int(lengths.max())
+        mask = (torch.arange(Lc, device=dev)[None] < lengths[:, None]).float()
+        ids = out["ids"][:, :Lc].masked_fill(mask == 0, self.pad)
+        if intervention is not None:  # π_old and its entropy: the policy's own, not the steered sampler's
+            unsteered = self.backend.response_logits(prompt_ids, prompt_mask, group, ids)
+            out["o"][:, :Lc], out["h"][:, :Lc] = token_logp_entropy(unsteered, ids, True)
         self.model.train(was_training)
         out = {k: v.cpu() for k, v in out.items()}
-        lengths = lengths.cpu()
-        Lc = int(lengths.max())
-        mask = (torch.arange(Lc)[None] < lengths[:, None]).float()
-        ids = out["ids"][:, :Lc].masked_fill(mask == 0, self.pad)
+        lengths, mask, ids = lengths.cpu(), mask.cpu(), ids.cpu()
         texts = self.tokenizer.batch_decode(ids.masked_fill(torch.isin(ids, self.stop_ids), self.pad),
                                             skip_special_tokens=True)
         return RolloutBatch(problems=list(problems), counts=list(counts), group=group.cpu(),
@@ -128,14 +157,28 @@ class RolloutEngine:
                             entropy=out["h"][:, :Lc] * mask, texts=texts)
 
     def _rollout_in_parts(self, problems, counts, temperatures, top_p, seed, max_new_tokens, noise, max_rows,
-                          thinking=None):
+                          thinking=None, intervention=None):
         batches, row = [], 0
         for k, (groups, rows) in enumerate(group_parts(counts, max_rows)):
             part_noise = None if noise is None else noise[row:row + rows]
             batches.append(self.rollout([problems[g] for g in groups], [counts[g] for g in groups], temperatures,
-                                        top_p, seed + k, max_new_tokens, part_noise, thinking=thinking))
+                                        top_p, seed + k, max_new_tokens, part_noise, thinking=thinking,
+                                        intervention=intervention))
             row += rows
         return RolloutBatch.concat(batches, self.pad)
+
+    @torch.no_grad()
+    def prompt_activations(self, problems, layer: int) -> torch.Tensor:
+        """The output of decoder ``layer`` at each problem's last prompt token, ``(P, d)`` float32
+        on the CPU: read where an intervention at that layer acts, without changing anything."""
+        record = LastPromptActivations(layer)
+        ids, mask = self.encode_prompts(problems)
+        was_training = self.model.training
+        self.model.eval()
+        with self._eager_backend.intervene(record):
+            self._eager_backend.run_prompts(ids, mask)
+        self.model.train(was_training)
+        return record.rows
 
     @property
     def response_end_id(self) -> int:
@@ -247,6 +290,46 @@ class HFBackend:
         self.model = unwrap(model)
         # newer transformers name the cache argument ``cache``; older ones ``past_key_values``
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._prompt = True  # what the forward under way runs: prompts, or one decoded token per row
+
+    @property
+    def layers(self):
+        from explorl.policy.model import decoder_layers
+        layers = decoder_layers(self.model)
+        if not layers:
+            raise ValueError(f"an activation intervention needs the decoder layers of {type(self.model).__name__}, "
+                             f"which names none in _no_split_modules")
+        return layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @contextmanager
+    def intervene(self, intervention):
+        """``intervention`` as a forward hook on its decoder layer inside the block (removed on
+        leaving it, whatever happens); nothing changes with ``None``."""
+        if intervention is None:
+            yield
+            return
+        layers = self.layers
+        check_layer(intervention, len(layers))
+
+        def hook(module, args, output):
+            if isinstance(output, tuple):  # layers of older transformers return (hidden, ...)
+                return (intervention(output[0], self._prompt),) + output[1:]
+            return intervention(output, self._prompt)
+
+        handle = layers[intervention.layer].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def run_prompts(self, ids, attention_mask) -> None:
+        """A forward over the prompts alone (what an installed intervention reads)."""
+        self._prompt = True
+        self._forward(ids, attention_mask)
 
     def _forward(self, ids, attention_mask, past=None, hidden=False, embeds=None):
         """``embeds`` (input embeddings) in place of ``ids`` where given (soft tokens)."""
@@ -259,6 +342,7 @@ class HFBackend:
     def start_decode(self, prompt_ids, prompt_mask, group, max_new_tokens, want_hidden=False):
         from transformers import DynamicCache
         ids, mask = prompt_ids[group], prompt_mask[group]
+        self._prompt = True
         out = self._forward(ids, mask, DynamicCache(), hidden=want_hidden)
         state = {"past": self._cache(out), "mask": mask}
         if want_hidden:  # the last layer's output, after the final norm
@@ -268,6 +352,7 @@ class HFBackend:
     def decode_step(self, state, tokens, t, embeds=None):
         """Feed ``tokens`` ``(Ra,)`` (or the input embeddings ``embeds`` ``(Ra, d)``: soft tokens)."""
         state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+        self._prompt = False
         want_hidden = "hidden" in state
         out = self._forward(tokens[:, None], state["mask"], state["past"], hidden=want_hidden,
                             embeds=None if embeds is None else embeds[:, None])

@@ -20,10 +20,13 @@ pass, as the HF layers are.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from explorl.policy.intervention import check_layer
 from explorl.policy.model import gradient_checkpointing, unwrap
 
 SUPPORTED = {"llama", "qwen2", "mistral"}
@@ -69,6 +72,27 @@ class FastLM:
         self._inv_freq_on = {}  # device -> inv_freq there (no host-to-device copy per layer and step)
         self.eps = cfg.rms_norm_eps
         self._checkpointing = False  # set per training forward (gradient checkpointing on the model)
+        self._intervention = None  # an activation intervention, installed while the engine samples
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @contextmanager
+    def intervene(self, intervention):
+        """Apply ``intervention`` (``explorl.policy.intervention``) in ``prefill`` and ``decode_step``
+        inside the block; nothing changes with ``None``."""
+        if intervention is not None:
+            check_layer(intervention, self.num_layers)
+        self._intervention = intervention
+        try:
+            yield
+        finally:
+            self._intervention = None
+
+    def _steer(self, i, h, prompt):
+        iv = self._intervention
+        return h if iv is None or iv.layer != i else iv(h, prompt)
 
     # ---- building blocks -----------------------------------------------------------
     @property
@@ -135,10 +159,15 @@ class FastLM:
         mask = mask | torch.eye(Lp, dtype=torch.bool, device=ids.device)[None, None]  # pad rows attend to self
         h = self.model.model.embed_tokens(ids)
         kv = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             h, k, v = self._train_layer(layer, h, positions, mask)
+            h = self._steer(i, h, True)
             kv.append((k, v))
         return h[:, -1], kv
+
+    def run_prompts(self, ids, pad_mask) -> None:
+        """A forward over the prompts alone (what an installed intervention reads)."""
+        self.prefill(ids, pad_mask)
 
     # ---- training forward --------------------------------------------------------------
     def response_logits(self, prompt_ids, prompt_mask, group, response_ids, return_hidden=False, soft=None):
@@ -201,11 +230,11 @@ class FastLM:
         positions = (state["plen"] + t)[:, None]
         mask = state["key_mask"][:, None, None, : slot + 1]
         h = self.model.model.embed_tokens(tokens[:, None]) if embeds is None else embeds[:, None]
-        for layer, (ck, cv) in zip(self.layers, state["cache"]):
+        for i, (layer, (ck, cv)) in enumerate(zip(self.layers, state["cache"])):
             q, k, v = self._qkv(layer, h, positions)
             ck[:, :, slot] = k[:, :, 0]
             cv[:, :, slot] = v[:, :, 0]
-            h = self._finish(layer, h, q, ck[:, :, : slot + 1], cv[:, :, : slot + 1], mask)
+            h = self._steer(i, self._finish(layer, h, q, ck[:, :, : slot + 1], cv[:, :, : slot + 1], mask), False)
         return self._next_logits(state, h[:, 0], "hidden" in state)
 
     @staticmethod

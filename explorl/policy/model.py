@@ -110,6 +110,13 @@ def unwrap(model):
     return get_base() if get_base is not None else model
 
 
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The model's repeated blocks, in order: the modules whose class it names in
+    ``_no_split_modules`` (Qwen2DecoderLayer, GPT2Block, ...); empty when it names none."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
 def check_dtype(dtype: str, device: torch.device) -> None:
     """Raise ``ValueError`` naming ``model.dtype`` unless a matrix product, its gradient and a
     softmax run in ``dtype`` on ``device``. The policy is never silently trained in another

@@ -96,6 +96,7 @@ class VLLMEngine(RolloutEngine):
     """
 
     soft_tokens = False  # vLLM samples whole token sequences: no soft tokens
+    supports_interventions = False
 
     def __init__(self, model, tokenizer, prompt_format=None, options=None, llm=None, sampling_params=None):
         super().__init__(model, tokenizer, "auto", prompt_format)  # the training-side forward
@@ -164,9 +165,13 @@ class VLLMEngine(RolloutEngine):
     @torch.no_grad()
     def rollout(self, problems, counts, temperatures, top_p: float = 1.0, seed: int = 0,
                 max_new_tokens: int | None = None, noise: torch.Tensor | None = None,
-                max_rows: int | None = None) -> RolloutBatch:
+                max_rows: int | None = None, intervention=None) -> RolloutBatch:
         """As ``RolloutEngine.rollout``; ``max_rows`` bounds the rows of each training forward
-        that scores the responses (vLLM schedules its own decoding batches)."""
+        that scores the responses (vLLM schedules its own decoding batches). vLLM's forward
+        cannot take an activation intervention: one is an error."""
+        if intervention is not None:
+            raise ValueError("model.backend: vllm cannot apply an activation intervention (the decoding method "
+                             "steers the residual stream while sampling); use model.backend: auto, fast or hf")
         check_counts(problems, counts)
         if self.stale:
             self._push_weights()

@@ -78,6 +78,10 @@ class TaskMix:
         """Reward in [0, 1] from the verifier of ``problem.source``; never raises for any completion."""
         return self._source(problem.source).verify(problem, completion)
 
+    def extract_answer(self, problem: Problem, completion: str) -> str | None:
+        """The answer ``completion`` states for ``problem``, as its source's verifier reads it."""
+        return self._source(problem.source).extract_answer(completion)
+
     def eval_sets(self, n: int, seed: int = 0) -> dict[str, list[Problem]]:
         """``n`` fixed held-out problems per source."""
         return {name: src.eval_set(n, seed) for name, src in self.sources.items()}

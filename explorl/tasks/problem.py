@@ -84,6 +84,12 @@ class TaskSource:
         raise NotImplementedError
 
     # --- provided -----------------------------------------------------------------
+    def extract_answer(self, completion: str) -> str | None:
+        """The answer ``completion`` states, as the verifier reads it (``None``: it states none):
+        the stripped completion here; a source whose verifier extracts an answer overrides this
+        (methods that count distinct answers, as answer entropy, read it)."""
+        return completion.strip() or None
+
     def reference_completion(self, problem: Problem) -> str:
         """A completion that must score 1: the reference answer written the way the verifier reads
         answers (e.g. ``\\boxed{answer}`` for a verifier that extracts boxed answers)."""

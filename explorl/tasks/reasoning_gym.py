@@ -275,6 +275,9 @@ class ReasoningGymSource(TaskSource):
     def reference_completion(self, problem: Problem) -> str:
         return self.extractor.reference(problem.answer)
 
+    def extract_answer(self, completion: str) -> str | None:
+        return self.extractor.extract(completion)
+
     def dataset_score(self, problem: Problem, completion: str) -> float:
         """The dataset's own ``score_answer`` of the completion's answer, partial credit included
         (0 without an answer, or for a completion far longer than the reference)."""

@@ -111,5 +111,8 @@ class RowSource(TaskSource):
     def score(self, problem: Problem, completion: str) -> float:
         return self.verifier.score(problem.answer, completion)
 
+    def extract_answer(self, completion: str) -> str | None:
+        return self.verifier.extractor.extract(completion)
+
     def reference_completion(self, problem: Problem) -> str:
         return self.verifier.reference_completion(problem.answer)

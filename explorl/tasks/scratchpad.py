@@ -81,6 +81,9 @@ class AdditionSteps(TaskSource):
 
     score = staticmethod(answer_after_mark)
 
+    def extract_answer(self, completion: str) -> str | None:
+        return final_answer(completion) or None
+
 
 class MultiplicationSteps(TaskSource):
     """``a*b=`` with a first factor of ``digits`` digits and a second of ``factor_digits``."""
@@ -97,3 +100,6 @@ class MultiplicationSteps(TaskSource):
         return long_multiplication(a, b)
 
     score = staticmethod(answer_after_mark)
+
+    def extract_answer(self, completion: str) -> str | None:
+        return final_answer(completion) or None

@@ -26,10 +26,9 @@ import torch
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
-    """The repeated blocks to shard one by one: modules whose class the model names in
-    ``_no_split_modules`` (Qwen2DecoderLayer, GPT2Block, ...)."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
+    """The repeated blocks to shard one by one (``explorl.policy.model.decoder_layers``)."""
+    from explorl.policy.model import decoder_layers as blocks
+    layers = blocks(model)
     if not layers:
         raise ValueError(f"train.parallel: fsdp does not know how to shard {type(model).__name__} (no "
                          f"_no_split_modules); use train.parallel: ddp")

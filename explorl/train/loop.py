@@ -204,10 +204,11 @@ class Trainer:
         m["time/step"] = time.perf_counter() - start
         self.step = step
         m.update(self._ledger.metrics())
+        m = self._summary(m, batch)
         for key, value in self._before_training_metrics.items():  # the first step carries that phase's counts
             m[key] = m.get(key, 0) + value
         self._before_training_metrics = {}
-        return self._summary(m, batch)
+        return m
 
     def _update(self, batch, step, m) -> None:
         cfg = self.cfg.train
@@ -231,6 +232,7 @@ class Trainer:
             temperatures = decoding.temperatures(step, self.cfg.train.max_new_tokens)
         elif isinstance(temperatures, (int, float)):  # one temperature over the whole response
             temperatures = [float(temperatures)] * self.cfg.train.max_new_tokens
+        intervention = decoding.intervention(step)  # the engine applies it while sampling only
         self._calls += 1  # distinct seeds for repeated sampling in a step
         seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self._calls
         if self.dp.enabled:  # this rank samples and verifies its share; the whole batch comes back
@@ -240,7 +242,8 @@ class Trainer:
 
             with clock("gen"):
                 batch, faults = self.dp.rollout(self.engine, problems, counts, temperatures, decoding.top_p, seed,
-                                                score, max_rows=self.cfg.train.rollout_batch_size)
+                                                score, max_rows=self.cfg.train.rollout_batch_size,
+                                                intervention=intervention)
             self._ledger.add(batch.size, faults)
             return self._count_tokens(batch, step, m)
         def score(probs, texts):
@@ -251,7 +254,8 @@ class Trainer:
 
         request = RolloutRequest(engine=self.engine, problems=problems, counts=counts, temperatures=temperatures,
                                  top_p=decoding.top_p, seed=seed, score=score,
-                                 max_rows=self.cfg.train.rollout_batch_size, thinking=decoding.thinking(step))
+                                 max_rows=self.cfg.train.rollout_batch_size, thinking=decoding.thinking(step),
+                                 intervention=intervention)
         with clock("gen"):
             batch, metrics = self.plugins.rollout.sample(request)
         self.plugins.rollout.accumulate(m, metrics)
@@ -326,7 +330,8 @@ class Trainer:
                 advs[g].append(a)
         entropy = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp_min(1))
         return StepStats(step=step, problems=batch.problems, rewards=rewards, advantages=advs,
-                         entropy=entropy, tokens=batch.tokens, extras={"batch": batch})
+                         entropy=entropy, tokens=batch.tokens,
+                         extras={"batch": batch, "engine": self.engine, "tasks": self.tasks})
 
     def _summary(self, m, batch) -> dict:
         groups = batch.groups()
@@ -368,8 +373,10 @@ class Trainer:
             results["start"] = self._start_evaluation()
             crash_point("eval.start_computed")
             self._write_eval(results)
-        if self.step == 0 and self.plugins.guidance:
-            self._before_training()
+        if self.step == 0 and self._before_training() and "after_phase" not in results:
+            # a phase before RL (SFT-then-RL) changed the model: measure "tokens to a level" from here
+            results["after_phase"] = self.evaluate()
+            self._write_eval(results)
         logger = (RunLogger(self.out, self.step, total, self.progress, warn=self.log, config=self.cfg)
                   if self.dp.is_main else _NoLogger())
         try:
@@ -411,13 +418,15 @@ class Trainer:
             store_start_eval(self.cfg, results)
         return results
 
-    def _before_training(self) -> None:
-        """Each guidance method's phase before the first step (e.g. SFT-then-RL); runs again on a
-        resume from no checkpoint, and is deterministic, so the run is the same."""
+    def _before_training(self) -> bool:
+        """Each component's phase before the first step (SFT-then-RL, a decoding method's
+        calibration); runs again on a resume from no checkpoint, and is deterministic, so the
+        run is the same. True when a guidance method's phase ran (it changed the model)."""
         m = {}
         clock = StageClock(m)
         ctx = self._guide_context(0, m, clock, lambda *a, **k: self._sample(*a[:2], 0, m, clock, *a[2:]))
         ctx.draw = lambda n: self.plugins.curriculum.next(n)[0]
+        ctx.tasks = self.tasks
         ctx.problems_per_step = self.cfg.train.problems_per_step
 
         def update(batch):
@@ -429,13 +438,21 @@ class Trainer:
             return out
 
         ctx.update = update
-        for method in self.plugins.guidance:
+        phase = {}
+        guidance = list(self.plugins.guidance)  # first: their phases change the weights the others see
+        for method in guidance + [c for c in self.plugins.all() if c not in guidance]:
             done = method.before_training(ctx)
             if done:
                 self.log(f"{method.registered_name} before training: "
                          + ", ".join(f"{k} {v:g}" for k, v in done.items()))
-        # its token counts (teacher tokens, what a model teacher generated) are logged with step 1
-        self._before_training_metrics = {k: v for k, v in m.items() if k.startswith("tokens/teacher")}
+                if method in guidance:
+                    phase.update(done)
+        # its token counts (teacher tokens, what a model teacher generated, rollouts it sampled) and
+        # what each guidance method reported of its phase (e.g. guide/sft_steps: whether it ran) are
+        # logged with step 1, so the steps' tokens/step still add up to tokens/total
+        self._before_training_metrics = {**{k: v for k, v in m.items()
+                                            if k.startswith("tokens/teacher") or k == "tokens/step"}, **phase}
+        return bool(phase)
 
     def close(self) -> None:
         """Stop the verifier process and release the run folder."""
@@ -450,20 +467,26 @@ class Trainer:
         every = self.cfg.eval.every_tokens
         if not every or self.tokens // every == before // every or self._token_budget_spent():
             return {}
-        res = self.evaluate()
+        res = self.evaluate(samples=self.cfg.eval.every_samples)
         out = {f"heldout/{k}": v["all"] for k, v in res.items() if k.startswith("pass@") or k == "entropy"}
         out.update({f"heldout/pass@1/{src}": v for src, v in res["pass@1"].items() if src != "all"})
+        # per problem, for intervals that resample problems (explorl.compare.stats)
+        out.update({"heldout/samples": res["samples"], "heldout/correct": res["per_problem"]["correct"]})
         return out
 
     def _token_budget_spent(self) -> bool:
         limit = self.cfg.train.max_tokens
         return limit is not None and self.tokens >= limit
 
-    def evaluate(self) -> dict:
+    def evaluate(self, samples: int | None = None) -> dict:
+        """Held-out evaluation with ``eval.samples`` samples per problem (``samples``: fewer, for
+        the cheaper evaluations along the way; only the ks up to it)."""
         e = self.cfg.eval
+        samples = samples or e.samples
+        ks = [k for k in e.ks if k <= samples] or [1]
         sets = self.tasks.eval_sets(e.problems_per_source, seed=0)
         ledger = self._new_ledger()
-        results = evaluate(self.engine, self.tasks, sets, e.samples, e.ks, e.temperature,
+        results = evaluate(self.engine, self.tasks, sets, samples, ks, e.temperature,
                            self.cfg.train.max_new_tokens, seed=e.seed, verifier=self.verifier, ledger=ledger,
                            dp=self.dp, thinking=self.plugins.decoding.thinking(self.step, evaluating=True))
         ledger.check("an evaluation")

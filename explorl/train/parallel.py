@@ -179,10 +179,11 @@ class DataParallel:
 
     # ---- a step's rollouts ---------------------------------------------------------------
     def rollout(self, engine, problems, counts, temperatures, top_p, seed, score,
-                max_rows: int | None = None) -> tuple[RolloutBatch, list]:
+                max_rows: int | None = None, intervention=None) -> tuple[RolloutBatch, list]:
         """Sample ``counts[i]`` responses for each problem, this rank its share, and return the
         whole batch (every rank's rows, in the order one process makes them) with rewards, and
-        every rank's verifier faults. ``score(problems, texts) -> (rewards, faults)``."""
+        every rank's verifier faults. ``score(problems, texts) -> (rewards, faults)``;
+        ``intervention`` as ``RolloutEngine.rollout`` takes it."""
         max_new = len(temperatures)
         noise = torch.rand(sum(counts), max_new, generator=torch.Generator().manual_seed(seed))
         mine = self.shard(counts)
@@ -193,7 +194,7 @@ class DataParallel:
         if mine:
             rows = torch.cat([torch.arange(starts[g], starts[g + 1]) for g in mine])
             local = engine.rollout([problems[g] for g in mine], [counts[g] for g in mine], temperatures, top_p,
-                                   noise=noise[rows], max_rows=max_rows)
+                                   noise=noise[rows], max_rows=max_rows, intervention=intervention)
             rewards, faults = score([problems[mine[g]] for g in local.group.tolist()], local.texts)
             local.rewards = torch.tensor(rewards, dtype=torch.float32)
         else:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Advantage, Groups
 from explorl.registry import register
 
@@ -75,6 +76,7 @@ def rank_metrics(h: torch.Tensor, stride: int, include_full: bool = True) -> dic
 
 @register("advantage", "effective_rank", paper="VERL, hidden-state effective rank shaping (code hf618/VERL)")
 class EffectiveRank(Advantage):
+    engaged_when = (Acted("adv/rank_changed_frac", ">=", 0.05, what="the auxiliary term changes >= 5% of advantages"),)
     kind = "shaper"
     state_keys = ("ema", "ema_perf", "steps")
 
@@ -125,6 +127,8 @@ class EffectiveRank(Advantage):
             shaped = self.shape(adv, aux, mask)
             out["adv/rank_aux_mean"] = float((aux * mask).sum() / mask.sum().clamp_min(1.0))
             out["adv/rank_shaping_mean"] = float(((shaped - adv) * mask).sum() / mask.sum().clamp_min(1.0))
+            changed = ((shaped - adv).abs() > 1e-8) & (mask > 0)
+            out["adv/rank_changed_frac"] = float(changed.sum() / mask.sum().clamp_min(1.0))
         a = self.alpha
         for m in METRICS:
             self.ema[m] = (1 - a) * self.ema[m] + a * float(values[m].mean())

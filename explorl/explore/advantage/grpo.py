@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import ALWAYS
 from explorl.explore.base import Advantage, Groups
 from explorl.registry import register
 
@@ -30,6 +31,11 @@ class GRPO(Advantage):
 
     def __init__(self, scale_by_std: bool = True, epsilon: float = 1e-6):
         self.scale_by_std, self.epsilon = scale_by_std, epsilon
+
+    def engagement(self):
+        """GRPO itself is the baseline; without the std division (Dr. GRPO) it is a mechanism that
+        acts on every step."""
+        return None if self.scale_by_std else (ALWAYS,)
 
     def compute(self, groups: Groups, adv=None):
         mask = groups.mask.float()

@@ -27,6 +27,7 @@ from math import comb
 import torch
 
 from explorl.explore.advantage.grpo import GRPO
+from explorl.explore.acted import Acted
 from explorl.explore.base import Advantage, Groups
 from explorl.registry import register
 
@@ -48,6 +49,8 @@ def passk_advantages(n: int, c: int, k: int, eps: float = 1e-6) -> tuple[float, 
 class PassK(Advantage):
     kind = "estimator"
     min_group_size = 2  # group-relative: a lone rollout has no group to compare with
+    engaged_when = (Acted("adv/passk_mixed_groups", ">=", 0.1,
+                          what="groups with mixed rewards get the pass@k advantage (>= 10% of groups)"),)
 
     def __init__(self, k: int = 4, fallback: str = "grpo", epsilon: float = 1e-6):
         if k < 1:
@@ -61,7 +64,7 @@ class PassK(Advantage):
         correct = (groups.rewards >= 1.0) & (mask > 0)
         out = torch.zeros_like(groups.rewards, dtype=torch.float)
         grpo = None
-        short = 0
+        short = mixed = 0
         for p, (n, c) in enumerate(zip(groups.counts.long().tolist(), correct.sum(1).tolist())):
             if n == 0:
                 continue
@@ -77,6 +80,8 @@ class PassK(Advantage):
                     continue
                 k = n
             a_pos, a_neg = passk_advantages(n, c, k, self.epsilon)
+            mixed += 0 < c < n
             out[p] = torch.where(correct[p], torch.tensor(a_pos), torch.tensor(a_neg))
         out = out * mask
-        return out, {"adv/passk_short_groups": short / max(len(groups.problems), 1)}
+        groups_n = max(len(groups.problems), 1)
+        return out, {"adv/passk_short_groups": short / groups_n, "adv/passk_mixed_groups": mixed / groups_n}

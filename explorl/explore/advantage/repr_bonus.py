@@ -36,6 +36,7 @@ import dataclasses
 import torch
 
 from explorl.explore.advantage.grpo import GRPO
+from explorl.explore.acted import Acted
 from explorl.explore.base import Advantage, Groups
 from explorl.registry import register
 
@@ -69,6 +70,8 @@ class ReprBonus(Advantage):
     kind = "shaper"
     needs = frozenset({"ref_model"})
     state_keys = ("calls",)
+    # the bonus is a leverage score (>= 0) and 0 outside groups with a correct rollout
+    engaged_when = (Acted("adv/repr_bonus_mean", ">", 0, what="mean |bonus| > 0 on groups with a correct rollout"),)
 
     def __init__(self, proj_dim: int = 32, ridge: float = 0.01, bonus_coef: float = 0.01, apply_to: str = "reward",
                  scale_by_std: bool = True, seed: int = 0, redraw: bool = False):

@@ -71,6 +71,7 @@ import torch
 
 from explorl.explore.advantage.grpo import GRPO
 from explorl.explore.advantage.repr_bonus import mean_response_hidden
+from explorl.explore.acted import Acted
 from explorl.explore.base import Advantage, Groups
 from explorl.registry import register
 
@@ -146,6 +147,8 @@ def shapley_gains(f: SetFunction, n: int, permutations: int, generator: torch.Ge
 @register("advantage", "submodular",
           paper="SubPO, Submodular Reinforcement Learning (arXiv:2307.13372; code manish-pra/non-additive-RL)")
 class Submodular(Advantage):
+    engaged_when = (Acted("adv/submodular_frac_changed", ">=", 0.1,
+                          what="marginal gains differ from the plain rewards in >= 10% of rollouts"),)
     kind = "estimator"
     min_group_size = 2  # group-normalised: a lone rollout has no group to compare with
     state_keys = ("calls",)
@@ -218,5 +221,7 @@ class Submodular(Advantage):
         n = mask.sum().clamp_min(1.0)
         metrics.update({"adv/submodular_value": sum(values) / max(len(values), 1),
                         "adv/submodular_gain_mean": float((gain_grid * mask).sum() / n),
-                        "adv/submodular_frac_zero_gain": float(((gain_grid.abs() < 1e-12) & (mask > 0)).sum() / n)})
+                        "adv/submodular_frac_zero_gain": float(((gain_grid.abs() < 1e-12) & (mask > 0)).sum() / n),
+                        "adv/submodular_frac_changed": float((((shaped - groups.rewards).abs() > 1e-9) & (mask > 0)).sum()
+                                                             / n)})
         return out, metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Advantage, Groups
 from explorl.registry import register
 
@@ -23,6 +24,7 @@ from explorl.registry import register
 @register("advantage", "xrpo_novelty", paper="XRPO novelty-guided advantage sharpening (3rd-party grpo_composer)")
 class XRPONovelty(Advantage):
     kind = "shaper"
+    engaged_when = (Acted("adv/novelty_sharpened", ">", 0, what="sharpened correct responses per step > 0"),)
 
     def __init__(self, novelty_coef: float = 1.0, kappa: float = 1.0):
         if kappa < 0:
@@ -39,4 +41,5 @@ class XRPONovelty(Advantage):
         bonus = torch.where(apply, bonus, torch.zeros_like(bonus))
         n = apply.sum().clamp_min(1)
         return adv + bonus, {"adv/novelty_bonus_mean": float(bonus.sum() / n),
-                             "adv/novelty_frac": float(apply.float().sum() / mask.sum().clamp_min(1.0))}
+                             "adv/novelty_frac": float(apply.float().sum() / mask.sum().clamp_min(1.0)),
+                             "adv/novelty_sharpened": float((bonus > 0).sum())}

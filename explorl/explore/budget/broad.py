@@ -18,6 +18,7 @@ Scaled to the testbed (choice): ``n`` = 64 (the paper's hundreds on 8k-token res
 """
 from __future__ import annotations
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
 from explorl.explore.budget.merge import merge
 from explorl.registry import register
@@ -42,6 +43,8 @@ def plan_chunks(counts: list[int], chunk: int) -> list[list[tuple[int, int]]]:
 
 @register("budget", "broad", paper="BroRL, Hu et al., arXiv:2510.01180")
 class Broad(Budget):
+    engaged_when = (Acted("budget/rollouts_per_problem", ">=", 64, reduce="min",
+                          what="64 rollouts per problem drawn"),)
     def __init__(self, n: int = 64, chunk_rollouts: int = 256):
         if n < 1 or chunk_rollouts < 1:
             raise ValueError(f"budget broad: need n >= 1 and chunk_rollouts >= 1, got {n}, {chunk_rollouts}")
@@ -51,7 +54,8 @@ class Broad(Budget):
         return self.n
 
     def allocate(self, problems, total):
-        return [self.n] * len(problems), {"budget/rollouts": float(self.n * len(problems))}
+        return [self.n] * len(problems), {"budget/rollouts": float(self.n * len(problems)),
+                                          "budget/rollouts_per_problem": float(self.n)}
 
     def collect(self, sample, problems, counts, draw=None):
         return chunked_sample(sample, problems, counts, self.chunk_rollouts)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
 from explorl.explore.budget.merge import join
 from explorl.registry import register
@@ -43,6 +44,8 @@ def informative_groups(batch, eps: float = 1e-8) -> list[int]:
 
 @register("budget", "dynamic_sampling", paper="DAPO dynamic sampling, Yu et al., arXiv:2503.14476")
 class DynamicSampling(Budget):
+    engaged_when = (Acted("budget/ds_dropped", ">", 0, reduce="sum", what="groups dropped"),
+                    Acted("budget/ds_gen_batches", ">", 1, reduce="max", what="and refilled"))
     state_keys = ("rng",)
 
     def __init__(self, n: int | None = None, max_num_gen_batches: int = 10, mode: str = "filter",
@@ -78,7 +81,7 @@ class DynamicSampling(Budget):
                 break
             probs = draw(len(problems))
             ns = self.allocate(probs, sum(counts))[0]
-        metrics = {"budget/ds_gen_batches": float(gen_batches),
+        metrics = {"budget/ds_gen_batches": float(gen_batches), "budget/ds_dropped": float(total_groups - have),
                    "budget/ds_informative_frac": have / max(1, total_groups), "budget/ds_fallback": 0.0}
         self.last_metrics = metrics
         if not kept:

@@ -51,6 +51,7 @@ import math
 
 import numpy as np
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
 from explorl.registry import register
 
@@ -156,6 +157,8 @@ def knapsack_allocate(rates: list[float | None], total: int, n: int, min_n: int 
 
 @register("budget", "knapsack", paper="Knapsack RL, Li et al., arXiv:2509.25849")
 class Knapsack(Budget):
+    engaged_when = (Acted("budget/frac_moved", ">=", 0.1,
+                          what="allocations differ from the fixed count in >= 10% of problems"),)
     state_keys = ("history",)
 
     def __init__(self, n: int | None = None, min_n: int = 2, max_n: int = 128, negative_n: int = 2,
@@ -203,6 +206,7 @@ class Knapsack(Budget):
                                          self.positive_n, self.alpha, self.cost, self.fallback,
                                          self.unseen_as_zero)
         return counts, {"budget/rollouts": float(sum(counts)), "budget/largest_n": float(max(counts)),
+                        "budget/frac_moved": sum(c != n for c in counts) / max(1, len(counts)),
                         "budget/frac_valid": sum(r is not None for r in rates) / max(1, len(rates)),
                         "budget/fallback": info["fallback"],
                         "budget/fallback_no_target": info["fallback_no_target"]}

@@ -38,6 +38,7 @@ import math
 import random
 from functools import lru_cache
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
 from explorl.explore.budget.merge import merge
 from explorl.registry import register
@@ -142,6 +143,8 @@ def sample_std(rewards: list[float]) -> float:
 
 @register("budget", "xrpo", paper="XRPO, Bamba et al., arXiv:2510.06672")
 class XRPO(Budget):
+    engaged_when = (Acted("budget/xrpo_extra", ">", 0, reduce="sum", what="extra-round rollouts allocated"),
+                    Acted("budget/xrpo_seeded", ">", 0, reduce="sum", what="seeded re-asks made"))
     state_keys = ("archive", "rng")
 
     def __init__(self, initial_n: int | None = None, rounds: int = 2, alpha: float = 0.05, lam: float = 0.1,

@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Curriculum
 from explorl.registry import register
 
@@ -101,6 +102,9 @@ def information_criterion(kind: str, loglik: float, k: int, d: int, n: int) -> f
 
 @register("curriculum", "alp_gmm", paper="ALP-GMM, Portelas et al., CoRL 2019, arXiv:1910.07224")
 class ALPGMM(Curriculum):
+    # the GMM is fitted (gmm_k > 0 on some step) and sampling is not all random
+    engaged_when = (Acted("curriculum/gmm_k", ">", 0, reduce="max", what="the GMM is fitted"),
+                    Acted("curriculum/random_frac", "<", 1, reduce="min", what="not every task drawn at random"))
     state_keys = ("rng", "history", "fit_buffer", "episodes", "since_fit", "gmm")
 
     def __init__(self, fit_rate: int = 64, bootstrap: int | None = None, random_task_ratio: float = 0.2,

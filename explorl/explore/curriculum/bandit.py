@@ -27,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from explorl.explore.acted import MOVED_FROM_UNIFORM, Acted, spread_ratio
 from explorl.explore.base import Curriculum
 from explorl.registry import register
 
@@ -68,6 +69,8 @@ def log_from_run(run_dir: str | Path) -> list[dict]:
 @register("curriculum", "bandit", paper="EXP3 learning-progress teacher, Graves et al., arXiv:1704.03003")
 class Bandit(Curriculum):
     state_keys = ("rng", "log_weights", "ema_success", "log", "pending", "steps")
+    engaged_when = (Acted("curriculum/weight_ratio", ">=", MOVED_FROM_UNIFORM, reduce="max",
+                          what="source probabilities move away from uniform"),)
 
     def __init__(self, gamma: float = 0.2, lr: float = 0.5, ema: float = 0.3, max_log: int | None = None):
         if not 0 < gamma <= 1:
@@ -105,6 +108,7 @@ class Bandit(Curriculum):
             problems.append(problem)
         props = [probs[s] for s in picks]
         metrics = {f"curriculum/weight/{s}": probs[s] for s in self.sources}
+        metrics["curriculum/weight_ratio"] = spread_ratio(probs.values())
         if props:  # undefined for an empty draw: not emitted
             metrics.update({"curriculum/propensity_mean": sum(props) / len(props),
                             "curriculum/propensity_min": min(props)})

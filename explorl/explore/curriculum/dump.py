@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from explorl.explore.acted import MOVED_FROM_UNIFORM, Acted, spread_ratio
 from explorl.explore.base import Curriculum
 from explorl.registry import register
 
@@ -35,6 +36,8 @@ def softmax(xs: list[float], tau: float) -> list[float]:
 @register("curriculum", "dump", paper="DUMP, Wang et al., arXiv:2504.09710")
 class DUMP(Curriculum):
     state_keys = ("rng", "windows", "seen")
+    engaged_when = (Acted("curriculum/weight_ratio", ">=", MOVED_FROM_UNIFORM, reduce="max",
+                          what="source weights move away from uniform"),)
 
     def __init__(self, window: int = 300, c: float = 1.0, tau: float = 0.1):
         if window < 1:
@@ -67,7 +70,9 @@ class DUMP(Curriculum):
         weights = [probs[s] for s in self.sources]
         picks = self.rng.choices(self.sources, weights=weights, k=n)
         problems = [self.tasks.sample(self.rng, source=s) for s in picks]
-        return problems, {f"curriculum/weight/{s}": probs[s] for s in self.sources}
+        metrics = {f"curriculum/weight/{s}": probs[s] for s in self.sources}
+        metrics["curriculum/weight_ratio"] = spread_ratio(weights)
+        return problems, metrics
 
     def observe(self, stats):
         for problem, advs in zip(stats.problems, stats.advantages):

@@ -19,6 +19,7 @@ Design (choices, all parameters):
 """
 from __future__ import annotations
 
+from explorl.explore.acted import MOVED_FROM_UNIFORM, Acted, spread_ratio
 from explorl.explore.base import Curriculum
 from explorl.registry import register
 
@@ -27,6 +28,8 @@ from explorl.registry import register
           paper="Foster & Foerster, arXiv:2502.12272; SFL p(1-p), Rutherford et al., arXiv:2408.15099")
 class Learnability(Curriculum):
     state_keys = ("rng", "pool", "p_hat", "visits")
+    engaged_when = (Acted("curriculum/weight_ratio", ">=", MOVED_FROM_UNIFORM, reduce="max",
+                          what="the sampling distribution over the pool is not uniform"),)
 
     def __init__(self, pool_size: int = 64, ema: float = 0.5, prior: float = 0.5, floor: float = 0.01):
         if pool_size < 1:
@@ -49,6 +52,11 @@ class Learnability(Curriculum):
             self._cache[key] = self.tasks.sources[name].problem(seed)
         return self._cache[key]
 
+    def priority(self, problem) -> float:
+        """A pool problem's score before its source's weight: max(p̂(1 − p̂), floor)."""
+        p = self.p_hat.get(problem.id, self.prior)
+        return max(p * (1 - p), self.floor)
+
     def candidates(self):
         """Every pool problem with its sampling score."""
         out = []
@@ -56,12 +64,12 @@ class Learnability(Curriculum):
             weight = self.tasks.weights[name]
             for seed in seeds:
                 problem = self.problem(name, seed)
-                p = self.p_hat.get(problem.id, self.prior)
-                out.append((problem, max(p * (1 - p), self.floor) * weight))
+                out.append((problem, self.priority(problem) * weight))
         return out
 
     def next(self, n):
         pool = self.candidates()
+        ratio = spread_ratio([s for _, s in pool])
         chosen = []
         while len(chosen) < n:
             if not pool:  # pool exhausted: allow repeats
@@ -69,7 +77,7 @@ class Learnability(Curriculum):
             i = self.rng.choices(range(len(pool)), weights=[s for _, s in pool], k=1)[0]
             chosen.append(pool.pop(i)[0])
         seen = [self.p_hat[p.id] for p in chosen if p.id in self.p_hat]
-        metrics = {"curriculum/frac_seen": len(seen) / max(1, n)}
+        metrics = {"curriculum/frac_seen": len(seen) / max(1, n), "curriculum/weight_ratio": ratio}
         if seen:  # undefined before any chosen problem was seen: not emitted
             metrics["curriculum/p_hat_mean"] = sum(seen) / len(seen)
         return chosen, metrics

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Decoding
 from explorl.registry import register
 
@@ -41,6 +42,8 @@ def annealed_temperature(t: int, step: int, exploration_temp: float = 1.2, stabi
 
 @register("decoding", "ead", paper="EAD, Yang et al., arXiv:2510.05251")
 class EAD(Decoding):
+    engaged_when = (Acted("decode/temperature_span", ">=", 0.3, reduce="mean",
+                          what="the temperature over a response spans >= 0.3 (max - min) on the regime's lengths"),)
     def __init__(self, exploration_temp: float = 1.2, stability_temp: float = 0.1, decay_freq: float = 25.0,
                  warmup_tokens: int = 10, decay_increase: float = 5.0, max_decay: float = 40000.0,
                  exponent_scale: float = 20.0, base_temperature: float = 1.0, top_p: float = 1.0):
@@ -58,3 +61,16 @@ class EAD(Decoding):
 
     def temperatures(self, step, max_new_tokens):
         return torch.tensor([annealed_temperature(t, step, **self.kw) for t in range(max_new_tokens)])
+
+    def observe(self, stats):
+        """``decode/temperature_span``: max − min of the temperature over the positions that half of
+        this step's responses reached (the median length), i.e. the part of the schedule the
+        responses lived through."""
+        batch = stats.extras.get("batch")
+        if batch is None or not len(batch.lengths):
+            return {}
+        reached = int(batch.lengths.float().median().item())
+        if reached < 1:
+            return {}
+        temps = self.temperatures(stats.step, reached)
+        return {"decode/temperature_span": float(temps.max() - temps.min())}

@@ -78,6 +78,7 @@ import math
 import torch
 
 from explorl.batch import DEMO
+from explorl.explore.acted import Acted, AnyOf
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import teacher_solutions
 from explorl.explore.guidance.sft import demonstrations, nll
@@ -120,6 +121,8 @@ def token_mean_nll(ctx) -> torch.Tensor:
 @register("guidance", "amft", paper="AMFT, arXiv:2508.06944 (withdrawal notice not re-verified); code TSYJ-He/AMFT "
                                      "src/controller/adaptive_weight_controller.py (trainer is a skeleton)")
 class AMFT(Guidance):
+    engaged_when = (AnyOf((Acted("guide/amft_mu_shift", ">=", 0.01, reduce="max", what="mu moves >= 0.01 from mu0"),
+                           Acted("guide/amft_demo_rows", ">", 0, reduce="sum", what="demo rows > 0"))),)
     handles = frozenset({DEMO})
     separate_term = True
     state_keys = ("mu", "target", "val_set")
@@ -138,6 +141,7 @@ class AMFT(Guidance):
             raise ValueError("guidance amft: need per_problem >= 1, meta_update_freq >= 1, val_problems >= 0")
         self.teacher_names, self.per_problem = teachers, per_problem
         self.mu, self.mu_min, self.mu_max = float(mu), mu_min, mu_max
+        self.mu0 = float(mu)  # where μ starts (a parameter, not state): how far it moved shows AMFT acted
         self.meta_lr, self.entropy_lr = meta_lr, entropy_lr
         self.meta_update_freq, self.policy_lr, self.val_problems = meta_update_freq, policy_lr, val_problems
         self.entropy_update, self.direction = entropy_update, 1.0 if meta_direction == "published" else -1.0
@@ -198,6 +202,7 @@ class AMFT(Guidance):
             metrics["guide/amft_entropy"] = h
         self._val_batch = None
         metrics["guide/amft_mu"] = self.mu
+        metrics["guide/amft_mu_shift"] = abs(self.mu - self.mu0)
         if self.target is not None:
             metrics["guide/amft_target_entropy"] = self.target
         return batch, metrics

@@ -111,6 +111,7 @@ import re
 import torch
 
 from explorl.batch import OFF_POLICY, ON_POLICY
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import luffy_shaping
 from explorl.explore.guidance.luffy import clip_weight, off_policy_mask
@@ -219,6 +220,7 @@ def sequence_mean_scale(ctx) -> torch.Tensor:
                                     "Diverse Exploration, arXiv:2510.02227; code SII-Enigma/AMPO "
                                     "ampo/verl/verl/adaptive_mix_src/mix_dapo_trainer.py, mix_core_alg.py")
 class AMPO(Guidance):
+    engaged_when = (Acted("guide/ampo_teacher_rows", ">", 0, what="teacher rows injected on failed groups > 0"),)
     handles = frozenset({OFF_POLICY})
 
     def __init__(self, teachers: list | None = None, num_off_policy_targets: int = 2, max_available_targets: int = 4,

@@ -87,6 +87,7 @@ from collections import Counter
 import torch
 
 from explorl.batch import ON_POLICY, PREFIX, REPLAYED
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.budget.merge import join
 from explorl.explore.objective.ppo_clip import masked_mean
@@ -160,6 +161,8 @@ def replay_weight(logp: torch.Tensor, anchor: torch.Tensor, gamma: float) -> tor
 @register("guidance", "exgrpo", paper="ExGRPO: Learning to Reason from Experience, arXiv:2510.02245; code "
           "ElliottYan/LUFFY ExGRPO/exgrpo/verl/verl/mix_src/{mix_trainer_experience.py, experience/*, mix_core_alg.py}")
 class ExGRPO(Guidance):
+    engaged_when = (Acted("guide/exgrpo_experience_problems", ">=", 0.5, reduce="share", step_above=0,
+                          what="replayed rows on at least half the steps"),)
     handles = frozenset({REPLAYED})
     state_keys = ("buffer", "retired", "mixing")
 

@@ -92,6 +92,7 @@ import math
 import torch
 
 from explorl.batch import ON_POLICY, PREFIX, RolloutBatch
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.registry import register
 
@@ -135,6 +136,7 @@ def returned_problem(problem, prefix: str):
                 "code Zheng0428/FR3E ray_trainer.py::separate_responses_str_by_prob, "
                 "core_algos.py::compute_srpo_outcome_advantage")
 class GoExplore(Guidance):
+    engaged_when = (Acted("guide/gx_prefix_rows", ">", 0, what="prefix rows per step > 0"),)
     state_keys = ("archive",)
 
     def __init__(self, anchor: str = "low_prob", anchors: int = 4, correct_per_problem: int = 1,

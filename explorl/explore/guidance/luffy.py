@@ -49,6 +49,7 @@ from __future__ import annotations
 import torch
 
 from explorl.batch import OFF_POLICY
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import add_teacher_rows, luffy_shaping
 from explorl.explore.objective.ppo_clip import masked_mean
@@ -81,6 +82,7 @@ def guide_metrics(prefix: str, batch, added) -> dict[str, float]:
                                      "ElliottYan/LUFFY luffy/verl/verl/mix_src/mix_core_alg.py"
                                      "::compute_token_on_off_policy_loss")
 class Luffy(Guidance):
+    engaged_when = (Acted("guide/luffy_teacher_rows", ">", 0, what="teacher rows per step > 0"),)
     handles = frozenset({OFF_POLICY})
 
     def __init__(self, teachers: list | None = None, n_off: int = 1, gamma: float = 0.1, target_probs: bool = False,

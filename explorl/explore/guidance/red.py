@@ -62,6 +62,7 @@ from __future__ import annotations
 import torch
 
 from explorl.batch import DEMO, ON_POLICY, PREFIX
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.sft import demonstrations, nll
 from explorl.registry import register
@@ -101,6 +102,7 @@ def recorded_entropy(batch, rows: torch.Tensor) -> float:
                                     "millioniron/OpenRLHF-Millioniron- has no RED; form of the third-party "
                                     "Recall-Extend-Dynamics-CoDA core_algos.py)")
 class RED(Guidance):
+    engaged_when = (Acted("guide/red_weight", ">", 0, reduce="max", what="SFT weight in force > 0"),)
     handles = frozenset({DEMO})
     separate_term = True
     state_keys = ("weight", "ema_offline", "ema_online")

@@ -82,6 +82,7 @@ from collections import defaultdict
 import torch
 
 from explorl.batch import ON_POLICY, PREFIX
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.registry import register
 
@@ -137,6 +138,7 @@ def mixture_logp(old_logp: torch.Tensor, prefix_len: int, probe_mu: list[float],
           "arXiv:2508.08149; code MiliLab/REX-RAG verl/workers/actor/dp_actor.py, verl/trainer/ppo/ray_trainer.py, "
           "search_r1/llm_agent/generation.py")
 class RexRAG(Guidance):
+    engaged_when = (Acted("guide/rex_kept", ">", 0, reduce="sum", what="kept probe rows > 0"),)
     state_keys = ("keep_ratio",)
 
     def __init__(self, probes: list | None = None, clone_prob: float = 0.2, keep_ratio: float = 0.08,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from explorl.batch import OFF_POLICY
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import add_teacher_rows
 from explorl.explore.guidance.luffy import clip_weight, guide_metrics, off_policy_mask
@@ -57,6 +58,7 @@ def exploration_advantage(adv: torch.Tensor, logp: torch.Tensor, gamma: float) -
                                        "Learning with Hybrid-policy Optimization, arXiv:2508.00222; code "
                                        "YihongDong/RL-PLUS rl_plus/verl/verl/recipe/rlplus_core_alg.py")
 class RLPlus(Guidance):
+    engaged_when = (Acted("guide/rl_plus_teacher_rows", ">", 0, what="teacher rows per step > 0"),)
     handles = frozenset({OFF_POLICY})
 
     def __init__(self, teachers: list | None = None, n_off: int = 1, gamma: float = 0.5,

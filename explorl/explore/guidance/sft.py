@@ -23,6 +23,7 @@ import math
 import torch
 
 from explorl.batch import DEMO
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
 from explorl.explore.guidance.demos import add_teacher_rows, teacher_solutions
 from explorl.registry import register
@@ -58,6 +59,12 @@ class SFT(Guidance):
             raise ValueError("guidance sft: need per_problem >= 1, coef >= 0, decay_steps >= 1")
         self.teacher_names, self.per_problem, self.coef = teachers, per_problem, coef
         self.schedule, self.decay_steps, self.phase, self.teacher_tokens = schedule, decay_steps, phase, teacher_tokens
+
+    def engagement(self):
+        """SFT+RL acts through its demonstration rows; SFT-then-RL through its phase before RL."""
+        if self.phase == "before":
+            return (Acted("guide/sft_steps", ">", 0, reduce="sum", what="the SFT phase ran"),)
+        return (Acted("guide/demo_rows", ">", 0, what="demo rows > 0"),)
 
     def coefficient(self, step: int) -> float:
         s = min(step, self.decay_steps) / self.decay_steps

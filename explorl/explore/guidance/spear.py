@@ -75,6 +75,7 @@ import numpy as np
 import torch
 
 from explorl.batch import REPLAYED
+from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance, LossContext
 from explorl.explore.budget.merge import join
 from explorl.explore.objective.clip_cov import ClipCov
@@ -111,6 +112,7 @@ def nearest_lower_power_of_two(n: int) -> int:
           "Exploration for Agentic RL, arXiv:2509.22601; code TencentYoutuResearch/SPEAR verl-agent/verl/workers/actor/dp_actor.py, "
           "verl-agent/verl/trainer/ppo/ray_trainer_hybrid.py")
 class SPEAR(Guidance):
+    engaged_when = (Acted("guide/spear_replayed", ">", 0, reduce="sum", what="replayed rows > 0"),)
     handles = frozenset({REPLAYED})
     state_keys = ("buffer", "mean_history", "std_history")
 

@@ -21,6 +21,7 @@ Documented choices:
 """
 from __future__ import annotations
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Objective
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register
@@ -28,6 +29,8 @@ from explorl.registry import register
 
 @register("objective", "adaptive_entropy", paper="Skywork-OR1 adaptive entropy control (arXiv:2505.22312)")
 class AdaptiveEntropy(Objective):
+    engaged_when = (Acted("loss/adaptive_entropy_coef", ">=", 0.1, reduce="share", step_above=0,
+                          what="the coefficient in force is > 0 on at least 10% of steps"),)
     needs = frozenset({"entropy"})
     state_keys = ("coef", "last_entropy")
 

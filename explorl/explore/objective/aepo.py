@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 from explorl.explore.advantage.grpo import GRPO
+from explorl.explore.acted import Acted
 from explorl.explore.base import Objective
 from explorl.registry import register
 
@@ -68,6 +69,7 @@ def _pad_id(batch) -> int:
 
 @register("objective", "aepo", paper="AEPO, Arbitrary Entropy Policy Optimization (code 597358816/AEPO)")
 class AEPO(Objective):
+    engaged_when = (Acted("aepo/added", ">", 0, what="tempered REINFORCE samples used per step > 0"),)
     state_keys = ("entropy_estimate",)
 
     def __init__(self, entropy_target: float = 0.5, temp_high: float = 1.2, temp_low: float = 0.8,

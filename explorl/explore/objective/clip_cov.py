@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import LossContext, Objective
 from explorl.explore.objective.ppo_clip import clipped_surrogate, masked_mean
 from explorl.registry import register
@@ -39,6 +40,7 @@ def generator_of(ctx: LossContext) -> torch.Generator:
 
 @register("objective", "clip_cov", paper="Clip-Cov, The Entropy Mechanism of RL for Reasoning LMs (arXiv:2505.22617)")
 class ClipCov(Objective):
+    engaged_when = (Acted("loss/clip_cov_frac", ">", 0, what="tokens cut per step > 0"),)
     kind = "policy"
 
     def __init__(self, clip_cov_ratio: float = 2e-4, clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,

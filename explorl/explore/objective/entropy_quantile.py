@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Objective
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register
@@ -33,6 +34,8 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, top_quantile: f
 
 @register("objective", "entropy_quantile", paper="Beyond the 80/20 Rule, high-entropy minority tokens (arXiv:2506.01939)")
 class EntropyQuantile(Objective):
+    # loss/entropy_mask_frac is the share of tokens kept
+    engaged_when = (Acted("loss/entropy_mask_frac", "<=", 0.5, what="the mask zeroes >= 50% of tokens"),)
     kind = "token_mask"
     needs = frozenset({"entropy"})
 

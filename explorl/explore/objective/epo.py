@@ -35,6 +35,7 @@ import math
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Objective
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register
@@ -50,6 +51,8 @@ def phase_weight(e: float, total: float) -> float:
 
 @register("objective", "epo", paper="EPO, entropy-regularized policy optimization for LLM agents (code WujiangXu/EPO)")
 class EPO(Objective):
+    engaged_when = (Acted("loss/epo_phase_weight", ">=", 0.5, reduce="share", step_above=0.1,
+                          what="the phase weight is > 0.1 on at least half the steps"),)
     needs = frozenset({"entropy"})
     state_keys = ("hist_sum", "hist_count")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import LossContext, Objective
 from explorl.explore.objective.clip_cov import token_covariance
 from explorl.explore.objective.ppo_clip import clipped_surrogate, masked_mean
@@ -30,6 +31,7 @@ from explorl.registry import register
 
 @register("objective", "kl_cov", paper="KL-Cov, The Entropy Mechanism of RL for Reasoning LMs (arXiv:2505.22617)")
 class KLCov(Objective):
+    engaged_when = (Acted("loss/kl_cov_frac", ">", 0, what="tokens penalised per step > 0"),)
     kind = "policy"
 
     def __init__(self, kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0, ppo_clip_others: bool = False,

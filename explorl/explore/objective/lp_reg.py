@@ -37,6 +37,7 @@ import math
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import LossContext, Objective
 from explorl.explore.objective.kl import k3
 from explorl.explore.objective.ppo_clip import clipped_surrogate, masked_mean
@@ -67,6 +68,7 @@ def k3_value_clamped(logp: torch.Tensor, target_logp: torch.Tensor) -> torch.Ten
 
 @register("objective", "lp_reg", paper="Lp-Reg, Low-probability Tokens Sustain Exploration in RLVR (code CarlanLark/Lp-Reg-dev)")
 class LpReg(Objective):
+    engaged_when = (Acted("loss/lp_reg_frac", ">", 0, what="regularised tokens per step > 0"),)
     kind = "policy"
     needs = frozenset({"logits"})
 

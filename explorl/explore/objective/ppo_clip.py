@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import LossContext, Objective
 from explorl.registry import register
 
@@ -52,6 +53,14 @@ class PPOClip(Objective):
         self.eps_low, self.eps_high = clip_ratio_low, clip_ratio_high
         self.clip_c, self.tis_cap = clip_ratio_c, tis_cap
 
+    def engagement(self):
+        """The symmetric clip is GRPO's; clip-higher (ε_high > ε_low) acts where a token's ratio
+        passes 1 + ε_low with a positive advantage, which the symmetric clip would hold back."""
+        if self.eps_high <= self.eps_low:
+            return None
+        return (Acted("loss/clip_higher_frac", ">", 0,
+                      what=f"tokens with A > 0 and ratio in (1 + {self.eps_low:g}, 1 + {self.eps_high:g}]"),)
+
     def term(self, ctx):
         ratio = torch.exp(ctx.logp - ctx.old_logp)
         loss, low, high = clipped_surrogate(ratio, ctx.advantages, self.eps_low, self.eps_high, self.clip_c)
@@ -59,6 +68,9 @@ class PPOClip(Objective):
         metrics = {"loss/clip_frac_low": masked_mean(low, ctx.mask),
                    "loss/clip_frac_high": masked_mean(high, ctx.mask),
                    "loss/ratio_mean": masked_mean(ratio.detach(), ctx.mask)}
+        if self.eps_high > self.eps_low:  # what clip-higher trains on that the symmetric clip would not
+            freed = (ratio > 1.0 + self.eps_low) & (ratio <= 1.0 + self.eps_high) & (ctx.advantages > 0)
+            metrics["loss/clip_higher_frac"] = masked_mean(freed, ctx.mask)
         if weight is not None:
             loss = loss * weight
             metrics["loss/tis_weight_mean"] = masked_mean(weight, ctx.mask)

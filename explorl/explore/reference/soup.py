@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 
+from explorl.explore.acted import Acted
 from explorl.explore.base import Reference
 from explorl.registry import register
 
@@ -93,6 +94,9 @@ def add_weighted(total: dict | None, state: dict, weight: float, where: str) -> 
 
 @register("reference", "soup", paper="SALSA, soup-based alignment learning (arXiv:2411.01798)")
 class Soup(Reference):
+    # the KL term pulls toward a reference the policy has left (a soup equal to the policy would
+    # give ref/kl = 0 throughout)
+    engaged_when = (Acted("ref/kl", ">", 0, reduce="max", what="KL to the soup reference is non-zero"),)
     needs = frozenset({"ref_logp"})
 
     def __init__(self, models: list, weights: list | None = None, policy_init: str = "soup"):

@@ -12,11 +12,12 @@ class Flat(Rollout):
     data_parallel = True
     any_engine = True
     soft_tokens = True
+    interventions = True
 
     def sample(self, request: RolloutRequest):
         r = request
-        soft = {} if r.thinking is None else {"thinking": r.thinking}
+        extra = {k: v for k, v in (("thinking", r.thinking), ("intervention", r.intervention)) if v is not None}
         batch = r.engine.rollout(r.problems, r.counts, r.temperatures, r.top_p, seed=r.seed,
-                                 max_new_tokens=r.max_new_tokens, max_rows=r.max_rows, **soft)
+                                 max_new_tokens=r.max_new_tokens, max_rows=r.max_rows, **extra)
         batch.rewards = torch.tensor(r.score([r.problems[g] for g in batch.group.tolist()], batch.texts))
         return batch, {}

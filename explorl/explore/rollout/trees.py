@@ -31,6 +31,10 @@ class TreeRollout(Rollout):
     def search(self, request: RolloutRequest):
         """``(tree_engine, trees, leaves)``: the grown trees, not yet released."""
         r = request
+        if r.thinking is not None or r.intervention is not None:
+            raise ValueError(f"rollout {self.registered_name} decodes discrete tokens from the model as it is: it "
+                             f"takes neither soft tokens nor an activation intervention (decoding "
+                             f"{'with soft tokens' if r.thinking is not None else 'east'}); use rollout: flat")
         engine = TreeEngine(r.engine, r.temperatures, r.top_p, self.segments(r.engine.tokenizer), seed=r.seed,
                             max_new_tokens=r.max_new_tokens, max_rows=r.max_rows)
         trees = engine.roots(r.problems, id_offset=(r.seed % (1 << 20)) << _CALL_BITS)
