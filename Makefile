@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench docs clean
+.PHONY: setup demo test test-fast lint bench docs clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# The layers import only downward (the contract is in pyproject.toml, [tool.importlinter]).
+lint: setup
+	$(VENV)/bin/lint-imports
+
 bench: setup
 	$(VENV)/bin/explorl bench throughput
 	$(VENV)/bin/explorl bench trl
@@ -37,4 +41,4 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf runs .pytest_cache site
+	rm -rf runs .pytest_cache .import_linter_cache site

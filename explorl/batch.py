@@ -1,5 +1,7 @@
-"""The values that flow through one step: a batch of rollouts (built by the rollout engine in
-``policy/``, used by the trainer in ``train/`` and by plug-ins) and its per-group view."""
+"""The values that flow through one step: what a rollout method is asked to sample
+(``RolloutRequest``), the batch of rollouts it returns (built by the rollout engine in
+``policy/``, used by the trainer in ``train/`` and by plug-ins), its per-group view, and the
+joining of batches sampled in several calls (``join``, ``merge``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,6 +44,25 @@ class Groups:
 #: business (``explorl.train.update.combine_terms``); the trainer never branches on a name.
 ON_POLICY, OFF_POLICY, REPLAYED, PREFIX, DEMO = range(5)
 ROW_KINDS = ("on_policy", "off_policy", "replayed", "prefix", "demo")
+
+
+@dataclass
+class RolloutRequest:
+    """What a rollout method samples from: ``counts[i]`` responses to ``problems[i]`` with
+    ``engine`` under the per-position ``temperatures`` and ``top_p``, draws fixed by ``seed``,
+    at most ``max_rows`` decoded at once; ``score(problems, texts) -> rewards`` verifies."""
+
+    engine: Any
+    problems: list
+    counts: list
+    temperatures: Any
+    top_p: float
+    seed: int
+    score: Any
+    max_new_tokens: int | None = None
+    max_rows: int | None = None
+    thinking: Any = None   # a soft-token rule from the decoding (``Decoding.thinking``); None: discrete tokens
+    intervention: Any = None  # an activation intervention from the decoding (``Decoding.intervention``)
 
 
 @dataclass
@@ -189,7 +210,6 @@ class RolloutBatch:
     def add_rows(self, extra: "RolloutBatch", origin: list[int]) -> "RolloutBatch":
         """The batch with ``extra``'s rows appended to the groups ``origin[g]`` of its groups g
         (``extra`` must encode the same prompts: make it with the same engine)."""
-        from explorl.explore.budget.merge import merge
         return merge([(self, list(range(len(self.problems)))), (extra, list(origin))], self.problems)
 
     @staticmethod
@@ -235,8 +255,53 @@ class RolloutBatch:
 
 
 def _join_soft(batches: list[RolloutBatch]):
-    if all(b.soft is None for b in batches):
+    present = [b.soft for b in batches if b.soft is not None]
+    if not present:
         return None
-    from explorl.policy.soft import SoftInputs
-    return SoftInputs.concat([b.soft for b in batches], [b.size for b in batches],
-                             [b.response_ids.shape[1] for b in batches])
+    # the batch only carries soft inputs: their own class (explorl.policy.soft.SoftInputs) joins them
+    return type(present[0]).concat([b.soft for b in batches], [b.size for b in batches],
+                                   [b.response_ids.shape[1] for b in batches])
+
+
+# ---- joining rollouts of the same problem generated in several sampling calls ---------------
+# ``RolloutBatch.concat`` joins batches of disjoint problem lists. Budgets that sample one problem
+# more than once (BroRL's chunks, XRPO's allocation rounds) then regroup: every piece names, for
+# each of its groups, the output problem it belongs to, and ``merge`` returns one batch with one
+# whole group per output problem, in output order (rollouts in piece order).
+def infer_pad_id(batches: list[RolloutBatch]) -> int:
+    """The pad token of the engine that produced ``batches`` (read off their padding)."""
+    for b in batches:
+        pads = b.prompt_ids[b.prompt_mask == 0]
+        if pads.numel():
+            return int(pads[0])
+        pads = b.response_ids[b.mask == 0]
+        if pads.numel():
+            return int(pads[0])
+    return 0
+
+
+def join(batches: list[RolloutBatch]) -> RolloutBatch:
+    """``RolloutBatch.concat`` of batches of disjoint problems, with their own pad id."""
+    return batches[0] if len(batches) == 1 else RolloutBatch.concat(batches, infer_pad_id(batches))
+
+
+def merge(pieces: list[tuple[RolloutBatch, list[int]]], problems: list) -> RolloutBatch:
+    """``pieces`` = ``[(batch, origin)]`` with ``origin[g]`` the index in ``problems`` of group g
+    (``-1`` drops that group). Every output problem must receive at least one rollout, and
+    all pieces of one output problem must share its prompt."""
+    big = join([b for b, _ in pieces])
+    origin = torch.tensor([o for _, org in pieces for o in org], dtype=torch.long)
+    if len(origin) != len(big.problems):
+        raise ValueError("merge: one origin per group of every piece is needed")
+    rows, counts, prompt_rows = [], [], []
+    for i in range(len(problems)):
+        groups = (origin == i).nonzero().squeeze(-1).tolist()
+        if not groups:
+            raise ValueError(f"merge: output problem {i} received no rollouts")
+        r = torch.cat([(big.group == g).nonzero().squeeze(-1) for g in groups])
+        rows.append(r)
+        counts.append(len(r))
+        prompt_rows.append(groups[0])
+    group = torch.repeat_interleave(torch.arange(len(problems)), torch.tensor(counts))
+    return big._with_rows(torch.cat(rows), list(problems), counts, group,
+                          torch.tensor(prompt_rows, dtype=torch.long))

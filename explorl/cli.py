@@ -45,7 +45,7 @@ def cmd_warmup(args) -> int:
     from explorl.policy import make_engine
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
-    from explorl.train.warmup import warmup
+    from explorl.policy.warmup import warmup
     cfg = config_from_args(args)
     model, tokenizer = warmup(cfg, force=args.force)
     tasks = TaskMix.from_config(cfg.tasks)
@@ -84,7 +84,7 @@ def _run_policy(run: Path):
 
 
 def cmd_eval(args) -> int:
-    from explorl.train import checkpoint
+    from explorl.atomic import write_text_atomic
     if args.search:
         return cmd_search(args)
     if args.run is None:
@@ -97,7 +97,7 @@ def cmd_eval(args) -> int:
     results, ks = _evaluate(cfg, model, tokenizer, args.samples, ckpt, args.decoding)
     suffix = "" if args.decoding is None else "_" + re.sub(r"[^A-Za-z0-9_]+", "_", args.decoding).strip("_")
     out = run / f"eval_{ckpt.name}{suffix}.json"
-    checkpoint.write_text_atomic(out, json.dumps(results, indent=2))
+    write_text_atomic(out, json.dumps(results, indent=2))
     print(f"{ckpt}:\n{_format_results(results, ks)}\nwritten to {out}")
     return 0
 
@@ -116,11 +116,12 @@ def _eval_start(args) -> int:
 def _evaluate(cfg, model, tokenizer, samples: int | None, ckpt, decoding: str | None):
     """Held-out pass@k of ``model`` under ``cfg``'s evaluation settings, with the decoding
     ``decoding`` (``--decoding``), else that of the run at checkpoint ``ckpt`` (``None``: its start)."""
-    from explorl.eval.evaluate import eval_thinking, evaluate
+    from explorl.eval.evaluate import evaluate
     from explorl.policy import make_engine
+    from explorl.policy.device import resolve_device
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
-    from explorl.train.parallel import resolve_device
+    from explorl.train.plugins import eval_thinking
     tasks = TaskMix.from_config(cfg.tasks)
     e = cfg.eval
     samples = samples or e.samples
@@ -142,13 +143,13 @@ def _format_results(results: dict, ks) -> str:
 
 def cmd_search(args) -> int:
     """``eval --search``: test-time scaling of search methods on the held-out sets."""
+    from explorl.atomic import write_text_atomic
     from explorl.eval.search import budgets_up_to, format_scaling, parse_methods, run_search
     from explorl.policy import load_policy, make_engine
     from explorl.policy.prompts import for_config
     from explorl.tasks import TaskMix
     from explorl.tasks.guard import FaultLedger, GuardedVerifier
-    from explorl.train import checkpoint
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     methods, budgets = parse_methods(args.search), budgets_up_to(args.budget)
     if args.run and args.model:
         raise ValueError("eval --search: give --run or --model, not both")
@@ -182,8 +183,52 @@ def cmd_search(args) -> int:
     print(f"{where}: {len(problems)} held-out problems, budgets {budgets}\n{format_scaling(rows)}")
     out = Path(args.out) if args.out else (Path(args.run) / "search.json" if args.run else None)
     if out is not None:
-        checkpoint.write_text_atomic(out, json.dumps({"problems": len(problems), "rows": rows}, indent=2))
+        write_text_atomic(out, json.dumps({"problems": len(problems), "rows": rows}, indent=2))
         print(f"written to {out}")
+    return 0
+
+
+def cmd_entropy(args) -> int:
+    from explorl.eval.entropy_profile import ProfileCollector, format_profile
+    from explorl.eval.evaluate import evaluate, format_table
+    from explorl.policy import load_policy, make_engine
+    from explorl.policy.prompts import for_config
+    from explorl.tasks import TaskMix
+    from explorl.policy.device import resolve_device
+    if args.run:
+        if args.config or args.recipe or args.overrides:
+            raise ValueError("entropy: --run takes the run's own configuration; drop --config, --recipe and --set")
+        cfg, model, tokenizer, where = _run_policy(Path(args.run))
+        model = model.to(resolve_device(cfg.model.device))
+    else:
+        cfg = config_from_args(args)
+        model, tokenizer = load_policy(cfg)
+        where = "the start of " + (args.config or "configs/testbed.yaml")
+    tasks = TaskMix.from_config(cfg.tasks)
+    e = cfg.eval
+    ks = [k for k in e.ks if k <= e.samples]
+    engine = make_engine(cfg, model, tokenizer, for_config(cfg, tokenizer))
+    collect = ProfileCollector(tasks, tokenizer, engine.stop_ids.tolist())
+    try:
+        results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), e.samples, ks, e.temperature,
+                           cfg.train.max_new_tokens, seed=e.seed, on_batch=collect)
+    finally:
+        engine.close()
+    shown = [k for k in (1, 2, 4, 8, 16, 32, 64) if k in ks]
+    print(f"{where}: {e.problems_per_source} held-out problems per source, {e.samples} samples each, "
+          f"temperature {e.temperature:g}, {results['tokens']} generated tokens\n"
+          f"{format_table(results, shown)}\n{format_profile(collect.profile(args.threshold))}")
+    return 0
+
+
+def cmd_curves(args) -> int:
+    from explorl.compare.curves import draw_curves, format_curves, run_curves
+    ks = tuple(int(k) for k in args.ks.split(","))
+    points = run_curves(Path(args.run), ks)
+    print(f"{args.run}: training reward (mean since the previous point), held-out entropy and pass@k\n"
+          f"{format_curves(points)}")
+    if args.figure:
+        print(f"figure: {draw_curves(points, Path(args.figure), args.title or str(args.run))}")
     return 0
 
 
@@ -260,8 +305,14 @@ def cmd_crashtest(args) -> int:
 
 
 def cmd_check_task(args) -> int:
-    from explorl.tasks.report import run_check_task
-    return run_check_task(args)
+    from explorl.config import Config, _from_dict, resolve
+    from explorl.policy.prompts import check_prompt_config
+    from explorl.policy.task_check import check_tasks
+    cfg = _from_dict(Config, resolve(args.config, overrides_from_args(args), args.recipe), "")
+    check_prompt_config(cfg.prompt.template, cfg.prompt.system)
+    if args.problems < 1:
+        raise ValueError(f"--problems: must be >= 1, got {args.problems}")
+    return 0 if check_tasks(cfg, args.problems) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                "RUN/search.json)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("entropy", help="pass@k and the token-entropy profile of held-out responses (the share of "
+                                       "tokens above a threshold, by role: decision, arithmetic, ...) of a config's "
+                                       "start or a run's latest checkpoint")
+    add_config_args(p)
+    p.add_argument("--run", default=None, help="a run folder: profile its latest checkpoint (default: the config's start)")
+    p.add_argument("--threshold", type=float, default=0.5, help="entropy in nats above which a token is a fork "
+                                                                "(default 0.5)")
+    p.set_defaults(func=cmd_entropy)
+
+    p = sub.add_parser("curves", help="a run's training reward beside its held-out pass@k and entropy, at the "
+                                      "start, every eval.every_tokens and the end (and a figure)")
+    p.add_argument("--run", required=True, help="run folder written by explorl train")
+    p.add_argument("--ks", default="1,16", help="the pass@k to show (comma-separated, default 1,16)")
+    p.add_argument("--figure", default=None, metavar="PNG", help="also draw the curves into this file")
+    p.add_argument("--title", default=None, help="the figure's title (default: the run folder)")
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("make-model", help="write a randomly initialised model and a BPE tokenizer trained on the "
                                           "task mix to a folder, for model.path")

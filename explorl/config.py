@@ -7,6 +7,7 @@ e.g. Dr. GRPO's ``train.loss_agg_mode``) win over the environment the config fil
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from explorl.registry import _check_type, coerce
+from explorl.tasks import TESTBED_MIX
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPE_DIR = CONFIG_DIR / "recipes"
@@ -44,6 +46,7 @@ class Warmup:
     lr: float = 2e-3
     tasks: dict | None = None  # the mix to warm up on; None = the run's ``tasks``
     seed: int | None = None    # the order of the warm-up data; None = model.tiny.seed (which also seeds the init)
+    references_per_problem: int = 1  # each problem this many times per batch, each with its own drawn reference
 
 
 @dataclass
@@ -130,13 +133,7 @@ class LoggingConfig:
 class Config:
     seed: int = 0
     recipe: str | None = None
-    tasks: dict = field(default_factory=lambda: {
-        "addition": {"digits": [1, 4]},
-        "multiplication": {"digits": [1, 3]},
-        "countdown": {"numbers": [2, 4]},
-        "sorting": {"length": [2, 8]},
-        "reversal": {"length": [3, 10]},
-    })
+    tasks: dict = field(default_factory=lambda: copy.deepcopy(TESTBED_MIX))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -415,7 +412,7 @@ def _check_testbed_tasks(cfg: Config) -> None:
     from explorl.policy.tokenizer import testbed_tokenizer
     from explorl.tasks import TaskMix
     from explorl.tasks.encoding import check_encodable
-    from explorl.train.warmup import testbed_alphabet
+    from explorl.policy.warmup import testbed_alphabet
     try:
         alphabet = testbed_alphabet(cfg)
     except ValueError as err:
@@ -434,25 +431,13 @@ def _check_testbed_tasks(cfg: Config) -> None:
             raise ValueError(f"{where}: {err}") from None
 
 
-def reference_component(cfg: Config):
-    """The ``reference:`` section as its registered component (``{kind: NAME, ...params}``)."""
-    from explorl.registry import build
-    spec = cfg.reference
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or "name" in spec:
-        raise ValueError(f"reference: expected {{kind: initial}} or {{kind: soup, models: [...], weights: [...]}}, "
-                         f"got {spec!r}")
-    return build("reference", {"name": spec["kind"], **{k: v for k, v in spec.items() if k != "kind"}},
-                 "reference")
-
-
 def _check_reference(cfg: Config) -> None:
     """``reference``: a known kind with valid parameters (``explorl.explore.reference``), written
     out in full (so config.yaml records the weights and where the policy starts); warm-start
     members only with the testbed model; saved-folder members with the same tensors (names,
     shapes) as each other and as ``model.path``."""
     from explorl.policy.model import weight_shapes
+    from explorl.policy.reference import reference_component
     reference = reference_component(cfg)
     folders = []
     for i, member in enumerate(reference.members):
@@ -537,6 +522,10 @@ def validate(cfg: Config) -> None:
         _check_tasks(w.tasks, "model.warmup.tasks")
     if w.seed is not None:
         _whole(w.seed, "model.warmup.seed", 0, SEED_LIMIT)
+    _whole(w.references_per_problem, "model.warmup.references_per_problem", 1)
+    if w.batch_size % w.references_per_problem:
+        raise ValueError(f"model.warmup.batch_size ({w.batch_size}) must be a multiple of "
+                         f"model.warmup.references_per_problem ({w.references_per_problem})")
     if m.lora is not None:
         _check_lora(m.lora)
 
@@ -591,7 +580,7 @@ def validate(cfg: Config) -> None:
 
     _check_reference(cfg)
 
-    from explorl.train.trackers import check_config
+    from explorl.tracker_options import check_config
     check_config(cfg.logging)  # logging.wandb / logging.mlflow: their keys, values and packages
 
 

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorl.registry import Entry, entries
+from explorl.registry import LEVELS, Entry, entries
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "configs" / "recipes"
@@ -162,7 +162,7 @@ def method_pages() -> list[Page]:
 
 def write_pages(out: Path) -> tuple[list[Path], list[Path]]:
     """Write every page under ``out`` (``docs/methods``) and remove the pages of components no
-    longer registered; returns ``(written, removed)``."""
+    longer registered (from ``out/<level>/`` only); returns ``(written, removed)``."""
     written = []
     for page in method_pages():
         path = out / Path(page.path).relative_to("methods")
@@ -170,7 +170,8 @@ def write_pages(out: Path) -> tuple[list[Path], list[Path]]:
         if not path.exists() or path.read_text() != page.text:
             path.write_text(page.text)
         written.append(path)
-    removed = [p for p in out.rglob("*.md") if p not in written]
+    # only pages in the levels' folders: pointed at docs/ itself, this must not delete the guide
+    removed = [p for level in LEVELS for p in (out / level).glob("*.md") if p not in written]
     for path in removed:
         path.unlink()
     return written, removed

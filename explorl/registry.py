@@ -178,7 +178,9 @@ _loaded = False
 
 
 def _load_builtins() -> None:
-    """Import the built-in plug-in modules so their ``@register`` decorators run."""
+    """Import the built-in plug-in modules so their ``@register`` decorators run. The one import
+    that climbs the layers (``[tool.importlinter]`` in pyproject.toml names it as the exception):
+    the registry sits below every plug-in it discovers."""
     global _loaded
     if not _loaded:
         _loaded = True

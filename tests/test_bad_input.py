@@ -82,7 +82,8 @@ INT_MIN = {"seed": 0, "model.tiny.hidden_size": 2, "model.tiny.layers": 1, "mode
            "train.checkpoint_every": 1, "train.max_tokens": 1, "train.max_nonfinite_steps": 1,
            "verify.log_first": 0, "eval.problems_per_source": 1, "eval.samples": 1, "eval.seed": 0,
            "eval.every_tokens": 1, "train.micro_batch_size": 1, "train.rollout_batch_size": 1,
-           "model.vllm.max_model_len": 1, "model.warmup.seed": 0, "eval.every_samples": 1}
+           "model.vllm.max_model_len": 1, "model.warmup.seed": 0, "eval.every_samples": 1,
+           "model.warmup.references_per_problem": 1}
 SEEDS = {"seed", "model.tiny.seed", "eval.seed", "model.warmup.seed"}
 #: the keys the optional mappings accept
 OPTION_KEYS = {"model.lora": {"r", "alpha", "dropout", "target_modules"},
@@ -236,6 +237,8 @@ def test_the_context_bound_is_exact():
     ("eval.ks=[0, 1]", "eval.ks: must be >= 1"),
     ("train.checkpoint_every=0", "train.checkpoint_every: must be >= 1, got 0"),
     ("train.steps=0", "train.steps: must be >= 1"),
+    ("model.warmup.references_per_problem=3",
+     "model.warmup.batch_size (64) must be a multiple of model.warmup.references_per_problem (3)"),
     ("train.steps=-3", "train.steps: must be >= 1"),
     ("train.problems_per_step=0", "train.problems_per_step: must be >= 1"),
     ("train.rollouts_per_problem=0", "train.rollouts_per_problem: must be >= 1"),

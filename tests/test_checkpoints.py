@@ -148,7 +148,7 @@ def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path, tiny_config):
 
 
 def test_two_first_time_warmups_at_once_both_succeed(tmp_path):
-    code = ("from explorl.config import load_config; from explorl.train.warmup import warmup; "
+    code = ("from explorl.config import load_config; from explorl.policy.warmup import warmup; "
             "cfg = load_config(overrides=['model.tiny.hidden_size=16', 'model.tiny.layers=1', 'model.tiny.heads=2', "
             "'model.tiny.kv_heads=1', 'model.tiny.intermediate_size=32', 'model.warmup.steps=40', "
             "'model.warmup.batch_size=8', 'tasks={addition: {digits: [1, 1]}}']); warmup(cfg)")

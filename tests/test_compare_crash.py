@@ -20,7 +20,7 @@ from explorl.compare.files import CorruptFile
 from explorl.compare.results import collect, read_metrics
 from explorl.compare.study import run_state
 from explorl.cli import main
-from explorl.train.runlock import FolderLocked
+from explorl.folder_lock import FolderLocked
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = 2500  # generated tokens: a run long enough (~30 tiny steps) to be caught mid-training, also on a busy machine
@@ -286,7 +286,7 @@ def test_the_parent_watch_ends_an_orphan_without_the_kernel_signal(tmp_path):
 def test_a_run_folder_held_by_another_writer_is_waited_for_then_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare_module, "RUN_LOCK_WAIT_S", 1.0)
     run_dir = tmp_path / "seed0"
-    hold = ("import sys, time; from explorl.train.runlock import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
+    hold = ("import sys, time; from explorl.folder_lock import FolderLock; lock = FolderLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(float(sys.argv[2]))")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 

@@ -79,6 +79,8 @@ def test_a_run_keeps_the_language_model_frozen_and_the_policy_learns(tiny_config
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     decoding = trainer.plugins.decoding
     assert isinstance(decoding, CTRLS) and decoding.phi is not None
+    engaged, note = decoding.engagement()[0].check([metrics])  # soft tokens fed: the board's criterion
+    assert metrics["decode/soft_frac"] > 0 and engaged, note
     # a batch whose rollouts chose codes at step boundaries, with rewards: the policy moves
     problems = [trainer.tasks.sample(__import__("random").Random(s)) for s in range(2)]
     batch = trainer.engine.rollout(problems, [2, 2], [1.0] * 16, seed=0, thinking=decoding.thinking(1))

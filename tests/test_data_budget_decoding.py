@@ -16,13 +16,14 @@ from explorl.explore.budget.fixed import Fixed
 from explorl.explore.budget.knapsack import Knapsack, knapsack_allocate, solve_dp, value
 from explorl.explore.budget.xrpo import XRPO, allocate_round, priority, sample_std, t_quantile
 from explorl.explore.curriculum.alp_gmm import ALPGMM
-from explorl.explore.curriculum.bandit import Bandit, ips_estimate, log_from_run
+from explorl.explore.curriculum.bandit import Bandit, ips_estimate
 from explorl.explore.curriculum.dump import DUMP
 from explorl.explore.curriculum.learnability import Learnability
 from explorl.explore.decoding.ead import EAD
 from explorl.explore.objective.ppo_clip import PPOClip
 from explorl.policy.engine import RolloutEngine
 from explorl.tasks import Problem, TaskMix
+from explorl.train.plugins import plugin_states
 from explorl.batch import RolloutBatch
 
 RECIPES = ["dump", "alp_gmm", "learnability", "bandit", "broad", "knapsack", "xrpo", "dynamic_sampling", "ead",
@@ -652,7 +653,7 @@ def test_recipe_trains_two_steps_end_to_end(name, tiny_overrides, explorl_home, 
     assert main(args) == 0
     assert (tmp_path / name / "ckpt" / "latest").exists()
     if name == "bandit":  # the run's choice log, with propensities, is checkpointed
-        log = log_from_run(tmp_path / name)
+        log = plugin_states(tmp_path / name)[0]["log"]  # the curriculum is the first plug-in
         assert len(log) >= 2 * 4 and all(0 < e["propensity"] <= 1 for e in log)
         assert not math.isnan(ips_estimate(log, {"addition": 0.5, "reversal": 0.5}))
 

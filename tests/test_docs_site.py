@@ -88,3 +88,20 @@ def test_a_plugin_registered_outside_the_package_gets_no_page():
         assert all("docs_site_outsider" not in p.path for p in method_pages())
     finally:
         del REGISTRY["budget"]["docs_site_outsider"]
+
+
+def test_writing_the_pages_removes_only_stale_method_pages(tmp_path):
+    """A stale page of an unregistered method goes; anything else in the folder stays (pointed at
+    docs/ itself by mistake, the command must not delete the guide)."""
+    from explorl.docs_site import write_pages
+    (tmp_path / "budget").mkdir()
+    stale = tmp_path / "budget" / "gone_method.md"
+    stale.write_text("old")
+    guide = tmp_path / "getting-started.md"
+    guide.write_text("keep me")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "note.md").write_text("keep me too")
+    written, removed = write_pages(tmp_path)
+    assert removed == [stale] and not stale.exists()
+    assert guide.read_text() == "keep me" and (tmp_path / "img" / "note.md").exists()
+    assert (tmp_path / "index.md").exists() and len(written) == len(method_pages())

@@ -68,7 +68,7 @@ def test_boltzmann_and_greedy_selection():
 
 
 def test_a_dts_search_backs_up_every_inner_node(tiny_model):
-    from explorl.explore.base import RolloutRequest
+    from explorl.batch import RolloutRequest
     from explorl.policy.engine import RolloutEngine
     from explorl.tasks import Problem
     engine = RolloutEngine(*tiny_model)

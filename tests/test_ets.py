@@ -113,7 +113,7 @@ def test_ngram_clusters_put_equal_steps_together():
 
 @pytest.mark.parametrize("value", ["rollout", "verifier"])
 def test_an_ets_search_ends_with_its_width_in_answers(tiny_model, value):
-    from explorl.explore.base import RolloutRequest
+    from explorl.batch import RolloutRequest
     from explorl.policy.engine import RolloutEngine
     from explorl.tasks import Problem
     engine = RolloutEngine(*tiny_model)

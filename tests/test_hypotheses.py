@@ -34,3 +34,27 @@ def test_a_malformed_entry_is_refused_naming_it(tmp_path, entry, message):
     path.write_text(f"hypotheses:\n  - {entry}\n")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load(path)
+
+
+def test_the_board_runs_the_declared_regimes_with_their_k_max(monkeypatch):
+    """configs/studies/board.yaml runs every regime a hypothesis is tested in, each with the k_max
+    docs/hypotheses.md declares, n >= 2·k_max samples and pass@k_max evaluated."""
+    import re
+
+    from explorl.compare.hypotheses import DOC
+    from explorl.compare.studyfile import load_study
+    from explorl.config import load_config
+    root = DOC.parent.parent
+    text = " ".join(DOC.read_text().split())
+    declared = re.search(r"k_max, declared per regime before the runs:\*\* (.*?) \(evaluation", text).group(1)
+    declared = {name: int(k) for name, k in (part.rsplit(" ", 1) for part in declared.split(", "))}
+    assert declared == {"default": 16, "collapse": 16, "exploration-limited": 32, "forking": 16}
+    monkeypatch.chdir(root)  # the study file names its configs from the repository root
+    board = dict(load_study(root / "configs" / "studies" / "board.yaml"))
+    configs = {name: load_config(s["config"], s["set"], "grpo") for name, s in board.items()}
+    assert {name: board[name]["k_max"] for name in declared} == declared
+    assert {t.regime for h in load() for t in h.tests} <= set(board)
+    for name, cfg in configs.items():
+        k_max = board[name]["k_max"]
+        assert cfg.eval.samples >= 2 * k_max and k_max in cfg.eval.ks, name
+        assert cfg.eval.problems_per_source * len(cfg.tasks) >= board[name]["heldout_problems"], name

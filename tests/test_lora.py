@@ -18,11 +18,11 @@ from explorl.policy import fastlm
 from explorl.policy.engine import HFBackend, RolloutEngine
 from explorl.policy.lora import AdaptersOff, add_lora
 from explorl.policy.model import build_tiny
+from explorl.policy.warmup import warmup
 from explorl.tasks import ALPHABET, Problem
 from explorl.train import checkpoint
 from explorl.train.loop import Trainer
 from explorl.train.update import reference_logp, token_logp_entropy
-from explorl.train.warmup import warmup
 from run_records import metrics_without_time
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from explorl.policy.device import resolve_device
 from explorl.policy.sampling import sample_next_token
-from explorl.train.parallel import DataParallel, resolve_device
+from explorl.train.parallel import DataParallel
 from run_records import run_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from explorl.policy import engine as engine_module
 from explorl.policy.engine import RolloutEngine
 from explorl.policy.prompts import PromptFormat, end_of_turn_id, stop_token_ids
 from explorl.policy.tokenizer import build_char_tokenizer
+from explorl.policy.warmup import _sft_batch
 from explorl.tasks import ALPHABET, Problem, TaskMix, TaskSource
 from explorl.tasks.encoding import check_encodable
-from explorl.train.warmup import _sft_batch
 
 QUESTION = "Betty needs $100 and has half. How much more?"
 

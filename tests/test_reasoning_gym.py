@@ -205,7 +205,7 @@ def test_the_testbed_alphabet_extends_only_when_needed(tmp_path):
     from explorl.config import load_config
     from explorl.policy.tokenizer import build_char_tokenizer
     from explorl.tasks.alphabet import ASCII, mix_alphabet
-    from explorl.train.warmup import testbed_alphabet, warm_model_dir
+    from explorl.policy.warmup import testbed_alphabet, warm_model_dir
     from transformers import AutoTokenizer
     default = load_config()
     assert testbed_alphabet(default) == ALPHABET
@@ -248,7 +248,7 @@ def test_a_context_too_small_for_the_prompts_is_refused_naming_its_key():
 def test_warmup_respects_the_context():
     from explorl.policy.tokenizer import build_char_tokenizer
     from explorl.tasks import Problem
-    from explorl.train.warmup import _sft_batch
+    from explorl.policy.warmup import _sft_batch
     tok = build_char_tokenizer(ALPHABET)
     long = Problem(id="x", prompt="1+1=", answer="2" * 50, source="x")
     ids, labels = _sft_batch(tok, [long], max_positions=16)

@@ -16,10 +16,10 @@ from explorl.policy.engine import RolloutEngine
 from explorl.policy.lora import AdaptersOff
 from explorl.policy.model import build_tiny, unwrap
 from explorl.policy.reference import member_config
+from explorl.policy.warmup import warm_model_dir, warmup
 from explorl.tasks import ALPHABET
 from explorl.train.loop import Trainer
 from explorl.train.update import reference_logp
-from explorl.train.warmup import warm_model_dir, warmup
 
 KL = ["ppo_clip", {"name": "kl", "coef": 0.04}]
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}

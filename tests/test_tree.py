@@ -106,6 +106,10 @@ def test_the_trainer_counts_generated_tokens_of_a_tree(tiny_config, tmp_path):
     metrics = trainer.train_step()
     assert metrics["tokens/step"] == metrics["rollout/tokens_generated"] == trainer.tokens
     assert metrics["rollout/tokens_generated"] < metrics["rollout/response_tokens"]
+    shared = 1 - metrics["rollout/tokens_generated"] / metrics["rollout/response_tokens"]
+    assert metrics["rollout/shared_token_frac"] == pytest.approx(shared) and shared > 0
+    engaged, note = trainer.plugins.rollout.engagement()[0].check([metrics])  # the board reads this
+    assert engaged, note
     trainer.close()
 
 

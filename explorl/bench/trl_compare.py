@@ -31,7 +31,7 @@ from pathlib import Path
 
 from explorl.bench import fixed_problems, machine_line, note, prompt_text, table
 from explorl.bench.memory import PeakMemory
-from explorl.train.parallel import resolve_device
+from explorl.policy.device import resolve_device
 
 INSTALL_HINT = "explorl bench trl needs TRL: pip install -e .[bench]"
 

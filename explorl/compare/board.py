@@ -462,8 +462,8 @@ def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None
 def run_board(args) -> int:
     text, refused = board(Path(args.out), Path(args.figures) if args.figures else None)
     if args.write:
-        from explorl.compare.files import _write_atomic
-        _write_atomic(Path(args.write), text)
+        from explorl.atomic import write_text_atomic
+        write_text_atomic(Path(args.write), text)
     print(text)
     for line in refused:
         import sys

@@ -10,7 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from explorl.compare.files import CorruptFile, _read_json, _warn, _write_atomic
+from explorl.atomic import write_text_atomic
+from explorl.compare.files import CorruptFile, _read_json, _warn
 from explorl.train.logging import peak_rss_mb
 
 HEARTBEAT_S = 1.0  # a segment's heartbeat (and parent watch) interval in the child
@@ -56,7 +57,7 @@ def _child(argv=None, started: tuple[float, float] | None = None) -> None:
             "peak_rss_mb": max(s.get("peak_rss_mb", 0.0) for s in segments),
             "segments": len(segments), "killed_segments": sum(s.get("status") == "killed" for s in segments),
             "steps": trainer.step, "tokens": trainer.tokens}
-    _write_atomic(out / "run_info.json", json.dumps(info, indent=2))
+    write_text_atomic(out / "run_info.json", json.dumps(info, indent=2))
     print(f"run_info: {info}")
 
 
@@ -101,8 +102,8 @@ class Segment:
             record = {"status": status, "pid": os.getpid(), "resumed": self.resumed,
                       "started": round(self.epoch, 3), "heartbeat": round(time.time(), 3),
                       "wall_s": round(time.perf_counter() - self.t0, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
-            # written in place here rather than by checkpoint.write_text_atomic, whose import brings in
-            # torch: the first heartbeat goes out before that second or two of start-up
+            # replaced whole (a reader never sees a part), without the disk flushes of
+            # explorl.atomic.write_text_atomic: a heartbeat is rewritten every HEARTBEAT_S
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self.path)

@@ -40,11 +40,6 @@ def _load_json(path: Path) -> tuple[dict | None, str | None]:
     return (data, None) if isinstance(data, dict) else (None, f"a JSON {type(data).__name__}, not an object")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from explorl.train.checkpoint import write_text_atomic  # imported here: it brings in torch
-    write_text_atomic(path, text)
-
-
 _warned: set[str] = set()
 
 

@@ -9,9 +9,9 @@ import io
 import json
 from pathlib import Path
 
+from explorl.atomic import write_text_atomic
 from explorl.compare.files import _read_json
 from explorl.compare.results import heldout_curve, leaderboard_rows, read_metrics, training_curve
-from explorl.train.checkpoint import write_text_atomic
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from explorl.compare.child import HEARTBEAT_S
-from explorl.compare.files import CorruptFile, _read_json, _warn, _write_atomic
+from explorl.atomic import write_text_atomic
+from explorl.compare.files import CorruptFile, _read_json, _warn
 
 MAX_K = 256  # pass@k kept in results.json up to this k (the exploration-limited regime samples 256)
 
@@ -137,7 +138,7 @@ def engagement(run_dir: Path, metrics: list[dict]) -> dict | None:
 def mechanism_components(cfg) -> list:
     """Every component of a configuration that may declare a mechanism (teachers are not built:
     a model teacher would load a model)."""
-    from explorl.config import reference_component
+    from explorl.policy.reference import reference_component
     from explorl.registry import build
     from explorl.train.plugins import _as_list
     return [build("curriculum", cfg.curriculum), build("budget", cfg.budget), build("decoding", cfg.decoding),
@@ -220,7 +221,7 @@ def collect(out: Path, entries, args) -> dict:
 
 
 def write_results(out: Path, results: dict) -> None:
-    _write_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
 
 
 # ---- the leaderboard -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ evaluations every E generated tokens, logged as ``heldout/…`` metrics in ``met
 and then ``auc_heldout_pass1_vs_tokens`` over start, those points and end.
 
 Crashes and interruptions. One writer per folder: the study folder is locked
-(``explorl.train.runlock.FolderLock``) for the whole of ``explorl compare``, so a second compare
+(``explorl.folder_lock.FolderLock``) for the whole of ``explorl compare``, so a second compare
 on the same ``--out`` stops at once with an error naming the holder, and each run folder is
 locked by its trainer. A run folder still locked when compare wants it (a writer started some
 other way, or a child on its way out) is waited for, up to ``RUN_LOCK_WAIT_S`` seconds with a
@@ -108,7 +108,7 @@ class interruptible:
 def run_compare(args) -> int:
     """Train every recipe × seed (or skip / resume it), then write results.json, report.html and
     print the leaderboard. Returns the exit code (1 when a run failed)."""
-    from explorl.train.runlock import FolderLock
+    from explorl.folder_lock import FolderLock
     entries = _check_args(args)
     out = Path(args.out)
     lock = FolderLock(out, "comparison").acquire()  # a second compare on this --out stops here
@@ -326,7 +326,7 @@ def _warm_start(args, pending: list[tuple[str, list[str]]]) -> None:
     the warm starts of a soup reference's members too)."""
     from explorl.config import load_config
     from explorl.policy.reference import member_config
-    from explorl.train.warmup import warm_model_dir, warmup
+    from explorl.policy.warmup import warm_model_dir, warmup
     done = set()
     for spec, sets in pending:
         cfg = load_config(args.config, sets, spec)
@@ -475,7 +475,7 @@ def _wait_for_writer(run_dir: Path) -> None:
     message (say, a child of a killed compare on its way out), then refuse naming the holder."""
     if not (run_dir / ".lock").exists():
         return
-    from explorl.train.runlock import FolderLock, FolderLocked
+    from explorl.folder_lock import FolderLock, FolderLocked
     deadline = None
     while True:
         try:

@@ -11,7 +11,7 @@ from explorl.eval.passk import pass_at_k
 
 def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temperature: float = 1.0,
              max_new_tokens: int = 12, seed: int = 0, rows_per_batch: int = 2048, verifier=None,
-             ledger=None, dp=None, thinking=None) -> dict:
+             ledger=None, dp=None, thinking=None, on_batch=None) -> dict:
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
@@ -26,6 +26,8 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
     of problems, each chunk exactly as one process would, and every rank gets the whole result.
     ``thinking`` (a decoding's ``ThinkingRule``: soft tokens) decides each step of the samples.
+    ``on_batch(problems, batch)`` is called with each rollout batch this process samples (the
+    entropy profile, ``explorl.eval.entropy_profile``, reads the tokens there).
     """
     from explorl.tasks.guard import GuardedVerifier
     if thinking is not None and not getattr(engine, "soft_tokens", False):
@@ -35,7 +37,7 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     verifier = verifier or GuardedVerifier(tasks)
     try:
         per_problem = _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens,
-                                        seed, rows_per_batch, ledger, dp, thinking)
+                                        seed, rows_per_batch, ledger, dp, thinking, on_batch)
     finally:
         if own:
             verifier.close()
@@ -43,14 +45,14 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
 
 
 def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new_tokens, seed, rows_per_batch,
-                      ledger, dp=None, thinking=None):
+                      ledger, dp=None, thinking=None, on_batch=None):
     problems = [p for src in eval_sets for p in eval_sets[src]]
     chunk = max(1, rows_per_batch // samples)
     starts = list(range(0, len(problems), chunk))
     # chunk i -> (rows, faults); the chunks are the same on any number of ranks, each rank runs its share
     distributed = dp is not None and dp.distributed
     done = {i: _chunk(engine, verifier, problems[starts[i]:starts[i] + chunk], samples, temperature,
-                      max_new_tokens, seed + starts[i], thinking)
+                      max_new_tokens, seed + starts[i], thinking, on_batch)
             for i in (dp.chunks(len(starts)) if distributed else range(len(starts)))}
     if distributed:
         for part in dp.all_gather_objects(done):
@@ -68,11 +70,14 @@ def _sample_and_score(engine, verifier, eval_sets, samples, temperature, max_new
 PER_PROBLEM = ("source", "correct", "distinct", "entropy_sum", "tokens", "wrong_tokens", "wrong", "id")
 
 
-def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, thinking=None) -> tuple[list, list]:
+def _chunk(engine, verifier, part, samples, temperature, max_new_tokens, seed, thinking=None,
+           on_batch=None) -> tuple[list, list]:
     """One tuple per problem of ``part`` (fields ``PER_PROBLEM``), and the verifier's faults."""
     per_problem = []
     batch = engine.rollout(part, [samples] * len(part), [temperature] * max_new_tokens, seed=seed,
                            **({} if thinking is None else {"thinking": thinking}))
+    if on_batch is not None:
+        on_batch(part, batch)
     rewards, faults = verifier.score([part[g] for g in batch.group.tolist()], batch.texts)
     lengths = batch.mask.sum(-1).tolist()
     for i, problem in enumerate(part):
@@ -103,31 +108,6 @@ def summarize(per_problem, samples, ks) -> dict:
     out["samples"] = samples
     out["per_problem"] = {field: [row[i] for row in per_problem] for i, field in enumerate(PER_PROBLEM)}
     return out
-
-
-def eval_thinking(cfg, ckpt, spec: str | None = None):
-    """The ``ThinkingRule`` an evaluation of checkpoint ``ckpt`` of a run with config ``cfg``
-    samples with (``None``: plain sampling): that of the decoding ``spec`` (a name or a YAML
-    mapping with ``name``, ``explorl eval --decoding``), else the run's own decoding with the
-    state it had at that checkpoint (a trained CTRLS transition policy, for one); ``ckpt=None``:
-    before training (step 0, the decoding's initial state)."""
-    import yaml
-
-    from explorl.registry import build
-    from explorl.train.checkpoint import read_state
-    from explorl.train.plugins import Plugins
-    state = read_state(ckpt) if ckpt is not None else None
-    step = state["step"] if state is not None else 0
-    if spec is not None:
-        try:
-            parsed = yaml.safe_load(spec)
-        except yaml.YAMLError as err:
-            raise ValueError(f"--decoding {spec!r}: not a name or a YAML mapping ({err})") from None
-        return build("decoding", parsed, "--decoding").thinking(step, evaluating=True)
-    plugins = Plugins.from_config(cfg)
-    if state is not None:
-        plugins.load_state_dict(state["plugins"])
-    return plugins.decoding.thinking(step, evaluating=True)
 
 
 def format_table(results: dict, ks=(1, 16)) -> str:

@@ -25,7 +25,7 @@ from collections import Counter
 
 import torch
 
-from explorl.explore.base import RolloutRequest
+from explorl.batch import RolloutRequest
 
 FLAT = ("best_of_n", "majority")
 TREES = ("ets", "dts", "dts_star")

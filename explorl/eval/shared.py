@@ -45,9 +45,8 @@ def _folder_fingerprint(path: str) -> list:
 def _reference_start(cfg) -> list | None:
     """What the ``reference:`` section changes of the policy's start (``None``: nothing): where it
     starts, the weights, and each member's files or warm start."""
-    from explorl.config import reference_component
-    from explorl.policy.reference import member_config
-    from explorl.train.warmup import warm_model_dir
+    from explorl.policy.reference import member_config, reference_component
+    from explorl.policy.warmup import warm_model_dir
     reference = reference_component(cfg)
     if not reference.members:
         return None
@@ -60,7 +59,7 @@ def start_eval_path(cfg) -> Path | None:
     """Where the start evaluation of ``cfg`` is kept (``None`` with ``eval.share_start: false``)."""
     if not cfg.eval.share_start:
         return None
-    from explorl.train.warmup import warm_model_dir
+    from explorl.policy.warmup import warm_model_dir
     d = cfg.to_dict()
     model = {k: v for k, v in d["model"].items() if k != "device"}  # where it runs does not change its answers
     start = _folder_fingerprint(model_folder(cfg.model.path)) if cfg.model.path else str(warm_model_dir(cfg).name)
@@ -99,7 +98,7 @@ def load_start_eval(cfg, warn=print) -> dict | None:
 
 
 def store_start_eval(cfg, results: dict) -> None:
-    from explorl.train.checkpoint import write_text_atomic
+    from explorl.atomic import write_text_atomic
     path = start_eval_path(cfg)
     if path is None:
         return

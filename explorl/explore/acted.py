@@ -98,6 +98,9 @@ def spread_ratio(probabilities) -> float:
     return float("inf") if low <= 0 else max(values) / low
 
 
+#: a soft-token decoding acted: some response positions were fed a mixture of embeddings
+SOFT_TOKENS_FED = Acted("decode/soft_frac", ">", 0.0, reduce="mean", what="response positions fed a soft token")
+
 #: a distribution counts as moved away from uniform at this max/min ratio (C1's figure, used for
 #: every curriculum of docs/hypotheses.md)
 MOVED_FROM_UNIFORM = 1.5

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from explorl.batch import Groups  # noqa: F401  (what an advantage function sees: part of its protocol)
+# what an advantage function sees and what a rollout method samples from: part of their protocols
+from explorl.batch import Groups, RolloutRequest  # noqa: F401
 
 if TYPE_CHECKING:
     from explorl.tasks import Problem, TaskMix
@@ -148,25 +149,6 @@ class Rollout(Component):
     def accumulate(into: dict, metrics: dict) -> None:
         for key, value in metrics.items():
             into[key] = max(into.get(key, value), value) if key.endswith("_peak") else into.get(key, 0) + value
-
-
-@dataclass
-class RolloutRequest:
-    """What a rollout method samples from: ``counts[i]`` responses to ``problems[i]`` with
-    ``engine`` under the per-position ``temperatures`` and ``top_p``, draws fixed by ``seed``,
-    at most ``max_rows`` decoded at once; ``score(problems, texts) -> rewards`` verifies."""
-
-    engine: Any
-    problems: list
-    counts: list
-    temperatures: Any
-    top_p: float
-    seed: int
-    score: Any
-    max_new_tokens: int | None = None
-    max_rows: int | None = None
-    thinking: Any = None   # a soft-token rule from the decoding (``Decoding.thinking``); None: discrete tokens
-    intervention: Any = None  # an activation intervention from the decoding (``Decoding.intervention``)
 
 
 class Advantage(Component):

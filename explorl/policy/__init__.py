@@ -24,10 +24,10 @@ def load_policy_and_reference(cfg, log=print, reference=None, with_reference: bo
     if cfg.model.path:
         model, tokenizer = load_pretrained(cfg.model.path, cfg.model.dtype, log)
     else:
-        from explorl.train.warmup import warmup
+        from explorl.policy.warmup import warmup
         model, tokenizer = warmup(cfg, log=log)
     if reference is None:
-        from explorl.config import reference_component
+        from explorl.policy.reference import reference_component
         reference = reference_component(cfg)
     start, soup = reference.weights(lambda i: load_member(cfg, reference.members[i], f"reference.models[{i}]",
                                                           model, tokenizer, log), with_reference)
@@ -44,7 +44,7 @@ def load_policy_and_reference(cfg, log=print, reference=None, with_reference: bo
 def frozen(model, section):
     """``model`` on ``section.device`` in ``section.dtype``, dropout off, in eval mode, without gradients."""
     from explorl.policy.model import disable_dropout, set_dtype
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     model.to(resolve_device(section.device))
     set_dtype(model, section.dtype)
     disable_dropout(model)
@@ -69,7 +69,7 @@ def prepare(model, section, seed: int, log=print):
         enable_gradient_checkpointing,
         set_dtype,
     )
-    from explorl.train.parallel import resolve_device
+    from explorl.policy.device import resolve_device
     model.to(resolve_device(section.device))
     set_dtype(model, section.dtype)
     dropped = disable_dropout(model)

@@ -45,10 +45,9 @@ def train_bpe_tokenizer(texts, vocab_size: int, chat: bool = False):
 def task_texts(n: int = 2000, seed: int = 0) -> list[str]:
     """The default corpus: prompts and answers of ``n`` problems of the testbed's task mix, and
     math word problems with their worked solutions (``explorl make-data math``)."""
-    from explorl.config import Config
-    from explorl.tasks import TaskMix
+    from explorl.tasks import TESTBED_MIX, TaskMix
     from explorl.tasks.wordproblems import corpus
-    mix, rng = TaskMix.from_config(Config().tasks), random.Random(seed)
+    mix, rng = TaskMix.from_config(TESTBED_MIX), random.Random(seed)
     return [p.context + p.prompt + p.answer for p in (mix.sample(rng) for _ in range(n))] + corpus(seed=seed)
 
 

@@ -1,8 +1,22 @@
-"""The members of a reference (``reference:``, ``explorl.explore.reference``): each loaded in
-float32, checked against the policy's architecture and vocabulary, as a state dict."""
+"""The reference (``reference:``, ``explorl.explore.reference``) as its component, and its
+members: each loaded in float32, checked against the policy's architecture and vocabulary, as a
+state dict."""
 from __future__ import annotations
 
 import dataclasses
+
+
+def reference_component(cfg):
+    """The ``reference:`` section as its registered component (``{kind: NAME, ...params}``)."""
+    from explorl.registry import build
+    spec = cfg.reference
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str) or "name" in spec:
+        raise ValueError(f"reference: expected {{kind: initial}} or {{kind: soup, models: [...], weights: [...]}}, "
+                         f"got {spec!r}")
+    return build("reference", {"name": spec["kind"], **{k: v for k, v in spec.items() if k != "kind"}},
+                 "reference")
 
 
 def member_config(cfg, warmup_seed: int):
@@ -23,7 +37,7 @@ def load_member(cfg, member: dict, where: str, policy, tokenizer, log=print) -> 
     if "path" in member:
         model, member_tokenizer = load_pretrained(member["path"], "float32")
     else:
-        from explorl.train.warmup import warmup
+        from explorl.policy.warmup import warmup
         model, member_tokenizer = warmup(member_config(cfg, member["warmup_seed"]), log=log)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     own = policy.state_dict()

@@ -116,10 +116,10 @@ class VLLMEngine(RolloutEngine):
             raise ValueError("model.backend: vllm needs the vLLM package (pip install -e .[vllm], on Linux "
                              "with a CUDA GPU)") from None
         from explorl.policy.model import unwrap
-        from explorl.train.parallel import _free_port
+        from explorl.policy.device import free_port
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         self._folder = tempfile.mkdtemp(prefix="explorl-vllm-")
         unwrap(self.model).save_pretrained(self._folder)  # the base weights; LoRA's merged ones are pushed
         dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")

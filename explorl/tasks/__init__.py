@@ -5,6 +5,7 @@ import random
 
 from .arithmetic import Addition, Multiplication
 from .countdown import Countdown
+from .countdown_search import CountdownSearch
 from .files import JsonlSource
 from .kinds import make_task_source
 from .mnns import MNNS
@@ -15,14 +16,23 @@ from .sequences import Reversal, Sorting
 #: Every character a built-in prompt or answer may use (the char-level tokenizer's vocabulary).
 ALPHABET = "0123456789+-*/=(),:;<>?!. abcdefghijklmnopqrstuvwxyz"
 
-SOURCES: dict[str, type[TaskSource]] = {
-    cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
-                              MultiplicationSteps, MNNS)
+#: The testbed's task mix (``Config().tasks``): each built-in source with its difficulty ranges.
+TESTBED_MIX = {
+    "addition": {"digits": [1, 4]},
+    "multiplication": {"digits": [1, 3]},
+    "countdown": {"numbers": [2, 4]},
+    "sorting": {"length": [2, 8]},
+    "reversal": {"length": [3, 10]},
 }
 
-__all__ = ["ALPHABET", "MNNS", "SOURCES", "Addition", "AdditionSteps", "Countdown", "JsonlSource", "Multiplication",
-           "MultiplicationSteps",
-           "Problem", "Reversal", "Sorting", "TaskMix", "TaskSource", "make_source"]
+SOURCES: dict[str, type[TaskSource]] = {
+    cls.name: cls for cls in (Addition, Multiplication, Countdown, Sorting, Reversal, AdditionSteps,
+                              MultiplicationSteps, CountdownSearch, MNNS)
+}
+
+__all__ = ["ALPHABET", "MNNS", "SOURCES", "Addition", "AdditionSteps", "Countdown", "CountdownSearch", "JsonlSource",
+           "Multiplication", "MultiplicationSteps",
+           "Problem", "Reversal", "Sorting", "TESTBED_MIX", "TaskMix", "TaskSource", "make_source"]
 
 
 def make_source(name: str, **ranges) -> TaskSource:

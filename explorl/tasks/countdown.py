@@ -6,6 +6,7 @@ value is 22 (e.g. ``"3*5+7"``). Completions are parsed by a small recursive-desc
 """
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
@@ -120,6 +121,38 @@ def _render(node, parent: str | None = None, right: bool = False) -> str:
     ):
         return f"({text})"
     return text
+
+
+def countdown_solutions(numbers: list[int], target: int, order: str, limit: int, max_nodes: int = 200_000):
+    """Up to ``limit`` distinct expressions over ``numbers`` (each used at most once) equal to
+    ``target``, found by a depth-first search over combinations in the given ``order``."""
+    ops = "+-*" if order == "ascending" else "*+-"
+    found, seen, nodes = [], set(), [0]
+
+    def search(items):
+        nodes[0] += 1
+        if len(found) >= limit or nodes[0] > max_nodes:
+            return
+        for _, tree in items:
+            if _value(tree) == target:
+                text = _render(tree)
+                if text not in seen and isinstance(tree, tuple):
+                    seen.add(text)
+                    found.append(text)
+        if len(items) < 2:
+            return
+        for (i, a), (j, b) in itertools.permutations(enumerate(items), 2):
+            if len(found) >= limit:
+                return
+            for op in ops:
+                if op == "+" and i > j or op == "*" and i > j:  # commutative: one order is enough
+                    continue
+                rest = [x for k, x in enumerate(items) if k not in (i, j)]
+                search(rest + [(None, (op, a[1], b[1]))])
+
+    start = sorted(numbers, reverse=order == "descending")
+    search([(None, n) for n in start])
+    return found
 
 
 class Countdown(TaskSource):

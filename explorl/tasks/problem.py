@@ -95,6 +95,18 @@ class TaskSource:
         answers (e.g. ``\\boxed{answer}`` for a verifier that extracts boxed answers)."""
         return problem.answer
 
+    def sample_reference(self, problem: Problem, rng: random.Random) -> str:
+        """A reference completion drawn with ``rng``, for a source whose worked answers may take
+        several forms (a search in a random order); the warm-up trains on these. Default: the
+        one ``reference_completion``."""
+        return self.reference_completion(problem)
+
+    def text_roles(self, completion: str) -> list[str] | None:
+        """The role of each character of ``completion`` in the source's worked form (e.g.
+        ``decision``, ``arithmetic``), for the entropy profile (``explorl.eval.entropy_profile``);
+        ``None`` where the source names none."""
+        return None
+
     def sample_params(self, rng: random.Random) -> dict[str, float]:
         out = {}
         for key, (low, high) in self.param_ranges.items():

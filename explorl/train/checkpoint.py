@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from explorl.atomic import fsync_path, write_text_atomic
 from explorl.errors import RunStopped
 from explorl.train.faults import crash_point
 
@@ -42,39 +43,6 @@ MANIFEST = "manifest.json"
 
 class CheckpointError(RunStopped):
     """A checkpoint could not be written; the previous complete one is left as it was."""
-
-
-# ---- atomic files ----------------------------------------------------------------------------
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old content or the new, never a part."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line and flush it to disk (a crash can at most leave this line partial)."""
-    with open(path, "a") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 # ---- plug-in state in types weights_only loading allows --------------------------------------

@@ -1,5 +1,5 @@
-"""Per-step metrics to ``metrics.jsonl``, TensorBoard and the experiment trackers, a progress bar, and the
-stage clock."""
+"""Per-step metrics to ``metrics.jsonl``, TensorBoard and the experiment trackers, a progress bar, the
+stage clock, and the peak memory a step reports (``perf/``)."""
 from __future__ import annotations
 
 import json
@@ -86,7 +86,7 @@ class RunLogger:
         the last step the file held (0 if none)."""
         if not self.path.exists():
             return 0
-        from explorl.train.checkpoint import write_text_atomic
+        from explorl.atomic import write_text_atomic
         rows = [(json.loads(line)["step"], line) for line in read_metrics_lines(self.path, warn)]
         write_text_atomic(self.path, "".join(line + "\n" for n, line in rows if n <= step))
         return max((n for n, _ in rows), default=0)
@@ -130,3 +130,19 @@ def peak_rss_mb() -> float:
     import resource
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def reset_peak_memory(device) -> None:
+    if device.type == "cuda":
+        import torch
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device) -> dict:
+    """``perf/peak_rss_mb``: the process's peak resident memory so far (it never decreases over a
+    process); ``perf/peak_cuda_mb``: the step's peak CUDA allocation, when the policy is on a GPU."""
+    out = {"perf/peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        import torch
+        out["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -10,44 +10,39 @@ is the wall clock of the whole step, so the stages add up to it.
 from __future__ import annotations
 
 import copy
-import json
-import random
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from explorl.batch import DEMO, OFF_POLICY, ON_POLICY
-from explorl.config import reference_component
+from explorl.batch import ON_POLICY, RolloutRequest
 from explorl.eval.evaluate import evaluate
-from explorl.explore.base import GuideContext, RolloutRequest, StepStats
+from explorl.explore.base import StepStats
 from explorl.policy import load_policy_and_reference, make_engine
 from explorl.policy import prompts
+from explorl.policy.device import resolve_device
 from explorl.policy.engine import RolloutEngine
 from explorl.policy.lora import AdaptersOff, base_fingerprint, is_lora, load_adapters
+from explorl.policy.reference import reference_component
 from explorl.tasks import TaskMix
 from explorl.tasks.encoding import check_encodable
 from explorl.tasks.guard import FaultLedger, GuardedVerifier
 from explorl.train import checkpoint
 from explorl.train.faults import crash_point
-from explorl.train.logging import RunLogger, StageClock, peak_rss_mb
+from explorl.train.guide_context import before_training_context, guide_context
+from explorl.train.logging import RunLogger, StageClock, peak_memory, reset_peak_memory
 from explorl.train.optim import build_optimizer
-from explorl.train.parallel import DataParallel, resolve_device
+from explorl.train.parallel import DataParallel
 from explorl.train.plugins import Plugins
-from explorl.train.resume import refuse_changes, stored_config
-from explorl.train.runlock import FolderLock
+from explorl.train.run_folder import RunFolder
 from explorl.train.update import (
     NonFiniteGuard,
     NonFiniteTraining,
-    UpdateLoss,
     optimise,
     recompute_old_logp,
     reference_kl,
     reference_logp,
 )
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "ckpt", "tb")
 
 
 class Trainer:
@@ -65,8 +60,8 @@ class Trainer:
         self.plugins = Plugins.from_config(cfg)
         self.reference = reference_component(cfg)  # what KL-type terms measure against, where the policy starts
         self.needs = self.plugins.needs() | self.reference.needs
-        if self.dp.is_main:
-            self._check_folder(resume)  # before any work, again under the lock below
+        self.folder = RunFolder(self.out, cfg, resume, writer=self.dp.is_main, log=log)
+        self.folder.check()  # before any work, again under the lock below
         v = cfg.verify
         self.verifier = GuardedVerifier(self.tasks, v.timeout, v.isolate)
         if v.check_at_start:
@@ -107,21 +102,16 @@ class Trainer:
         self._ledger = None
         self.plugins.curriculum.bind(self.tasks, cfg.seed)
         for teacher in (self.plugins.teachers or {}).values():
-            teacher.bind(self.tasks, self.engine, self._verify_texts)
+            teacher.bind(self.tasks, self.engine, self.verify_texts)
         self.step, self.tokens, self._calls = 0, 0, 0
         self.teacher_tokens = 0  # tokens of teacher and reference rows (not the policy's: not in the budget)
         self._before_training_metrics = {}
         # every input is checked: only now is the run folder created and written
-        self.lock = FolderLock(self.out, "run").acquire() if self.dp.is_main else _NoLock()
-        if self.dp.is_main:
-            self._check_folder(resume)
+        self.folder.claim()
         self.dp.barrier()  # rank 0 has checked the folder before any rank reads from it
         if resume:
             self._resume()
-        if self.dp.is_main and stored_config(self.out) != yaml.safe_load(yaml.safe_dump(cfg.to_dict(),
-                                                                                         sort_keys=False)):
-            checkpoint.write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            crash_point("config.written")
+        self.folder.store_config()
 
     def _check_thinking(self) -> None:
         """A decoding that decides its steps itself (soft tokens) needs the built-in engine in one process."""
@@ -138,20 +128,6 @@ class Trainer:
             raise ValueError(f"decoding {name} feeds soft tokens, which rollout "
                              f"{self.plugins.rollout.registered_name} does not (tree rollouts decode discrete "
                              f"tokens): use rollout: flat")
-
-    def _check_folder(self, resume: bool) -> None:
-        """A fresh run never reuses a folder holding a run; a resumed one keeps its configuration."""
-        present = [name for name in RUN_FILES if (self.out / name).exists()]
-        if not present:
-            return
-        if not resume:
-            raise FileExistsError(f"{self.out} already holds a run ({', '.join(present)}): pass --resume to "
-                                  f"continue it, or choose another --out")
-        stored = stored_config(self.out)
-        if stored is None:
-            raise FileExistsError(f"{self.out} holds run files ({', '.join(present)}) but no config.yaml: it is "
-                                  f"not a run explorl can resume; choose another --out")
-        refuse_changes(stored, self.cfg.to_dict(), self.out)
 
     # ---- one step ------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -180,7 +156,7 @@ class Trainer:
             batch = P.budget.collect(sample, problems, counts, draw=draw)
         if P.guidance:
             with clock("guide"):
-                ctx = self._guide_context(step, m, clock, sample)
+                ctx = guide_context(self, step, m, clock, sample)
                 for method in P.guidance:
                     batch, metrics = method.guide(batch, ctx)
                     m.update(metrics)
@@ -269,30 +245,7 @@ class Trainer:
         m["tokens/step"] = m.get("tokens/step", 0) + batch.sampled_tokens
         return batch
 
-    def _guide_context(self, step, m, clock, sample) -> GuideContext:
-        def score(problems, counts, texts=None, token_ids=None, behaviour_logp=None, kind=OFF_POLICY):
-            batch = self.engine.score_responses(problems, counts, texts=texts, token_ids=token_ids,
-                                                behaviour_logp=behaviour_logp, kind=kind)
-            with clock("verify"):
-                batch.rewards = torch.tensor(self._verify_texts([problems[g] for g in batch.group.tolist()],
-                                                                batch.texts), dtype=torch.float32)
-            if kind in (OFF_POLICY, DEMO):
-                self.teacher_tokens += batch.tokens
-                m["tokens/teacher"] = m.get("tokens/teacher", 0) + batch.tokens
-            return batch
-
-        def verify(problems, texts):
-            with clock("verify"):
-                return self._verify_texts(problems, texts)
-
-        return GuideContext(step=step, sample=sample, score=score, teachers=self.plugins.teachers or {},
-                            engine=self.engine, verify=verify,
-                            rng=random.Random((self.cfg.seed * 1_000_003 + step) * 7 + 1),
-                            extras={"teacher_context": TeacherContext(self.cfg.train.max_new_tokens, m)},
-                            loss=UpdateLoss(self.plugins.objectives, self.cfg.train.loss_agg_mode,
-                                            self.cfg.train.max_new_tokens, self.needs, self.ref_engine))
-
-    def _verify_texts(self, problems, texts) -> list[float]:
+    def verify_texts(self, problems, texts) -> list[float]:
         """Rewards of ``texts`` (a stored prefix included) under guard; faults go to the step's ledger."""
         rewards, faults = self.verifier.score(problems, [p.completed(t) for p, t in zip(problems, texts)])
         if getattr(self, "_ledger", None) is not None:
@@ -361,7 +314,7 @@ class Trainer:
     # ---- the run -------------------------------------------------------------------------
     def run(self, steps: int | None = None) -> dict:
         total = steps or self.cfg.train.steps
-        self.lock.acquire()
+        self.folder.acquire()
         try:
             return self._run(total)
         finally:
@@ -424,20 +377,7 @@ class Trainer:
         run is the same. True when a guidance method's phase ran (it changed the model)."""
         m = {}
         clock = StageClock(m)
-        ctx = self._guide_context(0, m, clock, lambda *a, **k: self._sample(*a[:2], 0, m, clock, *a[2:]))
-        ctx.draw = lambda n: self.plugins.curriculum.next(n)[0]
-        ctx.tasks = self.tasks
-        ctx.problems_per_step = self.cfg.train.problems_per_step
-
-        def update(batch):
-            out = optimise(batch, self.train_engine, self.plugins, self.optimizer, self.cfg, 0, self.needs, None,
-                           guard=self.nonfinite, dp=self.dp)
-            if self.sharded:
-                self.sharded.sync(self.model)
-            self.engine.weights_updated()
-            return out
-
-        ctx.update = update
+        ctx = before_training_context(self, m, clock, lambda *a, **k: self._sample(*a[:2], 0, m, clock, *a[2:]))
         phase = {}
         guidance = list(self.plugins.guidance)  # first: their phases change the weights the others see
         for method in guidance + [c for c in self.plugins.all() if c not in guidance]:
@@ -458,7 +398,7 @@ class Trainer:
         """Stop the verifier process and release the run folder."""
         self.verifier.close()
         self.engine.close()
-        self.lock.release()
+        self.folder.release()
         self.dp.close()
 
     def _heldout(self, before: int) -> dict:
@@ -495,23 +435,10 @@ class Trainer:
 
     def _read_eval(self) -> dict:
         """eval.json as rank 0 reads it (every rank must agree on which evaluations are left)."""
-        return self.dp.from_main(self._read_eval_file)
-
-    def _read_eval_file(self) -> dict:
-        path = self.out / "eval.json"
-        if not path.exists():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            aside = path.with_name(f"eval.json.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            path.rename(aside)
-            self.log(f"warning: {path} is damaged ({err.msg}); kept as {aside.name}, evaluating again")
-            return {}
+        return self.dp.from_main(self.folder.read_eval)
 
     def _write_eval(self, results: dict) -> None:
-        if self.dp.is_main:
-            checkpoint.write_text_atomic(self.out / "eval.json", json.dumps(results, indent=2))
+        self.folder.write_eval(results)
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self) -> None:
@@ -562,14 +489,6 @@ def _quiet(*args, **kwargs) -> None:
     """What ranks other than 0 print: nothing (rank 0 speaks for the run)."""
 
 
-class _NoLock:
-    def acquire(self, wait: bool = False):
-        return self
-
-    def release(self) -> None:
-        pass
-
-
 class _NoLogger:
     def log(self, step, metrics) -> None:
         pass
@@ -579,28 +498,3 @@ class _NoLogger:
 
     def close(self) -> None:
         pass
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory(device: torch.device) -> dict:
-    """``perf/peak_rss_mb``: the process's peak resident memory so far (it never decreases over a
-    process); ``perf/peak_cuda_mb``: the step's peak CUDA allocation, when the policy is on a GPU."""
-    out = {"perf/peak_rss_mb": peak_rss_mb()}
-    if device.type == "cuda":
-        out["perf/peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-class TeacherContext:
-    """What a teacher may use while it answers: the response length, and a counter for the
-    tokens a model teacher generates (``tokens/teacher_generated``: not the policy's)."""
-
-    def __init__(self, max_new_tokens: int, metrics: dict):
-        self.max_new_tokens, self._metrics = max_new_tokens, metrics
-
-    def count_generated(self, tokens: int) -> None:
-        self._metrics["tokens/teacher_generated"] = self._metrics.get("tokens/teacher_generated", 0) + tokens

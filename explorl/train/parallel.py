@@ -33,21 +33,7 @@ import os
 import torch
 
 from explorl.batch import RolloutBatch
-
-
-def resolve_device(setting: str) -> torch.device:
-    """``model.device``: ``auto`` is CUDA when present, else the CPU; under torchrun each
-    process takes the GPU of its ``LOCAL_RANK``."""
-    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("model.device: cuda, but no CUDA device is visible to this process; use auto or cpu")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if local >= torch.cuda.device_count():
-        raise ValueError(f"model.device: {setting}, but this process is local rank {local} and only "
-                         f"{torch.cuda.device_count()} CUDA device(s) are visible: launch at most one process per "
-                         "GPU (torchrun --nproc_per_node), or set model.device: cpu")
-    return torch.device("cuda", local)
+from explorl.policy.device import free_port
 
 
 def launched_world_size() -> int:
@@ -75,7 +61,7 @@ class DataParallel:
                 if "WORLD_SIZE" in os.environ:  # launched by torchrun (one process too): its rendezvous
                     dist.init_process_group(backend=backend)
                 else:  # FSDP needs a process group even for one process: a private one
-                    dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                    dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}",
                                             rank=0, world_size=1)
                 self._own_group = True
             self.world, self.rank = dist.get_world_size(), dist.get_rank()
@@ -201,13 +187,6 @@ class DataParallel:
             faults = []
         parts = self.all_gather_objects((mine, None if local is None else _portable(local), faults))
         return gather_batch(parts, problems, counts, engine), [f for _, _, fs in parts for f in fs]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _portable(batch: RolloutBatch) -> dict:

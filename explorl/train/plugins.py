@@ -3,6 +3,7 @@ checks that the chosen ones can be stacked."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from explorl.explore.base import Advantage, Budget, Component, Curriculum, Decoding, Guidance, Objective, Rollout
 from explorl.registry import build
@@ -115,6 +116,40 @@ class Plugins:
     def load_state_dict(self, states: list) -> None:
         for component, state in zip(self.all(), states, strict=True):
             component.load_state_dict(state)
+
+
+def eval_thinking(cfg, ckpt, spec: str | None = None):
+    """The ``ThinkingRule`` an evaluation of checkpoint ``ckpt`` of a run with config ``cfg``
+    samples with (``None``: plain sampling): that of the decoding ``spec`` (a name or a YAML
+    mapping with ``name``, ``explorl eval --decoding``), else the run's own decoding with the
+    state it had at that checkpoint (a trained CTRLS transition policy, for one); ``ckpt=None``:
+    before training (step 0, the decoding's initial state)."""
+    import yaml
+
+    from explorl.train.checkpoint import read_state
+    state = read_state(ckpt) if ckpt is not None else None
+    step = state["step"] if state is not None else 0
+    if spec is not None:
+        try:
+            parsed = yaml.safe_load(spec)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--decoding {spec!r}: not a name or a YAML mapping ({err})") from None
+        return build("decoding", parsed, "--decoding").thinking(step, evaluating=True)
+    plugins = Plugins.from_config(cfg)
+    if state is not None:
+        plugins.load_state_dict(state["plugins"])
+    return plugins.decoding.thinking(step, evaluating=True)
+
+
+def plugin_states(run_dir) -> list:
+    """The plug-ins' states at the latest complete checkpoint of the run folder ``run_dir``, in
+    the order of ``Plugins.all()`` (the curriculum first), read without touching the global RNGs
+    (``read_state``, not ``load_state``)."""
+    from explorl.train import checkpoint
+    path = checkpoint.latest(Path(run_dir), warn=None)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
+    return checkpoint.read_state(path)["plugins"]
 
 
 def _as_list(spec):

@@ -26,32 +26,16 @@ tracker is turned off for the rest of the run, saying so.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Protocol
 
-#: Config keys of each tracker: the types a value may have, and what it means.
-KEYS = {
-    "wandb": {
-        "project": ((str,), "W&B project (default explorl)"),
-        "entity": ((str, type(None)), "W&B team or user (default: the account's own)"),
-        "name": ((str, type(None)), "run name (default: the run folder's name)"),
-        "mode": ((str,), "offline (default) or online"),
-        "dir": ((str, type(None)), "folder for W&B's files (default: the run folder)"),
-    },
-    "mlflow": {
-        "tracking_uri": ((str, type(None)), "tracking URI (default: MLFLOW_TRACKING_URI or MLflow's own)"),
-        "experiment": ((str,), "experiment name (default explorl)"),
-        "run_name": ((str, type(None)), "run name (default: the run folder's name)"),
-    },
-}
-PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}
-WANDB_MODES = ("offline", "online")
+from explorl.tracker_options import PACKAGES, missing_package
+
 STATE_FILE = "trackers.json"
 LOG_FIRST = 3        # failures logged in full, per tracker
 MAX_IN_A_ROW = 5     # failures in a row that turn a tracker off
@@ -65,39 +49,6 @@ class Tracker(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
     def close(self, failed: bool = False) -> None: ...
-
-
-def missing_package(key: str) -> str:
-    return (f"logging.{key} is set but the {PACKAGES[key]} package is not installed: "
-            f"pip install -e .[trackers] (or set logging.{key}: null)")
-
-
-def _installed(package: str) -> bool:
-    if package in sys.modules:
-        return sys.modules[package] is not None
-    return importlib.util.find_spec(package) is not None
-
-
-def check_config(logging) -> None:
-    """The keys and values of ``logging.wandb`` / ``logging.mlflow``, and their packages."""
-    for key, keys in KEYS.items():
-        opts = getattr(logging, key)
-        if opts is None:
-            continue
-        if not isinstance(opts, dict):
-            raise ValueError(f"logging.{key}: expected a mapping of options ({', '.join(keys)}) or null, "
-                             f"got {type(opts).__name__} {opts!r}")
-        for name, value in opts.items():
-            if name not in keys:
-                raise ValueError(f"logging.{key}.{name}: unknown option (valid: {', '.join(keys)})")
-            types, meaning = keys[name]
-            if not isinstance(value, types) or (isinstance(value, str) and not value.strip()):
-                raise ValueError(f"logging.{key}.{name}: expected {meaning}, got {value!r}")
-        mode = opts.get("mode", "offline")
-        if key == "wandb" and mode not in WANDB_MODES:
-            raise ValueError(f"logging.wandb.mode: {mode!r} is not one of {', '.join(WANDB_MODES)}")
-        if not _installed(PACKAGES[key]):
-            raise ValueError(missing_package(key))
 
 
 def _import(key: str):
@@ -266,7 +217,7 @@ def _read_state(path: Path, warn) -> dict:
 def build(cfg, out: Path, warn=print) -> list[Guarded]:
     """The trackers ``cfg.logging`` asks for, started (or continued, on resume); an error that names
     the config key if one cannot start."""
-    from explorl.train.checkpoint import write_text_atomic
+    from explorl.atomic import write_text_atomic
     out = Path(out)
     path = out / STATE_FILE
     state = _read_state(path, warn)

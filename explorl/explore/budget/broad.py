@@ -18,9 +18,9 @@ Scaled to the testbed (choice): ``n`` = 64 (the paper's hundreds on 8k-token res
 """
 from __future__ import annotations
 
+from explorl.batch import merge
 from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
-from explorl.explore.budget.merge import merge
 from explorl.registry import register
 
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import random
 
+from explorl.batch import join
 from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
-from explorl.explore.budget.merge import join
 from explorl.registry import register
 
 

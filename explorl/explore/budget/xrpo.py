@@ -38,9 +38,9 @@ import math
 import random
 from functools import lru_cache
 
+from explorl.batch import merge
 from explorl.explore.acted import Acted
 from explorl.explore.base import Budget
-from explorl.explore.budget.merge import merge
 from explorl.registry import register
 from explorl.tasks.problem import Problem
 

@@ -19,12 +19,12 @@ weighted, ĝ_j = lp_j · (n_j / n) / P(j), so E[ĝ_j] = lp_j, and w_j += ``lr`` 
 ``ips_estimate(log, target)`` evaluates another curriculum over sources from the log:
 mean over logged slots of π_target(j)/P(j) · reward. Slots without an observed outcome
 (e.g. dropped by a filter before the update) are skipped. The log is checkpointed with the
-run; ``log_from_run(run_dir)`` reads it back.
+run; ``explorl.train.plugins.plugin_states(run_dir)[0]["log"]`` reads it back (the curriculum
+is the first plug-in).
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Callable
 
 from explorl.explore.acted import MOVED_FROM_UNIFORM, Acted, spread_ratio
@@ -54,16 +54,6 @@ def ips_estimate(log: list[dict], target_policy_probs: dict[str, float] | Callab
     if n == 0:
         return float("nan")
     return total / weights if self_normalize else total / n
-
-
-def log_from_run(run_dir: str | Path) -> list[dict]:
-    """The choice log of a run's bandit curriculum, from its latest checkpoint."""
-    from explorl.train import checkpoint
-    path = checkpoint.latest(Path(run_dir), warn=None)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir}: no complete checkpoint")
-    state = checkpoint.read_state(path)  # not load_state: leaves global RNGs alone
-    return state["plugins"][0]["log"]  # the curriculum is the first plug-in
 
 
 @register("curriculum", "bandit", paper="EXP3 learning-progress teacher, Graves et al., arXiv:1704.03003")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import SOFT_TOKENS_FED
 from explorl.explore.base import Decoding
 from explorl.policy.sampling import draw_tokens, sampling_log_probs, token_logp_entropy
 from explorl.policy.soft import (DIRICHLET, MTS, UNSCORED, dirichlet_concentration, dirichlet_log_density,
@@ -126,6 +127,8 @@ class CoT2Steps(ThinkingRule):
 
 @register("decoding", "cot2", paper="CoT2, continuous chain of thought (arXiv:2505.23648): MTS and Dirichlet sampling")
 class CoT2(Decoding):
+    engaged_when = (SOFT_TOKENS_FED,)
+
     def __init__(self, think_tokens: int = 3, sampler: str = "mts", k: int = 3, scale_logits: bool = True,
                  dirichlet_scale: float = 1.0, min_prob: float = 1e-3, temperature: float = 1.0, top_p: float = 1.0):
         if sampler not in SAMPLERS:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import SOFT_TOKENS_FED
 from explorl.explore.base import Decoding
 from explorl.policy.soft import soft_metrics
 from explorl.policy.soft_decode import ThinkingRule, token_choice
@@ -108,6 +109,7 @@ class LatentTransitions(ThinkingRule):
 
 @register("decoding", "ctrls", paper="CTRLS, latent state transitions with a frozen LM (arXiv:2507.08182)")
 class CTRLS(Decoding):
+    engaged_when = (SOFT_TOKENS_FED,)
     freezes_policy = True
     state_keys = ("phi", "opt_state", "codes")
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import torch
 
+from explorl.explore.acted import SOFT_TOKENS_FED
 from explorl.explore.base import Decoding
 from explorl.policy.sampling import sample_next_token, token_logp_entropy
 from explorl.policy.soft import TOKEN, UNSCORED, soft_metrics
@@ -211,6 +212,8 @@ class SwitchThinking(ThinkingRule):
 
 @register("decoding", "swireasoning", paper="SwiReasoning, latent/explicit switch-thinking (arXiv:2510.05069)")
 class SwiReasoning(Decoding):
+    engaged_when = (SOFT_TOKENS_FED,)
+
     def __init__(self, alpha_0: float = 1.0, beta_0: float = 0.7, window_size: int = 512,
                  max_switch_count: int | None = None, think_token: str = ";", end_think_token: str = ">",
                  first_token: str = ";", convergence_text: str = ">", termination_text: str = ">",

@@ -48,13 +48,12 @@ def csft_kl(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def thought_targets(problem, think_tokens: int, countdown_traces: int = 8):
     """``([(trace, weight)], answer completion)`` for a problem of a source with target traces."""
     from explorl.tasks import SOURCES
-    from explorl.tasks.countdown import Countdown, parse_prompt
+    from explorl.tasks.countdown import Countdown, countdown_solutions, parse_prompt
     cls = SOURCES.get(problem.source)
     if cls is not None and hasattr(cls, "thought_traces"):
         source = cls()
         return source.thought_traces(problem), source.answer_completion(problem)
     if cls is Countdown:
-        from explorl.teachers.solver import countdown_solutions
         numbers, target = parse_prompt(problem.prompt)
         found = countdown_solutions(numbers, target, "ascending", countdown_traces) or [problem.answer]
         traces = [s[:think_tokens].ljust(think_tokens) for s in found]

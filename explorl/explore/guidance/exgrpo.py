@@ -86,10 +86,9 @@ from collections import Counter
 
 import torch
 
-from explorl.batch import ON_POLICY, PREFIX, REPLAYED
+from explorl.batch import ON_POLICY, PREFIX, REPLAYED, join
 from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance
-from explorl.explore.budget.merge import join
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register
 

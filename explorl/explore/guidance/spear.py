@@ -74,10 +74,9 @@ import math
 import numpy as np
 import torch
 
-from explorl.batch import REPLAYED
+from explorl.batch import REPLAYED, join
 from explorl.explore.acted import Acted
 from explorl.explore.base import Guidance, LossContext
-from explorl.explore.budget.merge import join
 from explorl.explore.objective.clip_cov import ClipCov
 from explorl.explore.objective.ppo_clip import masked_mean
 from explorl.registry import register

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from explorl.explore.base import Rollout, RolloutRequest
+from explorl.batch import RolloutRequest
+from explorl.explore.base import Rollout
 from explorl.registry import register
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from explorl.explore.base import Rollout, RolloutRequest
+from explorl.batch import RolloutRequest
+from explorl.explore.acted import Acted
+from explorl.explore.base import Rollout
 from explorl.policy.tree import Segments, TreeEngine, marker_ids
 
 #: Node ids of one sampling call start at (seed mod 2**20) << 40, so the trees of the several
@@ -17,6 +19,10 @@ _CALL_BITS = 40
 class TreeRollout(Rollout):
     """Subclasses give ``segments(tokenizer)`` and ``grow(engine, trees, counts, verify)``, which
     returns each tree's finished leaves (``counts[i]`` of them, each with its ``reward``)."""
+
+    # a tree acted when its leaves share prefixes: fewer tokens generated than the leaves hold
+    engaged_when = (Acted("rollout/shared_token_frac", ">", 0.0, reduce="mean",
+                          what="leaves share prefixes (generated tokens < tokens the leaves hold)"),)
 
     def segments(self, tokenizer) -> Segments:
         raise NotImplementedError
@@ -63,6 +69,7 @@ class TreeRollout(Rollout):
         metrics = engine.stats.metrics()
         metrics["rollout/response_tokens"] = batch.tokens
         metrics["rollout/nodes"] = sum(len(t.nodes) - 1 for t in trees)
+        metrics["rollout/shared_token_frac"] = 1.0 - engine.stats.generated / max(1, batch.tokens)
         return batch, metrics
 
 

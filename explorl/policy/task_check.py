@@ -1,4 +1,5 @@
-"""``explorl check-task``: check every task source of a config and print a report per source.
+"""``explorl check-task``: check every task source of a config against the policy's tokenizer
+and print a report per source.
 
 For each entry of ``tasks:`` (any kind): the source is built (a bad file, row, option or
 verifier fails here), ``check_task`` runs in the verifier process under the run's
@@ -125,13 +126,3 @@ def check_tasks(cfg, problems: int = 20, out=print) -> bool:
     out(f"{len(cfg.tasks)} task sources: {len(cfg.tasks) - len(failed)} pass"
         + (f", {len(failed)} fail ({', '.join(map(str, failed))})" if failed else ""))
     return not failed
-
-
-def run_check_task(args) -> int:
-    from explorl.config import Config, _from_dict, overrides_from_args, resolve
-    from explorl.policy.prompts import check_prompt_config
-    cfg = _from_dict(Config, resolve(args.config, overrides_from_args(args), args.recipe), "")
-    check_prompt_config(cfg.prompt.template, cfg.prompt.system)
-    if args.problems < 1:
-        raise ValueError(f"--problems: must be >= 1, got {args.problems}")
-    return 0 if check_tasks(cfg, args.problems) else 1

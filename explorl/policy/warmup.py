@@ -2,7 +2,10 @@
 
 RL needs a partly competent policy to have anything to reinforce; this trains the
 freshly built model on (prompt, reference answer) pairs from the task mix with the loss on
-answer tokens only, then saves it with ``save_pretrained`` under ``EXPLORL_HOME``.
+answer tokens only, then saves it with ``save_pretrained`` under ``EXPLORL_HOME``. With
+``model.warmup.references_per_problem: k``, each problem appears k times in its batch, each with
+a reference drawn on its own (``TaskSource.sample_reference``): a source whose worked answers
+take several forms (``countdown_search``) teaches them side by side for the same prompt.
 """
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ import time
 
 import torch
 
+from explorl.folder_lock import FolderLock
 from explorl.policy.model import build_tiny, cache_home, config_key, load_pretrained, save_atomic
 from explorl.policy.prompts import for_config
 from explorl.tasks import TaskMix
 from explorl.tasks.alphabet import mix_alphabet
-from explorl.train.runlock import FolderLock
 
 
 def warmup_tasks(cfg) -> dict:
@@ -43,9 +46,11 @@ def data_seed(cfg) -> int:
 def warm_model_dir(cfg):
     tiny, warm = cfg.model.tiny, cfg.model.warmup
     # a data seed equal to the init seed is the warm start made before warmup.seed existed: same key
-    settings = {k: v for k, v in vars(warm).items() if k != "tasks" and k != "seed"}
+    settings = {k: v for k, v in vars(warm).items() if k not in ("tasks", "seed", "references_per_problem")}
     if data_seed(cfg) != tiny.seed:
         settings["seed"] = data_seed(cfg)
+    if warm.references_per_problem != 1:  # absent at 1: the warm starts made before the key existed
+        settings["references_per_problem"] = warm.references_per_problem
     key = config_key(vars(tiny), settings,
                      warmup_tasks(cfg), testbed_alphabet(cfg), "v3",  # v2: countdown targets never equal a given number; v3: byte-level char tokenizer
                      *([] if cfg.prompt.template == "raw" else [vars(cfg.prompt)]))  # the warm start learns the template
@@ -77,13 +82,16 @@ def _train_and_save(cfg, path, log):
     tasks = TaskMix.from_config(warmup_tasks(cfg))
     prompt_format = for_config(cfg, tokenizer)
     rng = random.Random(data_seed(cfg))
+    # its own stream, so sources with one reference draw the same problems as before it existed
+    reference_rng = random.Random(f"references:{data_seed(cfg)}")
+    repeats = warm.references_per_problem
     opt = torch.optim.AdamW(model.parameters(), lr=warm.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=warm.lr, total_steps=warm.steps, pct_start=0.1)
     model.train()
     start = time.time()
     for step in range(warm.steps):
-        problems = [tasks.sample(rng) for _ in range(warm.batch_size)]
-        ids, labels = _sft_batch(tokenizer, problems, tiny.max_positions, prompt_format, tasks)
+        problems = [p for p in (tasks.sample(rng) for _ in range(warm.batch_size // repeats)) for _ in range(repeats)]
+        ids, labels = _sft_batch(tokenizer, problems, tiny.max_positions, prompt_format, tasks, reference_rng)
         loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].flatten(0, 1),
                                                  labels[:, 1:].flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -100,18 +108,23 @@ def _train_and_save(cfg, path, log):
     return load_pretrained(path)
 
 
-def _sft_batch(tokenizer, problems, max_positions: int | None = None, prompt_format=None, tasks=None):
+def _sft_batch(tokenizer, problems, max_positions: int | None = None, prompt_format=None, tasks=None,
+               reference_rng=None):
     """Right-padded prompt+answer+EOS sequences; labels only on the answer and EOS. A sequence
     longer than ``max_positions`` (the model's context) is cut there: a long answer is learnt up
     to the context (its end is past what the model can ever generate anyway). A ``prompt_format``
     other than raw (``prompt.template``) renders the prompt as the engine will. With ``tasks``
     (the mix), the answer is written as its source's verifier reads it
-    (``reference_completion``: ``<answer>42</answer>`` for an ``answer_tags`` extractor)."""
+    (``reference_completion``: ``<answer>42</answer>`` for an ``answer_tags`` extractor); with
+    ``reference_rng``, a reference drawn per row (``sample_reference``: a search trace in a fresh
+    random order for ``countdown_search``), so a problem repeated in the batch gets several."""
     seqs, labels = [], []
     for p in problems:
         text = p.prompt if prompt_format is None or prompt_format.is_raw else prompt_format.render(p)
         prompt = tokenizer(text, add_special_tokens=False).input_ids
-        target = p.answer if tasks is None else tasks.sources[p.source].reference_completion(p)
+        source = None if tasks is None else tasks.sources[p.source]
+        target = (p.answer if source is None else source.reference_completion(p) if reference_rng is None
+                  else source.sample_reference(p, reference_rng))
         answer = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         seqs.append((prompt + answer)[:max_positions])
         labels.append(([-100] * len(prompt) + answer)[:max_positions])
