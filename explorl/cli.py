@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
 
 def _start_against_end(start: dict, end: dict, ks) -> str:
     """The table of start against end with paired intervals, or why there is none."""
-    from explorl.eval.paired import format_start_end
+    from explorl.compare.paired import format_start_end
     try:
         return format_start_end(start, end, ks)
     except ValueError as err:

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from explorl.eval.evaluate import summarize
-from explorl.eval.paired import format_start_end, paired_change
+from explorl.compare.paired import format_start_end, paired_change
 
 
 def _evaluation(correct, samples=8, ids=None, tokens=4.0, entropy=0.5):

@@ -1,6 +1,6 @@
 """Held-out evaluation: pass@k per source, mean token entropy, mean response length, distinct
 correct answers, and the per-problem counts they come from (``per_problem``), so that a
-comparison can resample problems (``explorl.compare.stats``, ``explorl.eval.paired``)."""
+comparison can resample problems (``explorl.compare.stats``, ``explorl.compare.paired``)."""
 from __future__ import annotations
 
 from collections import defaultdict
