@@ -21,11 +21,23 @@ def cmd_train(args) -> int:
     results = trainer.run()
     if not trainer.dp.is_main:  # under torchrun, rank 0 reports
         return 0
-    ks = [k for k in (1, 16) if f"pass@{k}" in results["end"]]
+    evaluated = sorted(int(key[len("pass@"):]) for key in results["end"] if key.startswith("pass@"))
+    widest = max((k for k in evaluated if k <= 16), default=None)
+    ks = sorted({k for k in (1, widest) if k in evaluated}) or evaluated[:1]  # pass@1 and the widest k up to 16
     print(f"\nbefore training:\n{format_table(results['start'], ks)}")
     print(f"after {trainer.step} steps ({trainer.tokens} generated tokens):\n{format_table(results['end'], ks)}")
+    print(_start_against_end(results["start"], results["end"], ks))
     print(f"run folder: {args.out}")
     return 0
+
+
+def _start_against_end(start: dict, end: dict, ks) -> str:
+    """The table of start against end with paired intervals, or why there is none."""
+    from explorl.compare.paired import format_start_end
+    try:
+        return format_start_end(start, end, ks)
+    except ValueError as err:
+        return f"no paired comparison of start and end: {err}"
 
 
 def cmd_warmup(args) -> int:

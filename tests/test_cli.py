@@ -13,6 +13,8 @@ def test_train_resume_eval_and_warmup(tmp_path, tiny_overrides, capsys):
     assert main(["train", "--out", str(out), "--steps", "2", "--quiet", *base]) == 0
     printed = capsys.readouterr().out
     assert "before training" in printed and "pass@1" in printed and "after 2 steps" in printed
+    assert "interval, paired over problems" in printed and "response tokens" in printed  # start against end
+    assert "pass@4" in printed  # the widest k evaluated (eval.ks [1, 4]), not only pass@1 and pass@16
     assert main(["train", "--out", str(out), "--steps", "3", "--resume", "--quiet", *base]) == 0
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]

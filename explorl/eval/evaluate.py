@@ -1,6 +1,6 @@
-"""Held-out evaluation: pass@k per source, mean token entropy, distinct correct answers, and
-the per-problem counts they come from (``per_problem``), so that a comparison can resample
-problems (``explorl.compare.stats``)."""
+"""Held-out evaluation: pass@k per source, mean token entropy, mean response length, distinct
+correct answers, and the per-problem counts they come from (``per_problem``), so that a
+comparison can resample problems (``explorl.compare.stats``, ``explorl.compare.paired``)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,11 +15,12 @@ def evaluate(engine, tasks, eval_sets: dict, samples: int, ks: list[int], temper
     """Sample ``samples`` responses per held-out problem and score them.
 
     Returns ``{"pass@k": {source: value, ..., "all": value}, "entropy": {...},
-    "distinct_correct": {...}, "tokens": int, "samples": n, "per_problem": {...}}``; ``all``
-    averages over problems of every source. ``per_problem`` holds one list per field, one entry
-    per held-out problem in a fixed order (``PER_PROBLEM``): its id and source, how many of the
-    n samples were correct, distinct correct answers, the entropy summed over its response
-    tokens, its response tokens, and the tokens and count of its wrong answers.
+    "response_length": {...}, "distinct_correct": {...}, "tokens": int, "samples": n,
+    "per_problem": {...}}``; ``all`` averages over problems of every source, ``response_length``
+    is the mean number of tokens of a sampled response. ``per_problem`` holds one list per
+    field, one entry per held-out problem in a fixed order (``PER_PROBLEM``): its id and source,
+    how many of the n samples were correct, distinct correct answers, the entropy summed over its
+    response tokens, its response tokens, and the tokens and count of its wrong answers.
     ``verifier`` (a ``GuardedVerifier``; one is made for the call when ``None``) scores under a
     time limit; its faults go to ``ledger`` (a ``FaultLedger``) when given. Under data
     parallelism (``dp``, ``explorl.train.parallel``) each rank samples its share of the chunks
@@ -96,11 +97,12 @@ def summarize(per_problem, samples, ks) -> dict:
         by_source[row[0]].append(row)
         by_source["all"].append(row)
     out = {f"pass@{k}": {} for k in ks}
-    out["entropy"], out["distinct_correct"] = {}, {}
+    out["entropy"], out["response_length"], out["distinct_correct"] = {}, {}, {}
     for src, rows in by_source.items():
         for k in ks:
             out[f"pass@{k}"][src] = sum(pass_at_k(samples, r[1], k) for r in rows) / len(rows)
         out["entropy"][src] = sum(r[3] for r in rows) / max(1.0, sum(r[4] for r in rows))
+        out["response_length"][src] = sum(r[4] for r in rows) / (samples * len(rows))
         out["distinct_correct"][src] = sum(r[2] for r in rows) / len(rows)
     out["tokens"] = int(sum(r[4] for r in per_problem))
     out["samples"] = samples
