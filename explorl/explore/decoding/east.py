@@ -97,9 +97,15 @@ def group_answer_entropies(batch, tasks) -> tuple[list, list[float]]:
     return [batch.problems[g] for g in kept], [answer_entropy(answers[g]) for g in kept]
 
 
+NEGLIGIBLE = 1e-6  # ‖u‖ below this share of the rows' mean norm is rounding, not a direction
+
+
 def steering_vector(h: torch.Tensor, entropies, centre: bool = True) -> torch.Tensor | None:
     """Equation (1): the entropy-weighted mean of the rows of ``h`` ``(N, d)``, centred on their
-    plain mean when asked; ``None`` when every entropy is 0 (no prompt to steer towards)."""
+    plain mean when asked; ``None`` when every entropy is 0 (no prompt to steer towards) or, centred,
+    when the entropies are all equal: u is then 0 but for rounding, whose direction depends on
+    the order of the sums (it differed between one process and two), and scaling it to the
+    residual norm (2) would steer along noise."""
     w = torch.as_tensor(entropies, dtype=torch.float64)
     if w.numel() != h.shape[0]:
         raise ValueError(f"steering_vector: {w.numel()} entropies for {h.shape[0]} activations")
@@ -107,7 +113,10 @@ def steering_vector(h: torch.Tensor, entropies, centre: bool = True) -> torch.Te
         return None
     h = h.double()
     shifted = h - h.mean(0) if centre else h
-    return ((w[:, None] * shifted).sum(0) / w.sum()).float()
+    u = (w[:, None] * shifted).sum(0) / w.sum()
+    if not u.norm() > NEGLIGIBLE * shifted.norm(dim=-1).mean():
+        return None
+    return u.float()
 
 
 @register("decoding", "east", paper="EAST, Rahn et al., arXiv:2406.00244 (no code; weights, scale, positions ours)")
@@ -175,7 +184,8 @@ class EAST(Decoding):
 
     def _compute(self, engine, problems, entropies, step: int) -> bool:
         """Recompute u and r from ``problems`` (activations under the current weights) and their
-        answer entropies; keeps the previous u when every entropy is 0 or u comes out 0."""
+        answer entropies; keeps the previous u when the entropies give no direction
+        (``steering_vector`` is None)."""
         if not problems:
             return False
         if self.steer_layer is None:
@@ -185,7 +195,7 @@ class EAST(Decoding):
                              f"layers (0 to {engine.num_layers - 1}; null: the middle one)")
         h = engine.prompt_activations(problems, self.steer_layer)
         u = steering_vector(h, entropies, self.centre)
-        if u is None or not float(u.norm()) > 0:
+        if u is None:
             return False
         self.vector, self.vector_step = u, step
         self.residual_norm = float(h.double().norm(dim=-1).mean())
