@@ -442,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the study folder (OUT of compare --study)")
     p.add_argument("--write", default=None, metavar="FILE", help="also write the markdown to FILE")
     p.add_argument("--figures", default=None, metavar="DIR", help="also draw one picture per regime into DIR")
+    p.add_argument("--study", default=None, metavar="FILE",
+                   help="the study file: the coverage then counts the runs of every regime it declares, begun or not")
     p.set_defaults(func=cmd_board)
 
     p = sub.add_parser("crashtest", help="kill a training run with SIGKILL again and again, resume it each time, "

@@ -118,6 +118,9 @@ def test_hypothesis_verdicts_follow_the_rule():
     assert verdict(h, [(t, "ok", c(-0.02, 0.01))]).verdict == "not supported"   # significant the other way
     assert verdict(h, [(t, "not engaged (dump: ...)", None)]).verdict == "not engaged"
     assert verdict(h, [(t, "not run: no forking regime", None)]).verdict == "not run"
+    pending = Claim("collapse", "pass@1", "grpo", "at_least", 0.01)  # one test pending: the whole verdict waits
+    assert verdict(h, [(t, "not engaged (dump: ...)", None), (pending, "pending: dump has 2 of 5 seeds", None)]
+                   ).verdict == "pending"
     match = Claim("forking", "pass@1", "grpo", "at_least", -0.01)  # not lower than GRPO − 0.01: tested against −0.01
     assert passes(match, c(-0.005, 0.01, null=-0.01)) and not passes(match, c(-0.015, 0.01, null=-0.01))
     rel = Claim("collapse", "entropy", "grpo", "at_least_relative", 0.10)
@@ -174,6 +177,34 @@ def test_a_match_hypothesis_is_tested_against_its_margin(tmp_path):
     table, _ = board(tmp_path)
     o8 = next(line for line in table.splitlines() if line.startswith("| O8 |"))
     assert "**supported**" in o8 and "Δ +0.000 [+0.000, +0.000]" in o8
+
+
+def test_a_row_still_running_is_pending_and_left_out_of_the_family(tmp_path):
+    """A study in progress: DUMP has 2 of its 3 declared seeds, each far above GRPO. Its Δs show
+    "pending", are not tested (the family is KL-Cov's alone), its hypothesis C1 is pending, and the
+    coverage counts the runs finished against those the study file declares, regimes not begun too."""
+    grpo = {s: run([1] * P) for s in range(3)}
+    runs = {"grpo": grpo, "dump": {s: run([4] * P, engagement=engaged({"dump": True})) for s in range(2)},
+            "kl_cov": {s: run([2] * P, engagement=engaged({"kl_cov": True})) for s in range(3)}}
+    entries = {lb: {"spec": lb, "seeds": [0, 1, 2]} for lb in [*runs, "bandit"]}
+    write_regime(tmp_path / "default", runs, entries=entries)
+    study = tmp_path / "study.yaml"
+    study.write_text("seeds: 2\ntokens: 100\nrecipes: [grpo, dump]\n"
+                     "regimes: {default: {k_max: 2}, forking: {k_max: 2, recipes: [grpo]}}\n")
+    table, refused = board(tmp_path, study=study)
+    assert not refused
+    dump = next(line for line in table.splitlines() if line.startswith("| `dump`"))
+    cells = dump.split(" | ")
+    assert cells[1] == "2 of 3" and cells[4] == cells[6] == "pending" and "q " not in dump
+    assert "of the 2 comparisons of this regime" in table  # KL-Cov's pass@1 and pass@2, not DUMP's
+    assert "**Coverage: 8 of 12 declared runs finished**" in table
+    assert "rows still running: `dump` (2 of 3); rows not started: `bandit`." in table
+    c1 = next(line for line in table.splitlines() if line.startswith("| C1 |"))
+    assert "**pending**" in c1 and "dump has 2 of 3 seeds" in c1
+    assert "| default | 8 of 12 | 2 of 4 | 1 | 1 |" in table  # the folder's own declaration
+    assert "| forking | 0 of 2 | 0 of 1 | 0 | 1 (not begun) |" in table  # from the study file
+    o8 = next(line for line in table.splitlines() if line.startswith("| O8 |"))  # entropy_quantile, forking
+    assert "**pending**" in o8 and "the forking regime has not begun" in o8
 
 
 @pytest.mark.parametrize("change, message", [

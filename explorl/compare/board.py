@@ -110,19 +110,8 @@ def judge(regime: Regime, hypotheses: list[Hypothesis]) -> Judged:
     mechanisms = {h.recipe: h.engaged for h in hypotheses if h.engaged}
     for label in regime.runs:
         j.engagement[label] = engagement(regime, label, mechanisms.get(recipe_of(regime, label)))
-    if BASELINE not in regime.runs:
-        return j
-    acts = lambda lb: j.engagement[lb][0] != "not engaged"  # noqa: E731
-    applies = half_budget_applies(regime)
-    for label in table_rows(regime):
-        if label == BASELINE or not acts(label):
-            continue
-        for metric in ("pass@1", "pass@kmax") + (("reach@0.5",) if applies else ()):
-            _add(j, label, BASELINE, metric)
-        source = (regime.entry(label).get("control") or {}).get("of")
-        if source and acts(source):
-            for metric in ("pass@1", "pass@kmax"):
-                _add(j, source, label, metric)
+    if regime.complete(BASELINE):
+        _table_comparisons(j)
     for h in hypotheses:
         for i, test in enumerate(h.tests):
             if test.regime == regime.name:
@@ -133,6 +122,22 @@ def judge(regime: Regime, hypotheses: list[Hypothesis]) -> Judged:
     return j
 
 
+def _table_comparisons(j: Judged) -> None:
+    """Each complete, engaged row against GRPO, and each control against the row it controls."""
+    regime = j.regime
+    acts = lambda lb: j.engagement[lb][0] != "not engaged" and regime.complete(lb)  # noqa: E731
+    applies = half_budget_applies(regime)
+    for label in table_rows(regime):
+        if label == BASELINE or not acts(label):
+            continue
+        for metric in ("pass@1", "pass@kmax") + (("reach@0.5",) if applies else ()):
+            _add(j, label, BASELINE, metric)
+        source = (regime.entry(label).get("control") or {}).get("of")
+        if source and acts(source):
+            for metric in ("pass@1", "pass@kmax"):
+                _add(j, source, label, metric)
+
+
 def _add(j: Judged, label: str, against: str, metric: str, null: float = 0.0):
     key = (label, against, metric, null)
     if key not in j.comparisons:
@@ -141,29 +146,35 @@ def _add(j: Judged, label: str, against: str, metric: str, null: float = 0.0):
 
 
 def _hypothesis_test(j: Judged, h: Hypothesis, test: Claim) -> tuple[str, tuple | None]:
+    """``ok`` with the comparison's key, or why not: ``not run`` (the regime does not declare a row
+    the test needs), ``pending`` (a row it needs has not finished all its seeds), ``not engaged``."""
     regime = j.regime
-    label = h.recipe
-    if label not in regime.runs:
-        return f"not run: no {label} runs", None
-    against = test.against
+    entries = regime.settings.get("entries", {})
+    label, against = h.recipe, test.against
     if isinstance(against, dict) and "control" in against:
-        found = [lb for lb in regime.controls_of(label)
-                 if regime.entry(lb)["control"]["match"] == against["control"]]
+        found = [lb for lb, e in entries.items()
+                 if (e.get("control") or {}).get("of") == label and e["control"]["match"] == against["control"]]
         if not found:
             return f"not run: no {against['control']} control of {label}", None
-        against = found[0]
+        needed = [label, found[0]]
     elif isinstance(against, dict):
-        missing = [lb for lb in against["best_of"] if lb not in regime.runs]
-        if missing:
-            return f"not run: no {', '.join(missing)} runs", None
+        needed = [label, *against["best_of"]]
+    else:
+        needed = [label, against]
+    missing = [lb for lb in dict.fromkeys(needed) if lb not in entries and lb not in regime.runs]
+    if missing:
+        return f"not run: no {', '.join(missing)} runs", None
+    unfinished = [lb for lb in dict.fromkeys(needed) if not regime.complete(lb)]
+    if unfinished:
+        return "pending: " + ", ".join(f"{lb} has {len(regime.runs.get(lb, {}))} of {len(regime.planned(lb))} seeds"
+                                       for lb in unfinished), None
+    if isinstance(against, dict) and "best_of" in against:
         scored = [(mean_value(regime, lb, _end_metric(test.metric)), lb) for lb in against["best_of"]]
-        against = max(scored, key=lambda x: -1e9 if x[0] is None else x[0])[1]
-    elif against not in regime.runs:
-        return f"not run: no {against} runs", None
+        needed[1] = max(scored, key=lambda x: -1e9 if x[0] is None else x[0])[1]
     state, note = j.engagement[label]
     if state == "not engaged":
         return f"not engaged ({note.replace('**not engaged** — ', '')})", None
-    key = _add(j, label, against, test.metric, null_of(test))
+    key = _add(j, label, needed[1], test.metric, null_of(test))
     if j.comparisons[key] is None:
         return f"not run: the runs lack what {test.metric} needs", None
     return "ok", key
@@ -209,6 +220,34 @@ def table_rows(regime: Regime) -> list[str]:
     return out + sorted(controls - set(out))
 
 
+def _seeds(regime: Regime, label: str) -> str:
+    """``5``, or ``3 of 5`` while the row's declared seeds are still running."""
+    have, planned = len(regime.runs.get(label, {})), len(regime.planned(label))
+    return str(have) if regime.complete(label) else f"{have} of {planned}"
+
+
+def coverage(regime: Regime) -> tuple[int, int, list[str], list[str]]:
+    """(finished runs, declared runs, rows still running, rows not started) of a regime."""
+    labels = list(dict.fromkeys([*regime.settings.get("entries", {}), *regime.runs]))
+    done = sum(len(regime.runs.get(lb, {})) for lb in labels)
+    planned = sum(max(len(regime.planned(lb)), len(regime.runs.get(lb, {}))) for lb in labels)
+    running = [lb for lb in labels if lb in regime.runs and not regime.complete(lb)]
+    return done, planned, running, regime.not_started()
+
+
+def coverage_line(regime: Regime) -> str:
+    done, planned, running, waiting = coverage(regime)
+    if not running and not waiting:
+        return f"Coverage: all {planned} declared runs finished."
+    parts = [f"**Coverage: {done} of {planned} declared runs finished** — this table is partial: a row is "
+             f"compared (and counted in the family below) only once all its declared seeds have finished"]
+    if running:
+        parts.append(f"rows still running: {', '.join(f'`{lb}` ({_seeds(regime, lb)})' for lb in running)}")
+    if waiting:
+        parts.append(f"rows not started: {', '.join(f'`{lb}`' for lb in waiting)}")
+    return "; ".join(parts) + "."
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -242,7 +281,7 @@ def regime_table(j: Judged) -> str:
     regime, runs = j.regime, j.regime.runs
     name, k = regime.name, regime.k_max
     if BASELINE not in runs:
-        return f"### {name}\n\n(no {BASELINE} runs yet: nothing to compare against)\n"
+        return f"### {name}\n\n(no {BASELINE} runs yet: nothing to compare against)\n\n{coverage_line(regime)}\n"
     base = runs[BASELINE]
     target = _mean([r.end.pass1 for r in base.values()])
     budget = regime.budget
@@ -256,9 +295,9 @@ def regime_table(j: Judged) -> str:
              f"problems. Evaluated: {regime.problems} held-out problems, n = {regime.n} samples each at the start and "
              f"end" + (f" (n = {', '.join(map(str, along))} in the cheaper evaluations along the way)" if along else "")
              + f". Budget {budget:.0f} policy tokens per run. Start (GRPO's seeds): pass@1 {start_p1:.3f}, "
-             f"pass@{k} {start_pk:.3f}. GRPO: {len(base)} seeds, final pass@1 {target:.3f}"
+             f"pass@{k} {start_pk:.3f}. GRPO: {_seeds(regime, BASELINE)} seeds, final pass@1 {target:.3f}"
              + ("." if applies else " — not above its start, so \"½ budget\" and \"tokens to GRPO\" do not apply."),
-             "",
+             "", coverage_line(regime), "",
              f"Δ: the row minus GRPO, paired by seed and by held-out problem, [95% paired bootstrap interval over "
              f"seeds and problems, B = {stats.RESAMPLES}], q: Benjamini–Hochberg over the two-sided bootstrap "
              f"p-values (twice the share of resamples on the far side of 0) of the {family} comparisons of "
@@ -277,7 +316,8 @@ def regime_table(j: Judged) -> str:
         cells = {m: "—" for m in ("pass@1", "pass@kmax", "reach@0.5")}
         if label != BASELINE:
             for m in cells:
-                cells[m] = ("not engaged" if state == "not engaged"
+                cells[m] = ("pending" if not (regime.complete(label) and regime.complete(BASELINE))
+                            else "not engaged" if state == "not engaged"
                             else delta_cell(j.comparisons.get((label, BASELINE, m, 0.0))))
         versus = "—"
         if control:
@@ -289,7 +329,7 @@ def regime_table(j: Judged) -> str:
         teacher = _mean([r.row.get("teacher_tokens") for r in rs.values()])
         title = f"↳ `{label}` (control of `{control['of']}`: {control['match']})" if control else f"`{label}`"
         lines.append(
-            f"| {title} | {len(rs)} | {note} | {_fmt(_mean([r.end.pass1 for r in rs.values()]))} | {cells['pass@1']} | "
+            f"| {title} | {_seeds(regime, label)} | {note} | {_fmt(_mean([r.end.pass1 for r in rs.values()]))} | {cells['pass@1']} | "
             f"{_fmt(_mean([float(r.end.pass_at(k).mean()) for r in rs.values()]))} | {cells['pass@kmax']} | "
             f"{cells['reach@0.5']} | {versus} | {share} | {_fmt(teacher, '.0f') if teacher else '—'} | "
             f"{_fmt(_mean([r.row.get('steps') for r in rs.values()]), '.1f')} | "
@@ -355,21 +395,24 @@ def warm_lines(j: Judged) -> list[str]:
     return out
 
 
-def hypotheses_section(judged: dict[str, Judged], hypotheses: list[Hypothesis]) -> str:
+def hypotheses_section(judged: dict[str, Judged], hypotheses: list[Hypothesis], declared=()) -> str:
     lines = ["## Pre-registered hypotheses", "",
              "Each row of [docs/hypotheses.md](hypotheses.md) as `configs/studies/hypotheses.yaml` states it, judged "
              "by its rule: **supported** where every test is significant (q < 0.05 in its regime) in the stated "
              "direction and reaches the stated size with the mechanism engaged; **not engaged** where the mechanism "
-             "did not act; **not supported** otherwise; **not run** where a regime or row it needs has no runs.", "",
+             "did not act; **not supported** otherwise; **pending** where a row it needs has not finished all its "
+             "declared seeds; **not run** where the study declares no regime or row it needs.", "",
              "| id | recipe | hypothesis | verdict | evidence |", "|---|---|---|---|---|"]
     for h in hypotheses:
         results = []
         for i, test in enumerate(h.tests):
             j = judged.get(test.regime)
             if j is None:
-                results.append((test, f"not run: no {test.regime} regime", None))
+                state = (f"pending: the {test.regime} regime has not begun" if test.regime in declared
+                         else f"not run: no {test.regime} regime")
+                results.append((test, state, None))
                 continue
-            state, key = j.tests.get((h.id, i), ("not run: no GRPO runs", None))
+            state, key = j.tests[(h.id, i)]
             results.append((test, state, j.comparisons.get(key) if key else None))
         out = verdict(h, results)
         for name in sorted({t.regime for t in h.tests}):  # a guidance gain is stated with its teacher tokens
@@ -433,15 +476,17 @@ def _interp(curve, x):
     return ys[-1]
 
 
-def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None) -> tuple[str, list[str]]:
+def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None,
+          study: Path | None = None) -> tuple[str, list[str]]:
     """The markdown of every regime folder of a study (``OUT/<regime>/results.json``), the
     hypotheses' verdicts and the fixed section on what the board can say; with ``figures`` one
-    picture per regime written there and linked. Returns the text and the refusals."""
+    picture per regime written there and linked; with ``study`` (the study file) the coverage of
+    every regime it declares, begun or not. Returns the text and the refusals."""
     folders = sorted(p.parent for p in Path(out).glob("*/results.json"))
     if not folders:
         raise FileNotFoundError(f"{out}: no regime folder with a results.json (run explorl compare --study first)")
     hyps = load(hypotheses) if hypotheses else load()
-    parts, judged, refused = [], {}, []
+    parts, judged, refused, regimes = [], {}, [], {}
     for folder in folders:
         try:
             regime = read_regime(folder)
@@ -449,18 +494,52 @@ def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None
             refused.append(f"{folder.name}: {err}")
             parts.append(f"### {folder.name}\n\n**Refused:** {err}\n")
             continue
+        regimes[folder.name] = regime
         j = judge(regime, hyps)
         judged[folder.name] = j
         parts.append(regime_table(j))
         if figures is not None and BASELINE in regime.runs:
             png = regime_figure(j, Path(figures) / f"{folder.name}.png")
             parts.append(f"![{folder.name}]({png.as_posix()})\n")
-    parts += [hypotheses_section(judged, hyps), CAN_AND_CANNOT]
-    return "\n".join(parts), refused
+    declared = declared_runs(study) if study else {}
+    parts += [hypotheses_section(judged, hyps, declared), CAN_AND_CANNOT]
+    return "\n".join([coverage_section(regimes, declared), *parts]), refused
+
+
+def declared_runs(study: Path) -> dict[str, tuple[int, int]]:
+    """Per regime of a study file, (runs, rows) that ``compare --study`` would make: the recipes,
+    controls and second warm starts, each with its seeds."""
+    from argparse import Namespace
+    from explorl.compare.study import planned_entries
+    from explorl.compare.studyfile import load_study, regime_args
+    plain = Namespace(overrides=[], jobs=1, eval_every_tokens=None, out=".", study=str(study), regimes=None)
+    out = {}
+    for name, settings in load_study(study):
+        entries = planned_entries(regime_args(plain, name, settings))
+        out[name] = (sum(len(e.seeds) for e in entries), len(entries))
+    return out
+
+
+def coverage_section(regimes: dict[str, Regime], declared: dict[str, tuple[int, int]]) -> str:
+    """What has run: per regime, finished against declared runs and complete rows."""
+    lines = ["## Coverage", "", "| regime | runs finished | rows complete | rows still running | rows not started |",
+             "|---|---|---|---|---|"]
+    for name in dict.fromkeys([*declared, *regimes]):
+        regime = regimes.get(name)
+        if regime is None:
+            runs, rows = declared[name]
+            lines.append(f"| {name} | 0 of {runs} | 0 of {rows} | 0 | {rows} (not begun) |")
+            continue
+        done, planned, running, waiting = coverage(regime)
+        rows = [lb for lb in dict.fromkeys([*regime.settings.get("entries", {}), *regime.runs])]
+        complete = sum(regime.complete(lb) for lb in rows)
+        lines.append(f"| {name} | {done} of {planned} | {complete} of {len(rows)} | {len(running)} | {len(waiting)} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_board(args) -> int:
-    text, refused = board(Path(args.out), Path(args.figures) if args.figures else None)
+    text, refused = board(Path(args.out), Path(args.figures) if args.figures else None,
+                          study=Path(args.study) if getattr(args, "study", None) else None)
     if args.write:
         from explorl.atomic import write_text_atomic
         write_text_atomic(Path(args.write), text)

@@ -132,7 +132,7 @@ def doc_rows(path: Path = DOC) -> dict[str, dict]:
 # ---- verdicts -------------------------------------------------------------------------------
 @dataclass
 class Outcome:
-    verdict: str                    # supported | not supported | not engaged | not run | not evaluated | control
+    verdict: str                    # supported | not supported | not engaged | pending | not run | not evaluated | control
     evidence: list[str] = field(default_factory=list)
 
 
@@ -155,7 +155,7 @@ def null_of(test: Claim) -> float:
 
 
 def verdict(h: Hypothesis, results: list[tuple[Claim, str, object]]) -> Outcome:
-    """``results``: per test, its state (``ok``, ``not run: why``, ``not engaged: why``) and its
+    """``results``: per test, its state (``ok``, ``pending: why``, ``not run: why``, ``not engaged: why``) and its
     comparison (``explorl.compare.stats.Comparison`` or None)."""
     if h.control:
         return Outcome("control", ["a control, no hypothesis of its own"])
@@ -172,6 +172,8 @@ def verdict(h: Hypothesis, results: list[tuple[Claim, str, object]]) -> Outcome:
                             + (f", q {c.q:.3g}" if c.q is not None else ", not tested")
                             + (" — passes" if passes(test, c) else " — fails"))
     states = [state for _, state, _ in results]
+    if any(s.startswith("pending") for s in states):  # engagement too may change with the seeds to come
+        return Outcome("pending", evidence)
     if any(s.startswith("not engaged") for s in states):
         return Outcome("not engaged", evidence)
     if any(s.startswith("not run") for s in states):

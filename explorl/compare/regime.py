@@ -102,6 +102,19 @@ class Regime:
     def entry(self, label: str) -> dict:
         return self.settings.get("entries", {}).get(label, {})
 
+    def planned(self, label: str) -> list[int]:
+        """The seeds the study declared for ``label`` (those it has, where it declared none)."""
+        seeds = self.entry(label).get("seeds")
+        return list(seeds) if seeds is not None else sorted(self.runs.get(label, {}))
+
+    def complete(self, label: str) -> bool:
+        """Whether every declared seed of ``label`` has finished (only then is it compared)."""
+        return label in self.runs and set(self.planned(label)) <= set(self.runs[label])
+
+    def not_started(self) -> list[str]:
+        """Declared rows with no finished run yet."""
+        return [lb for lb in self.settings.get("entries", {}) if lb not in self.runs]
+
     def controls_of(self, label: str) -> list[str]:
         return [lb for lb, e in self.settings.get("entries", {}).items()
                 if (e.get("control") or {}).get("of") == label and lb in self.runs]

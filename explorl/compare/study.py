@@ -227,7 +227,7 @@ def _check_args(args) -> list[Entry]:
     """Validate everything that can be checked before any training; returns the rows to run:
     the recipes, each recipe's second warm start (``args.second_warm_start``) and the controls
     (``args.controls``), also kept as ``args._entries``."""
-    from explorl.config import load_config, parse_override, recipe_path
+    from explorl.config import load_config, parse_override
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if getattr(args, "jobs", 1) < 1:
@@ -240,6 +240,23 @@ def _check_args(args) -> list[Entry]:
         key = ".".join(parse_override(item)[0])
         if key in RESERVED_SETS:
             raise ValueError(f"--set {item!r}: {key} is set by compare ({RESERVED_SETS[key]})")
+    entries = planned_entries(args)
+    args._entries = entries
+    for entry in entries:
+        try:  # the whole config and its plug-ins, so a bad recipe fails now rather than mid-study
+            from explorl.train.plugins import Plugins
+            cfg = load_config(args.config, _train_sets(args, 0, entry), entry.spec)
+            Plugins.from_config(cfg)
+            _check_declared(args, cfg)
+        except ValueError as err:
+            raise ValueError(f"recipe {entry.label!r}: {err}") from None
+    return entries
+
+
+def planned_entries(args) -> list[Entry]:
+    """The rows a comparison declares, each with its seeds: the recipes, their second warm start
+    and the controls (names checked; the configs are checked by ``_check_args``)."""
+    from explorl.config import recipe_path
     names = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if not names:
         raise ValueError("--recipes: give at least one recipe, e.g. --recipes grpo,clip_higher")
@@ -259,17 +276,7 @@ def _check_args(args) -> list[Entry]:
     unknown = sorted(set(per_recipe) - set(seen))
     if unknown:
         raise ValueError(f"seeds_per_recipe: {', '.join(unknown)} not among the recipes ({', '.join(seen)})")
-    entries += _warm_start_entries(args, entries) + _control_entries(args, entries)
-    args._entries = entries
-    for entry in entries:
-        try:  # the whole config and its plug-ins, so a bad recipe fails now rather than mid-study
-            from explorl.train.plugins import Plugins
-            cfg = load_config(args.config, _train_sets(args, 0, entry), entry.spec)
-            Plugins.from_config(cfg)
-            _check_declared(args, cfg)
-        except ValueError as err:
-            raise ValueError(f"recipe {entry.label!r}: {err}") from None
-    return entries
+    return entries + _warm_start_entries(args, entries) + _control_entries(args, entries)
 
 
 def _check_declared(args, cfg) -> None:
