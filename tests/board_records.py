@@ -25,7 +25,7 @@ def write_regime(folder: Path, runs: dict, *, k_max: int = 2, budget: int = 100,
                  entries: dict | None = None, n: int = 4) -> Path:
     """``runs``: label -> seed -> dict with ``end`` and ``start`` (correct counts), and optionally
     ``after_phase``, ``along`` ([(tokens, correct counts, samples)]), ``engagement`` (``engaged``),
-    ``steps``, ``teacher_tokens``, ``frac_zero_std``, ``tokens`` (the run's last tokens/total),
+    ``steps``, ``teacher_tokens``, ``wall_s``, ``frac_zero_std``, ``tokens`` (the run's last tokens/total),
     ``metrics`` (extra keys on every metrics line) and per-problem ``columns`` of the end."""
     folder = Path(folder)
     rows = {}
@@ -51,7 +51,7 @@ def write_regime(folder: Path, runs: dict, *, k_max: int = 2, budget: int = 100,
             (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
             rows.setdefault(label, {})[f"seed{seed}"] = {
                 "seed": seed, "dir": f"runs/{label}/seed{seed}", "tokens": last, "steps": spec.get("steps", len(lines)),
-                "teacher_tokens": spec.get("teacher_tokens", 0),
+                "teacher_tokens": spec.get("teacher_tokens", 0), "wall_s": spec.get("wall_s", 0.0),
                 "frac_zero_std_mean": spec.get("frac_zero_std"),
                 "engagement": spec.get("engagement", engaged())}
     settings = {"tokens": budget, "k_max": k_max, "heldout_problems": heldout_problems,

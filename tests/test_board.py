@@ -184,7 +184,7 @@ def test_a_row_still_running_is_pending_and_left_out_of_the_family(tmp_path):
     "pending", are not tested (the family is KL-Cov's alone), its hypothesis C1 is pending, and the
     coverage counts the runs finished against those the study file declares, regimes not begun too."""
     grpo = {s: run([1] * P) for s in range(3)}
-    runs = {"grpo": grpo, "dump": {s: run([4] * P, engagement=engaged({"dump": True})) for s in range(2)},
+    runs = {"grpo": grpo, "dump": {s: run([4] * P, engagement=engaged({"dump": True}), wall_s=1800.0) for s in range(2)},
             "kl_cov": {s: run([2] * P, engagement=engaged({"kl_cov": True})) for s in range(3)}}
     entries = {lb: {"spec": lb, "seeds": [0, 1, 2]} for lb in [*runs, "bandit"]}
     write_regime(tmp_path / "default", runs, entries=entries)
@@ -201,8 +201,8 @@ def test_a_row_still_running_is_pending_and_left_out_of_the_family(tmp_path):
     assert "rows still running: `dump` (2 of 3); rows not started: `bandit`." in table
     c1 = next(line for line in table.splitlines() if line.startswith("| C1 |"))
     assert "**pending**" in c1 and "dump has 2 of 3 seeds" in c1
-    assert "| default | 8 of 12 | 2 of 4 | 1 | 1 |" in table  # the folder's own declaration
-    assert "| forking | 0 of 2 | 0 of 1 | 0 | 1 (not begun) |" in table  # from the study file
+    assert "| default | 8 of 12 | 2 of 4 | 1 | 1 | 1.0 h |" in table  # the folder's own declaration; 2 × 30 min
+    assert "| forking | 0 of 2 | 0 of 1 | 0 | 1 (not begun) | — |" in table  # from the study file
     o8 = next(line for line in table.splitlines() if line.startswith("| O8 |"))  # entropy_quantile, forking
     assert "**pending**" in o8 and "the forking regime has not begun" in o8
 

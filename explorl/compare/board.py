@@ -503,7 +503,12 @@ def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None
             parts.append(f"![{folder.name}]({png.as_posix()})\n")
     declared = declared_runs(study) if study else {}
     parts += [hypotheses_section(judged, hyps, declared), CAN_AND_CANNOT]
-    return "\n".join([coverage_section(regimes, declared), *parts]), refused
+    head = (f"# Leaderboard: which exploration methods help, and where\n\n"
+            f"Printed by `explorl board --out {Path(out).as_posix()}"
+            + (f" --study {Path(study).as_posix()}" if study else "") + "` from the runs of `explorl compare --study` "
+            f"(rerun it to continue a study). Each regime's table is paired by seed and by held-out problem against "
+            f"GRPO; the hypotheses are [docs/hypotheses.md](hypotheses.md)'s, committed before the runs.\n")
+    return "\n".join([head, coverage_section(regimes, declared), *parts]), refused
 
 
 def declared_runs(study: Path) -> dict[str, tuple[int, int]]:
@@ -521,19 +526,26 @@ def declared_runs(study: Path) -> dict[str, tuple[int, int]]:
 
 
 def coverage_section(regimes: dict[str, Regime], declared: dict[str, tuple[int, int]]) -> str:
-    """What has run: per regime, finished against declared runs and complete rows."""
-    lines = ["## Coverage", "", "| regime | runs finished | rows complete | rows still running | rows not started |",
-             "|---|---|---|---|---|"]
+    """What has run and what it cost: per regime, finished against declared runs, complete rows
+    and the wall time of the finished runs (each run's own, start to end)."""
+    lines = ["## Coverage", "", "| regime | runs finished | rows complete | rows still running | rows not started | "
+             "wall time of the finished runs |", "|---|---|---|---|---|---|"]
+    total = 0.0
     for name in dict.fromkeys([*declared, *regimes]):
         regime = regimes.get(name)
         if regime is None:
             runs, rows = declared[name]
-            lines.append(f"| {name} | 0 of {runs} | 0 of {rows} | 0 | {rows} (not begun) |")
+            lines.append(f"| {name} | 0 of {runs} | 0 of {rows} | 0 | {rows} (not begun) | — |")
             continue
         done, planned, running, waiting = coverage(regime)
         rows = [lb for lb in dict.fromkeys([*regime.settings.get("entries", {}), *regime.runs])]
         complete = sum(regime.complete(lb) for lb in rows)
-        lines.append(f"| {name} | {done} of {planned} | {complete} of {len(rows)} | {len(running)} | {len(waiting)} |")
+        wall = sum(r.row.get("wall_s") or 0.0 for rs in regime.runs.values() for r in rs.values())
+        total += wall
+        lines.append(f"| {name} | {done} of {planned} | {complete} of {len(rows)} | {len(running)} | {len(waiting)} | "
+                     f"{wall / 3600:.1f} h |")
+    lines += ["", f"Cost so far: {total / 3600:.1f} hours of runs, summed over runs (runs of a study go "
+              f"`--jobs` at a time, so the study's own wall time is shorter), evaluations included."]
     return "\n".join(lines) + "\n"
 
 
