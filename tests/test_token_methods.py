@@ -365,6 +365,27 @@ def test_adaptive_entropy_coefficient_rises_below_target_and_falls_above():
     assert (fresh.coef, fresh.last_entropy) == (obj.coef, obj.last_entropy) == (pytest.approx(0.01), 0.2)
 
 
+def test_adaptive_entropy_target_relative_to_the_runs_first_steps():
+    """target_relative: the coefficient stays 0 while the first steps' entropy is measured; the
+    target is then that share of their mean, and the control acts against it from the next step."""
+    obj = AdaptiveEntropy(target_entropy=None, target_relative=0.75, relative_steps=2, delta=0.01, max_coef=0.05)
+    ctx = make_ctx([[-1.0, -1.0]], [[-1.0, -1.0]], [[0.0]])
+    ctx.entropy = torch.tensor([[1.0, 2.0]])
+    assert obj.term(ctx)[0].abs().sum() == 0 and obj.target is None
+    assert "entropy/adaptive_target" not in obj.observe(stats(0.6))
+    assert obj.term(ctx)[0].abs().sum() == 0 and obj.coef == 0.0
+    assert obj.observe(stats(1.0))["entropy/adaptive_target"] == pytest.approx(0.6)  # 0.75 × mean(0.6, 1.0)
+    obj.observe(stats(0.59))                          # below the floor: the coefficient rises
+    assert obj.coef == pytest.approx(0.01) and obj.term(ctx)[0][0].tolist() == pytest.approx([-0.01, -0.02])
+    fresh = AdaptiveEntropy(target_entropy=None, target_relative=0.75, relative_steps=2)
+    fresh.load_state_dict(obj.state_dict())
+    assert (fresh.target, fresh.start_entropies, fresh.coef) == (obj.target, [0.6, 1.0], obj.coef)
+    with pytest.raises(ValueError, match="either target_entropy .* or target_relative"):
+        AdaptiveEntropy(target_entropy=0.2, target_relative=0.75)
+    with pytest.raises(ValueError, match="either target_entropy"):
+        AdaptiveEntropy(target_entropy=None)
+
+
 # ---- EPO ---------------------------------------------------------------------------------
 
 def test_epo_smoothing_penalises_entropy_outside_the_band_with_a_gradient():
