@@ -388,6 +388,27 @@ def test_adaptive_entropy_target_relative_to_the_runs_first_steps():
 
 # ---- EPO ---------------------------------------------------------------------------------
 
+def test_epo_phase_schedule_over_the_runs_actual_length():
+    """total_steps: null: the phase weight follows the share of the token budget generated (a run
+    of unknown step count), or of train.steps without a budget; either way the code's w(e/E)."""
+    budgeted = EPO(total_steps=None)
+    assert budgeted.before_training(SimpleNamespace(run_length={"steps": 1_000_000, "max_tokens": 1000})) == {
+        "phase schedule over tokens": 1000}
+    assert budgeted.weight(1) == pytest.approx(1.0)
+    for done in (250, 250, 200):                      # 700 of 1000 tokens generated: e/E = 0.7
+        budgeted.observe(SimpleNamespace(tokens=done, extras={}))
+    assert budgeted.weight(3) == pytest.approx(phase_weight(0.7, 1.0)) == pytest.approx(phase_weight(105, 150))
+    assert budgeted.weight(3) > 0.1                   # a fixed 40-step schedule would be ~0 by step 40 of 112
+    stepped = EPO(total_steps=None)
+    stepped.before_training(SimpleNamespace(run_length={"steps": 40, "max_tokens": None}))
+    assert stepped.weight(21) == pytest.approx(EPO(total_steps=40).weight(21))
+    fresh = EPO(total_steps=None)
+    fresh.load_state_dict(budgeted.state_dict())      # a resume does not run before_training again
+    assert fresh.weight(3) == budgeted.weight(3)
+    with pytest.raises(ValueError, match="the run's length was never set"):
+        EPO(total_steps=None).weight(2)
+
+
 def test_epo_smoothing_penalises_entropy_outside_the_band_with_a_gradient():
     obj = EPO(entropy_coef=0.01, smooth_coef=1.0, kappa_low=0.8, kappa_high=1.2, smooth_penalty=0.1,
               total_steps=100, phase_weighting=False)

@@ -45,7 +45,8 @@ class Component:
         """Called once before the first step of a run (not on resume): e.g. an SFT phase, or a
         calibration set sampled to set the method up. ``ctx`` is a ``GuideContext`` with
         ``draw(n)`` (problems from the curriculum), ``tasks`` (the run's task mix),
-        ``problems_per_step`` and ``update(batch)`` (one optimizer step on a batch of rows).
+        ``problems_per_step``, ``run_length`` (``{"steps": train.steps, "max_tokens":
+        train.max_tokens}``) and ``update(batch)`` (one optimizer step on a batch of rows).
         Returns counts to report (logged once)."""
         return {}
 

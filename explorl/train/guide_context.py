@@ -52,6 +52,7 @@ def before_training_context(trainer, m: dict, clock, sample) -> GuideContext:
     ctx.draw = lambda n: trainer.plugins.curriculum.next(n)[0]
     ctx.tasks = trainer.tasks
     ctx.problems_per_step = trainer.cfg.train.problems_per_step
+    ctx.run_length = {"steps": trainer.cfg.train.steps, "max_tokens": trainer.cfg.train.max_tokens}
 
     def update(batch):
         out = optimise(batch, trainer.train_engine, trainer.plugins, trainer.optimizer, trainer.cfg, 0, trainer.needs,

@@ -23,8 +23,11 @@ Documented choices:
   a plain entropy bonus). The code applies the penalty only to turns k ≥ max_turns/2;
   ``late_half_only=True`` mirrors that with positions t ≥ L/2 (L = the batch's response
   width); the default applies it at every position.
-- **Training progress.** The code hard-codes E = 150 epochs; here e = step − 1 and E =
-  ``total_steps`` (default 150, the code's value; set it to ``train.steps``).
+- **Training progress.** The code hard-codes E = 150 epochs, its runs' length; here e = step − 1
+  and E = ``total_steps`` (default 150, the code's value). ``total_steps: null`` puts the schedule
+  over the run's actual length: e/E is the share of ``train.max_tokens`` generated before the
+  step in a run with a token budget (the number of steps it will take is not known in advance),
+  else (step − 1) / ``train.steps``. w depends on e/E only, so both are the code's schedule.
   ``phase_weighting=False`` uses w = 1.
 - Defaults are the code's: κ_l = 0.8, κ_r = 1.2, p = 0.1, c_ent = 0.001, c_smooth = 1
   (the ALFWorld/ScienceWorld scripts use κ_l = 0, κ_r = 2, p = 0.1 or 0.05).
@@ -54,16 +57,16 @@ class EPO(Objective):
     engaged_when = (Acted("loss/epo_phase_weight", ">=", 0.5, reduce="share", step_above=0.1,
                           what="the phase weight is > 0.1 on at least half the steps"),)
     needs = frozenset({"entropy"})
-    state_keys = ("hist_sum", "hist_count")
+    state_keys = ("hist_sum", "hist_count", "total", "run_tokens", "tokens_seen")
 
     def __init__(self, entropy_coef: float = 0.001, smooth_coef: float = 1.0, kappa_low: float = 0.8,
-                 kappa_high: float = 1.2, smooth_penalty: float = 0.1, total_steps: int = 150,
+                 kappa_high: float = 1.2, smooth_penalty: float = 0.1, total_steps: int | None = 150,
                  bucket_size: int = 1, smoothing: str = "abs", late_half_only: bool = False,
                  phase_weighting: bool = True):
         if kappa_low > kappa_high:
             raise ValueError(f"objective epo: kappa_low ({kappa_low}) > kappa_high ({kappa_high})")
-        if total_steps < 1 or bucket_size < 1:
-            raise ValueError("objective epo: total_steps and bucket_size must be >= 1")
+        if (total_steps is not None and total_steps < 1) or bucket_size < 1:
+            raise ValueError("objective epo: total_steps (or null: the run's length) and bucket_size must be >= 1")
         if smoothing not in ("abs", "square"):
             raise ValueError(f"objective epo: smoothing must be 'abs' or 'square', got {smoothing!r}")
         self.c_ent, self.c_smooth, self.p = entropy_coef, smooth_coef, smooth_penalty
@@ -72,9 +75,31 @@ class EPO(Objective):
         self.late_half_only, self.phase_weighting = late_half_only, phase_weighting
         self.hist_sum: list[float] = []
         self.hist_count: list[int] = []
+        self.run_tokens = None  # with total_steps null in a run with a token budget: the budget
+        self.tokens_seen = 0    # generated tokens observed so far
+
+    def before_training(self, ctx) -> dict:
+        """With ``total_steps: null``, the run's length: its token budget, else its steps."""
+        if self.total is not None or self.run_tokens is not None:
+            return {}
+        length = ctx.run_length
+        if length.get("max_tokens"):
+            self.run_tokens = int(length["max_tokens"])
+            return {"phase schedule over tokens": self.run_tokens}
+        self.total = int(length["steps"])
+        return {"phase schedule over steps": self.total}
+
+    def progress(self, step: int) -> float:
+        """e/E of the phase weight: the share of the run done before ``step``."""
+        if self.run_tokens is not None:
+            return min(self.tokens_seen / self.run_tokens, 1.0)
+        if self.total is None:
+            raise ValueError("objective epo: total_steps is null but the run's length was never set (before_training "
+                             "did not run and the checkpoint holds none)")
+        return max(step - 1, 0) / self.total
 
     def weight(self, step: int) -> float:
-        return phase_weight(max(step - 1, 0), self.total) if self.phase_weighting else 1.0
+        return phase_weight(self.progress(step), 1.0) if self.phase_weighting else 1.0
 
     def history(self, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """H̄ per response position ``(length,)`` and whether the position has history."""
@@ -107,6 +132,7 @@ class EPO(Objective):
             "loss/epo_phase_weight": self.weight(ctx.step)}
 
     def observe(self, stats):
+        self.tokens_seen += int(stats.tokens)
         batch = stats.extras.get("batch")
         if batch is None:
             return {}
