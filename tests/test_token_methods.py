@@ -388,6 +388,18 @@ def test_adaptive_entropy_target_relative_to_the_runs_first_steps():
 
 # ---- EPO ---------------------------------------------------------------------------------
 
+def test_recipes_are_set_as_their_papers_intend_on_any_testbed():
+    """Lp-Reg on-policy whatever the config's updates per batch; EPO's schedule over the run's
+    length; adaptive entropy's target relative to the run's start."""
+    from explorl.config import load_config
+    lp = load_config("configs/testbed.yaml", [], "lp_reg")
+    assert (lp.train.ppo_epochs, lp.train.minibatches) == (1, 1)
+    objectives = lambda cfg: {o["name"]: o for o in cfg.to_dict()["objective"]}  # noqa: E731
+    assert objectives(load_config(None, [], "epo"))["epo"]["total_steps"] is None
+    adaptive = objectives(load_config(None, [], "adaptive_entropy"))["adaptive_entropy"]
+    assert adaptive["target_entropy"] is None and adaptive["target_relative"] == 0.75
+
+
 def test_epo_phase_schedule_over_the_runs_actual_length():
     """total_steps: null: the phase weight follows the share of the token budget generated (a run
     of unknown step count), or of train.steps without a budget; either way the code's w(e/E)."""
