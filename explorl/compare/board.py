@@ -291,7 +291,7 @@ def regime_table(j: Judged) -> str:
     along = sorted({n for rs in runs.values() for r in rs.values() for n in r.along})
     family = sum(c is not None and c.p is not None for c in j.comparisons.values())
     lines = [f"### {name}", "",
-             f"Declared before the runs: k_max = {k}, at least {regime.settings.get('heldout_problems', '?')} held-out "
+             f"Config `{regime.settings.get('config') or 'configs/testbed.yaml'}`. Declared before the runs: k_max = {k}, at least {regime.settings.get('heldout_problems', '?')} held-out "
              f"problems. Evaluated: {regime.problems} held-out problems, n = {regime.n} samples each at the start and "
              f"end" + (f" (n = {', '.join(map(str, along))} in the cheaper evaluations along the way)" if along else "")
              + f". Budget {budget:.0f} policy tokens per run. Start (GRPO's seeds): pass@1 {start_p1:.3f}, "
