@@ -709,6 +709,23 @@ def test_uniform_pool_draws_learnabilitys_pool_and_samples_it_uniformly():
     assert uniform.engagement() is None  # a control, no mechanism
 
 
+def test_ead_schedule_on_the_runs_response_length():
+    """reference_length 12: a 48-token answer goes through the schedule of a 12-token one, four
+    positions per step of it; the span logged is over the positions the responses reached."""
+    ead = EAD(exponent_scale=1.0, decay_freq=20.0, warmup_tokens=0, decay_increase=0.0, reference_length=12)
+    short, long = ead.temperatures(step=1, max_new_tokens=12), ead.temperatures(step=1, max_new_tokens=48)
+    assert long[::4].tolist() == pytest.approx(short.tolist())
+    assert long[47].item() == pytest.approx(2.2 - math.exp(47 * 12 / 48 / 20)) and long[47] > 0.1
+    unscaled = EAD(exponent_scale=1.0, decay_freq=20.0, warmup_tokens=0, decay_increase=0.0)
+    assert unscaled.temperatures(step=1, max_new_tokens=48)[47].item() == pytest.approx(0.1)  # floor by token 15
+    batch = type("B", (), {"lengths": torch.tensor([20, 24, 30])})()  # median 24 of 48: half the schedule
+    m = ead.observe(StepStats(step=1, problems=[], rewards=[], advantages=[], entropy=0.0, tokens=0,
+                              extras={"batch": batch}))
+    assert m["decode/temperature_span"] == pytest.approx(float(long[0] - long[23]))
+    with pytest.raises(ValueError, match="reference_length must be >= 1"):
+        EAD(reference_length=0)
+
+
 def test_ead_logs_the_temperature_span_the_responses_lived_through():
     ead = EAD()  # warm-up of 10 tokens at T = 1, then cooling
     lengths = torch.tensor([4, 30, 30, 200])  # median 30

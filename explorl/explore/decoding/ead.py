@@ -14,6 +14,12 @@ Learning", arXiv:2510.05251 (code: yangalan123/EAD-RLVR,
 (``stability_temp``) 0.1, d_0 (``decay_freq``) 25, c (``warmup_tokens``) 10, increase 5.
 s is the trainer's step (1 at the first update, like verl's ``global_steps``).
 
+``reference_length`` (default None: positions as they are) sets the schedule on the run's response
+length: position t is read as t · ``reference_length`` / L, L = ``train.max_new_tokens``, so a
+schedule set for answers of ``reference_length`` tokens covers an L-token answer in the same
+proportions (the recipe's values were set for the testbed's 12-token answers; on 56-token
+answers they would reach τ_min by token 15).
+
 Rollouts come from the annealed distribution, not from π_old at T = 1; the engine records
 each token's log-prob under the distribution it was sampled from (``behaviour_logp``), and
 the off-policy correction is truncated importance sampling in the policy loss:
@@ -46,7 +52,8 @@ class EAD(Decoding):
                           what="the temperature over a response spans >= 0.3 (max - min) on the regime's lengths"),)
     def __init__(self, exploration_temp: float = 1.2, stability_temp: float = 0.1, decay_freq: float = 25.0,
                  warmup_tokens: int = 10, decay_increase: float = 5.0, max_decay: float = 40000.0,
-                 exponent_scale: float = 20.0, base_temperature: float = 1.0, top_p: float = 1.0):
+                 exponent_scale: float = 20.0, base_temperature: float = 1.0, top_p: float = 1.0,
+                 reference_length: int | None = None):
         if stability_temp <= 0 or base_temperature <= 0 or exploration_temp <= 0:
             raise ValueError("decoding ead: temperatures must be > 0")
         if decay_freq <= 0 or exponent_scale <= 0 or max_decay <= 0 or decay_increase < 0 or warmup_tokens < 0:
@@ -54,13 +61,22 @@ class EAD(Decoding):
                              "and decay_increase, warmup_tokens >= 0")
         if not 0 < top_p <= 1:
             raise ValueError(f"decoding ead: top_p must be in (0, 1], got {top_p}")
+        if reference_length is not None and reference_length < 1:
+            raise ValueError(f"decoding ead: reference_length must be >= 1 (or null), got {reference_length}")
         self.kw = dict(exploration_temp=exploration_temp, stability_temp=stability_temp, decay_freq=decay_freq,
                        warmup_tokens=warmup_tokens, decay_increase=decay_increase, max_decay=max_decay,
                        exponent_scale=exponent_scale, base_temperature=base_temperature)
-        self.top_p = top_p
+        self.top_p, self.reference_length = top_p, reference_length
+        self.length = None  # L of the last schedule sampled with
+
+    def schedule(self, step: int, positions: int, length: int) -> torch.Tensor:
+        """τ at positions 0..``positions``−1 of responses of at most ``length`` tokens."""
+        scale = 1.0 if self.reference_length is None else self.reference_length / length
+        return torch.tensor([annealed_temperature(t * scale, step, **self.kw) for t in range(positions)])
 
     def temperatures(self, step, max_new_tokens):
-        return torch.tensor([annealed_temperature(t, step, **self.kw) for t in range(max_new_tokens)])
+        self.length = max_new_tokens
+        return self.schedule(step, max_new_tokens, max_new_tokens)
 
     def observe(self, stats):
         """``decode/temperature_span``: max − min of the temperature over the positions that half of
@@ -72,5 +88,5 @@ class EAD(Decoding):
         reached = int(batch.lengths.float().median().item())
         if reached < 1:
             return {}
-        temps = self.temperatures(stats.step, reached)
+        temps = self.schedule(stats.step, reached, self.length or reached)
         return {"decode/temperature_span": float(temps.max() - temps.min())}
