@@ -27,36 +27,32 @@ import numpy as np
 
 
 def sample(args) -> None:
-    import yaml
-
-    from explorl.atomic import write_text_atomic
     from explorl.config import load_config
-    from explorl.eval.evaluate import evaluate, format_table
-    from explorl.explore.decoding.swireasoning import SwitchThinking
-    from explorl.policy import load_policy, make_engine
-    from explorl.policy.device import resolve_device
-    from explorl.policy.prompts import for_config
-    from explorl.policy.soft import soft_metrics
-    from explorl.registry import build
-    from explorl.tasks import TaskMix
+    from explorl.eval.heldout import held_out_evaluation
+    from explorl.policy import load_policy
 
     cfg = load_config(args.config, args.set)
     model, tokenizer = load_policy(cfg)
-    engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
-    tasks, e = TaskMix.from_config(cfg.tasks), cfg.eval
-    sets = tasks.eval_sets(e.problems_per_source)
-    ks = [k for k in e.ks if k <= e.samples]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    with held_out_evaluation(cfg, model, tokenizer) as (run, ks):
+        _sample_both(args, run, ks, cfg.eval.samples, out)
 
-    def run(thinking, on_batch=None):
-        return evaluate(engine, tasks, sets, e.samples, ks, e.temperature, cfg.train.max_new_tokens, seed=e.seed,
-                        thinking=thinking, on_batch=on_batch)
+
+def _sample_both(args, run, ks, samples: int, out: Path) -> None:
+    """Plain sampling, then the decoding of ``--decoding`` with its engagement counted."""
+    import yaml
+
+    from explorl.atomic import write_text_atomic
+    from explorl.eval.evaluate import format_table
+    from explorl.explore.decoding.swireasoning import SwitchThinking
+    from explorl.policy.soft import soft_metrics
+    from explorl.registry import build
 
     plain = run(None)
     write_text_atomic(out / "plain.json", json.dumps(plain))
     print(f"plain sampling:\n{format_table(plain, ks)}\ntokens per response "
-          f"{plain['tokens'] / (len(plain['per_problem']['id']) * e.samples):.2f}")
+          f"{plain['tokens'] / (len(plain['per_problem']['id']) * samples):.2f}")
 
     spec = yaml.safe_load(args.decoding)
     rule = build("decoding", spec, "--decoding").thinking(0, evaluating=True)
@@ -93,7 +89,7 @@ def sample(args) -> None:
     other["decoding"], other["examples"] = spec, seen["examples"]
     write_text_atomic(out / "decoding.json", json.dumps(other))
     print(f"{args.decoding}:\n{format_table(other, ks)}\ntokens per response "
-          f"{other['tokens'] / (len(other['per_problem']['id']) * e.samples):.2f}; {other['engagement']}")
+          f"{other['tokens'] / (len(other['per_problem']['id']) * samples):.2f}; {other['engagement']}")
     print("first responses:\n" + "\n".join(seen["examples"]))
 
 

@@ -116,24 +116,10 @@ def _eval_start(args) -> int:
 def _evaluate(cfg, model, tokenizer, samples: int | None, ckpt, decoding: str | None):
     """Held-out pass@k of ``model`` under ``cfg``'s evaluation settings, with the decoding
     ``decoding`` (``--decoding``), else that of the run at checkpoint ``ckpt`` (``None``: its start)."""
-    from explorl.eval.evaluate import evaluate
-    from explorl.policy import make_engine
-    from explorl.policy.device import resolve_device
-    from explorl.policy.prompts import for_config
-    from explorl.tasks import TaskMix
+    from explorl.eval.heldout import held_out_evaluation
     from explorl.train.plugins import eval_thinking
-    tasks = TaskMix.from_config(cfg.tasks)
-    e = cfg.eval
-    samples = samples or e.samples
-    ks = [k for k in e.ks if k <= samples]
-    engine = make_engine(cfg, model.to(resolve_device(cfg.model.device)), tokenizer, for_config(cfg, tokenizer))
-    thinking = eval_thinking(cfg, ckpt, decoding)
-    try:
-        results = evaluate(engine, tasks, tasks.eval_sets(e.problems_per_source), samples, ks, e.temperature,
-                           cfg.train.max_new_tokens, seed=e.seed, thinking=thinking)
-    finally:
-        engine.close()
-    return results, ks
+    with held_out_evaluation(cfg, model, tokenizer, samples) as (run, ks):
+        return run(eval_thinking(cfg, ckpt, decoding)), ks
 
 
 def _format_results(results: dict, ks) -> str:
