@@ -207,6 +207,15 @@ def test_a_row_still_running_is_pending_and_left_out_of_the_family(tmp_path):
     assert "**pending**" in o8 and "the forking regime has not begun" in o8
 
 
+def test_figures_are_linked_from_the_page_they_go_to(tmp_path):
+    runs = {"grpo": {s: run([2] * P, start=[1] * P) for s in range(2)},
+            "dump": {s: run([3] * P, start=[1] * P, engagement=engaged({"dump": True})) for s in range(2)}}
+    write_regime(tmp_path / "study" / "default", runs)
+    docs = tmp_path / "docs"
+    table, _ = board(tmp_path / "study", figures=docs / "img" / "board", page=docs / "leaderboard.md")
+    assert "![default](img/board/default.png)" in table and (docs / "img" / "board" / "default.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda s, ev: s.pop("k_max"), "no k_max declared"),
     (lambda s, ev: s.update(k_max=3), "4 samples per problem, fewer than 2·k_max = 6"),

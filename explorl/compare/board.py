@@ -26,6 +26,7 @@ the table, the controls' and the hypotheses' tests in that regime.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -477,11 +478,12 @@ def _interp(curve, x):
 
 
 def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None,
-          study: Path | None = None) -> tuple[str, list[str]]:
+          study: Path | None = None, page: Path | None = None) -> tuple[str, list[str]]:
     """The markdown of every regime folder of a study (``OUT/<regime>/results.json``), the
     hypotheses' verdicts and the fixed section on what the board can say; with ``figures`` one
-    picture per regime written there and linked; with ``study`` (the study file) the coverage of
-    every regime it declares, begun or not. Returns the text and the refusals."""
+    picture per regime written there and linked (relative to ``page``, the file the text goes to);
+    with ``study`` (the study file) the coverage of every regime it declares, begun or not.
+    Returns the text and the refusals."""
     folders = sorted(p.parent for p in Path(out).glob("*/results.json"))
     if not folders:
         raise FileNotFoundError(f"{out}: no regime folder with a results.json (run explorl compare --study first)")
@@ -500,7 +502,8 @@ def board(out: Path, figures: Path | None = None, hypotheses: Path | None = None
         parts.append(regime_table(j))
         if figures is not None and BASELINE in regime.runs:
             png = regime_figure(j, Path(figures) / f"{folder.name}.png")
-            parts.append(f"![{folder.name}]({png.as_posix()})\n")
+            link = Path(os.path.relpath(png, Path(page).parent)) if page else png
+            parts.append(f"![{folder.name}]({link.as_posix()})\n")
     declared = declared_runs(study) if study else {}
     parts += [hypotheses_section(judged, hyps, declared), CAN_AND_CANNOT]
     head = (f"# Leaderboard: which exploration methods help, and where\n\n"
@@ -551,7 +554,8 @@ def coverage_section(regimes: dict[str, Regime], declared: dict[str, tuple[int, 
 
 def run_board(args) -> int:
     text, refused = board(Path(args.out), Path(args.figures) if args.figures else None,
-                          study=Path(args.study) if getattr(args, "study", None) else None)
+                          study=Path(args.study) if getattr(args, "study", None) else None,
+                          page=Path(args.write) if args.write else None)
     if args.write:
         from explorl.atomic import write_text_atomic
         write_text_atomic(Path(args.write), text)
