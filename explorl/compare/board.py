@@ -229,7 +229,7 @@ def _seeds(regime: Regime, label: str) -> str:
 
 def coverage(regime: Regime) -> tuple[int, int, list[str], list[str]]:
     """(finished runs, declared runs, rows still running, rows not started) of a regime."""
-    labels = list(dict.fromkeys([*regime.settings.get("entries", {}), *regime.runs]))
+    labels = regime.rows()
     done = sum(len(regime.runs.get(lb, {})) for lb in labels)
     planned = sum(max(len(regime.planned(lb)), len(regime.runs.get(lb, {}))) for lb in labels)
     running = [lb for lb in labels if lb in regime.runs and not regime.complete(lb)]
@@ -541,7 +541,7 @@ def coverage_section(regimes: dict[str, Regime], declared: dict[str, tuple[int, 
             lines.append(f"| {name} | 0 of {runs} | 0 of {rows} | 0 | {rows} (not begun) | — |")
             continue
         done, planned, running, waiting = coverage(regime)
-        rows = [lb for lb in dict.fromkeys([*regime.settings.get("entries", {}), *regime.runs])]
+        rows = regime.rows()
         complete = sum(regime.complete(lb) for lb in rows)
         wall = sum(r.row.get("wall_s") or 0.0 for rs in regime.runs.values() for r in rs.values())
         total += wall

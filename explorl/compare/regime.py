@@ -111,9 +111,13 @@ class Regime:
         """Whether every declared seed of ``label`` has finished (only then is it compared)."""
         return label in self.runs and set(self.planned(label)) <= set(self.runs[label])
 
+    def rows(self) -> list[str]:
+        """Every row: those the study declared, then any with runs it did not declare."""
+        return list(dict.fromkeys([*self.settings.get("entries", {}), *self.runs]))
+
     def not_started(self) -> list[str]:
         """Declared rows with no finished run yet."""
-        return [lb for lb in self.settings.get("entries", {}) if lb not in self.runs]
+        return [lb for lb in self.rows() if lb not in self.runs]
 
     def controls_of(self, label: str) -> list[str]:
         return [lb for lb, e in self.settings.get("entries", {}).items()
